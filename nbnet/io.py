@@ -1,0 +1,123 @@
+"""The safe model format: one zip file holding ``meta.json`` and ``.npy`` arrays.
+
+* Written atomically: a temporary file in the same folder, fsync, then ``os.replace``.
+* Read with ``allow_pickle=False``; no code is ever executed when loading.
+* ``meta.json`` carries the format name and version, nbnet's version and a SHA-256 checksum
+  over every array's name, dtype, shape and bytes; a truncated, corrupt, foreign or newer
+  file raises :class:`~nbnet.errors.NbnetError` with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NbnetError
+
+FORMAT = "nbnet-model"
+FORMAT_VERSION = 1
+META = "meta.json"
+
+
+def checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise NbnetError(f"folder {str(path.parent)!r} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_bundle(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``meta`` (JSON-able) and ``arrays`` (numeric NumPy arrays) atomically to ``path``."""
+    for name, a in arrays.items():
+        if a.dtype.hasobject:
+            raise NbnetError(f"array {name!r} has dtype object; only numeric arrays can be saved")
+    meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION, checksum=checksum(arrays))
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as z:
+            z.writestr(META, json.dumps(meta, indent=1, sort_keys=True))
+            for name, a in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+                z.writestr(f"{name}.npy", buf.getvalue())
+
+    atomic_write(path, write)
+
+
+def read_bundle(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read and verify a file written by :func:`write_bundle`."""
+    path = Path(path)
+    if not path.is_file():
+        raise NbnetError(f"model file {str(path)!r} not found; check the path")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if META not in names:
+                raise NbnetError(f"{str(path)!r} is not an nbnet model file (no {META})")
+            meta = json.loads(z.read(META))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise NbnetError(f"{str(path)!r} is not an nbnet model file (format is not {FORMAT!r})")
+            version = meta.get("format_version")
+            if not isinstance(version, int) or version > FORMAT_VERSION:
+                raise NbnetError(
+                    f"{str(path)!r} has model format version {version!r}; this nbnet reads up to "
+                    f"{FORMAT_VERSION}: upgrade nbnet"
+                )
+            arrays = {}
+            for name in names:
+                if name == META:
+                    continue
+                if not name.endswith(".npy"):
+                    raise NbnetError(f"{str(path)!r} holds an unexpected member {name!r}; it is not a clean nbnet model")
+                with z.open(name) as f:
+                    arrays[name[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
+    except NbnetError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError) as e:
+        raise NbnetError(f"{str(path)!r} is corrupt or truncated ({type(e).__name__}); re-save or re-download it") from None
+    except ValueError as e:  # pickled object arrays, bad npy headers, bad JSON
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NbnetError(f"{str(path)!r} is not a safe nbnet model file: {msg}") from None
+    if checksum(arrays) != meta.get("checksum"):
+        raise NbnetError(f"{str(path)!r} failed its checksum (the file was modified or damaged); re-save it")
+    return meta, arrays
+
+
+def load(path_or_uri: str | os.PathLike):
+    """Load an estimator from a local model file, or from an MLflow URI (``models:/NAME@alias``,
+    ``models:/NAME/3``, ``runs:/RUN_ID/model``)."""
+    from .estimator import from_bundle
+
+    s = str(path_or_uri)
+    if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        from .tracking import download_model_file
+
+        s = download_model_file(s)
+    return from_bundle(*read_bundle(s))
