@@ -501,6 +501,57 @@ def gather_batch(X, Y, idx, Xb, Yb, hp, opt, state):
 
 
 @njit(**_JIT)
+def make_buffers(B, sizes, dt):
+    """Work buffers for batches of up to ``B`` rows: A[0] the batch input, A[l+1] the output of
+    layer l, dropout masks of the hidden layers, two ping-pong delta buffers and the targets."""
+    L = sizes.shape[0] - 1
+    A = [np.empty((B, sizes[l]), dt) for l in range(L + 1)]
+    masks = [np.empty((B, sizes[l + 1]), dt) for l in range(L - 1)]
+    maxw = sizes.max()
+    D0 = np.empty(B * maxw, dt)
+    D1 = np.empty(B * maxw, dt)
+    Yb = np.empty((B, sizes[L]), dt)
+    return A, masks, D0, D1, Yb
+
+
+@njit(**_JIT)
+def forward_backward(bs, params, grads, w_off, b_off, sizes, acts, loss, l2, p_drop, state, A, masks, D0, D1, Yb):
+    """Forward and backward over the batch in ``A[0][:bs]`` with targets ``Yb[:bs]``.
+
+    Writes the gradient of the batch-mean loss (+ 0.5*l2*||W||^2) into the flat ``grads``;
+    returns the *sum* of the per-sample data losses (float64). ``p_drop > 0`` applies inverted
+    dropout to every hidden layer with masks drawn from ``state``.
+    """
+    L = acts.shape[0]
+    empty = np.empty((0, 1), params.dtype)
+    l2_ = params.dtype.type(l2)
+    for l in range(L):
+        W, b = layer_views(params, w_off, b_off, sizes, l)
+        out = A[l + 1][:bs]
+        dense_forward(A[l][:bs], W, b, acts[l], out)
+        if p_drop > 0 and l < L - 1:
+            dropout(out, masks[l][:bs], p_drop, state)
+    kout = sizes[L]
+    D = D0[: bs * kout].reshape((bs, kout))
+    total = loss_grad(A[L][:bs], Yb[:bs], loss, D)
+    for l in range(L - 1, -1, -1):
+        W, b = layer_views(params, w_off, b_off, sizes, l)
+        dW, db = layer_views(grads, w_off, b_off, sizes, l)
+        n_in = sizes[l]
+        Dn = (D1 if (L - 1 - l) % 2 == 0 else D0)[: bs * n_in].reshape((bs, n_in))
+        dense_backward(A[l][:bs], W, D, dW, db, Dn if l > 0 else empty)
+        if l2 > 0:
+            dW += l2_ * W
+        if l > 0:
+            if p_drop > 0:
+                dropout_grad(A[l][:bs], Dn, masks[l - 1][:bs], p_drop, acts[l - 1])
+            else:
+                activation_grad(A[l][:bs], Dn, acts[l - 1])
+        D = Dn
+    return total
+
+
+@njit(**_JIT)
 def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats):
     """One epoch: shuffle, then for every mini-batch forward, backward and optimizer step.
 
@@ -514,18 +565,8 @@ def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, 
     L = acts.shape[0]
     B = min(opt[OPT_BATCH], n)
     kind, nesterov = opt[OPT_KIND], opt[OPT_NESTEROV] != 0
-    p_drop = hp[HP_DROPOUT]
-    l2 = params.dtype.type(hp[HP_L2])
     clip = hp[HP_CLIP]
-    dt = params.dtype
-    # Buffers: A[0] the batch input, A[l+1] the output of layer l; two ping-pong delta buffers.
-    A = [np.empty((B, sizes[l]), dt) for l in range(L + 1)]
-    masks = [np.empty((B, sizes[l + 1]), dt) for l in range(L - 1)]
-    maxw = sizes.max()
-    D0 = np.empty(B * maxw, dt)
-    D1 = np.empty(B * maxw, dt)
-    Yb = np.empty((B, sizes[L]), dt)
-    empty = np.empty((0, 1), dt)
+    A, masks, D0, D1, Yb = make_buffers(B, sizes, params.dtype)
     idx = np.arange(n)
     if opt[OPT_SHUFFLE]:
         shuffle(idx, state)
@@ -534,38 +575,11 @@ def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, 
     n_batches = 0
     for s in range(0, n, B):
         e = min(s + B, n)
-        bs = e - s
         gather_batch(X, Y, idx[s:e], A[0], Yb, hp, opt, state)
-        # forward
+        total += forward_backward(e - s, params, grads, w_off, b_off, sizes, acts, loss, hp[HP_L2],
+                                  hp[HP_DROPOUT], state, A, masks, D0, D1, Yb)
         for l in range(L):
-            W, b = layer_views(params, w_off, b_off, sizes, l)
-            out = A[l + 1][:bs]
-            dense_forward(A[l][:bs], W, b, acts[l], out)
-            if p_drop > 0 and l < L - 1:
-                dropout(out, masks[l][:bs], p_drop, state)
-        # loss and its gradient w.r.t. the logits
-        kout = sizes[L]
-        D = D0[: bs * kout].reshape((bs, kout))
-        total += loss_grad(A[L][:bs], Yb[:bs], loss, D)
-        # backward
-        for l in range(L - 1, -1, -1):
-            W, b = layer_views(params, w_off, b_off, sizes, l)
-            dW, db = layer_views(grads, w_off, b_off, sizes, l)
-            n_in = sizes[l]
-            Dn = (D1 if (L - 1 - l) % 2 == 0 else D0)[: bs * n_in].reshape((bs, n_in))
-            dense_backward(A[l][:bs], W, D, dW, db, Dn if l > 0 else empty)
-            if l2 > 0:
-                dW += l2 * W
-            if l > 0:
-                if p_drop > 0:
-                    dropout_grad(A[l][:bs], Dn, masks[l - 1][:bs], p_drop, acts[l - 1])
-                else:
-                    activation_grad(A[l][:bs], Dn, acts[l - 1])
-            D = Dn
-        for l in range(L):
-            lo = w_off[l]
-            hi = b_off[l] + sizes[l + 1]
-            layer_ss[l] += sum_squares(grads[lo:hi])
+            layer_ss[l] += sum_squares(grads[w_off[l]:b_off[l] + sizes[l + 1]])
         if clip > 0:
             clip_grad_norm(grads, clip)
         opt[OPT_STEP] += 1
@@ -574,6 +588,18 @@ def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, 
     stats[0] = total / n
     for l in range(L):
         stats[1 + l] = math.sqrt(layer_ss[l] / n_batches)
+
+
+@njit(**_JIT)
+def batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2):
+    """Gradient of the mean loss over the whole (X, Y) (no dropout, no step) into ``grads``;
+    returns the mean data loss. For tests, gradient checks and full-batch analysis."""
+    n = X.shape[0]
+    A, masks, D0, D1, Yb = make_buffers(n, sizes, params.dtype)
+    A[0][:] = X
+    Yb[:] = Y
+    return forward_backward(n, params, grads, w_off, b_off, sizes, acts, loss, l2, 0.0,
+                            np.zeros(1, np.uint64), A, masks, D0, D1, Yb) / n
 
 
 @njit(**_JIT)
