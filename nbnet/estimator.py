@@ -284,6 +284,7 @@ class _BaseMLP:
         self.history_ = {"loss": [], "val_loss": [], f"val_{self._score_name}": [], "grad_norm": [], "epoch_time": []}
         self.n_epochs_ = 0
         self.compile_seconds_ = 0.0
+        self._es_state = None  # early stopping ((best val_loss, params, epoch), wait); checkpointed
 
     def fit(self, X, y, validation_data=None, callbacks=None):
         """Train from scratch.
@@ -312,7 +313,17 @@ class _BaseMLP:
             Xv = self._prepare_X(Xv, fit=False)
             val = (Xv, self._encode(_check_y(yv, Xv.shape[0])))
         self._init_state(Xt.shape[1], cfg)
-        self._train(Xt, self._encode(y), val, self.epochs, cfg, callbacks, restore_best=self.early_stopping)
+        callbacks = list(callbacks or [])
+        for cb in callbacks:  # e.g. nbnet.checkpoint.Checkpoint restores a killed fit's state here
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(self)
+        remaining = self.epochs - self.n_epochs_
+        if self.early_stopping and self._es_state is not None and self._es_state[1] >= self.patience:
+            remaining = 0  # resumed after early stopping had already triggered
+        self._train(Xt, self._encode(y), val, remaining, cfg, callbacks, restore_best=self.early_stopping)
+        for cb in callbacks:
+            if hasattr(cb, "on_train_end"):
+                cb.on_train_end(self)
         return self
 
     def partial_fit(self, X, y, classes=None):
@@ -373,8 +384,8 @@ class _BaseMLP:
             )
         callbacks = list(callbacks or [])
         stats = np.zeros(1 + lay.n_layers)
-        best = (np.inf, None, 0)  # (val_loss, params snapshot, epoch)
-        wait = 0
+        best, wait = (self._es_state if restore_best and getattr(self, "_es_state", None) else ((np.inf, None, 0), 0))
+        # best = (val_loss, params snapshot, epoch)
         score_key = f"val_{self._score_name}"
         with thread_budget(self.n_threads):
             self.compile_seconds_ += self._ensure_compiled(K_, cfg["dtype"])
@@ -382,6 +393,7 @@ class _BaseMLP:
             Xd, Yd = dev(X), dev(Y)
             P, G = dev(self._params), dev(np.zeros_like(self._params))
             M, V = dev(self._opt.m), dev(self._opt.v)
+            self._live = (K_, P, M, V)  # read by _sync_host (checkpoints during the fit)
             Xvd = Yvd = None
             if val is not None:
                 Xvd, Yvd = dev(val[0]), dev(val[1])
@@ -423,6 +435,7 @@ class _BaseMLP:
                         else:
                             wait += 1
                             stop = wait >= self.patience
+                        self._es_state = (best, wait)
                     for cb in callbacks:
                         fn = getattr(cb, "on_epoch_end", cb)
                         stop = bool(fn(epoch, dict(logs))) or stop
@@ -432,9 +445,21 @@ class _BaseMLP:
                 self._params[:] = K_.to_host(P)
                 self._opt.m[:] = K_.to_host(M)
                 self._opt.v[:] = K_.to_host(V)
+                self._live = None
         if restore_best and best[1] is not None:
             self._params[:] = best[1]
             self.best_epoch_ = best[2]
+
+    def _sync_host(self) -> None:
+        """Copy the live device buffers of a running fit into ``_params``/``_opt`` (no-op on the
+        CPU, where they are the same arrays); checkpoints call this before saving."""
+        live = getattr(self, "_live", None)
+        if live is None:
+            return
+        K_, P, M, V = live
+        for dst, src in ((self._params, P), (self._opt.m, M), (self._opt.v, V)):
+            if src is not dst:
+                dst[:] = K_.to_host(src)
 
     def _print_epoch(self, epoch: int, logs: dict) -> None:
         parts = [f"epoch {epoch:>3}/{self.epochs}", f"loss {logs['loss']:.4f}"]

@@ -1,0 +1,218 @@
+"""Checkpoints: atomic per-epoch state, exact resume after a crash or a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import nbnet
+from nbnet import MLPClassifier, MLPRegressor
+from nbnet.checkpoint import Checkpoint, checkpoint_path_for
+from nbnet.errors import NbnetError
+
+
+class Crash(Exception):
+    """Stands in for a crash inside the training loop (the SIGKILL test does the real thing)."""
+
+
+def crash_at(epoch_no):
+    def cb(epoch, logs):
+        if epoch == epoch_no:
+            raise Crash(epoch)
+
+    return cb
+
+
+def data(n=120, d=7, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5)
+    return X, y
+
+
+def same_weights(a, b) -> bool:
+    return all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights()))
+
+
+BASE = dict(hidden_layer_sizes=(9, 5), epochs=7, batch_size=16, dropout=0.2, noise_std=0.1, seed=3, n_threads=1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_resume_after_crash_is_bit_identical(tmp_path, dtype, early_stopping):
+    X, y = data()
+    kw = dict(BASE, dtype=dtype, early_stopping=early_stopping, patience=3)
+    ref = MLPClassifier(**kw).fit(X, y)
+
+    path = tmp_path / "fit.ckpt"
+    with pytest.raises(Crash):
+        MLPClassifier(**kw).fit(X, y, callbacks=[Checkpoint(path, every=2), crash_at(5)])
+    # epochs 1-4 ran and were checkpointed at 2 and 4; epoch 5's work is lost
+    assert nbnet.load(path).n_epochs_ == 4
+
+    ck = Checkpoint(path, every=2)
+    resumed = MLPClassifier(**kw).fit(X, y, callbacks=[ck])
+    assert ck.resumed_from_epoch == 4
+    assert resumed.n_epochs_ == ref.n_epochs_ == 7
+    assert same_weights(ref, resumed)
+    assert resumed._opt.step == ref._opt.step
+    assert np.array_equal(resumed._opt.m, ref._opt.m) and np.array_equal(resumed._opt.v, ref._opt.v)
+    assert np.array_equal(resumed._rng, ref._rng)
+    assert resumed.history_["loss"] == ref.history_["loss"]
+    assert getattr(resumed, "best_epoch_", None) == getattr(ref, "best_epoch_", None)
+    assert not path.exists(), "a finished fit deletes its checkpoint"
+
+
+def test_resume_after_early_stopping_triggered(tmp_path):
+    """Killed right after early stopping fired (checkpoint written, fit not returned): the resume
+    trains no further epoch and restores the same best weights."""
+    X, y = data()
+    kw = dict(BASE, epochs=60, early_stopping=True, patience=2, learning_rate=0.05, optimizer="sgd")
+    ref = MLPClassifier(**kw).fit(X, y)
+    assert ref.n_epochs_ < 60, "the setup must make early stopping fire"
+    stop_epoch = ref.n_epochs_
+
+    path = tmp_path / "es.ckpt"
+    with pytest.raises(Crash):
+        MLPClassifier(**kw).fit(X, y, callbacks=[Checkpoint(path, every=1), crash_at(stop_epoch)])
+    ck = Checkpoint(path)
+    resumed = MLPClassifier(**kw).fit(X, y, callbacks=[ck])
+    assert ck.resumed_from_epoch == stop_epoch
+    assert resumed.n_epochs_ == stop_epoch
+    assert resumed.best_epoch_ == ref.best_epoch_
+    assert same_weights(ref, resumed)
+
+
+def test_regressor_resume(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(90, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * rng.normal(size=90)
+    kw = dict(hidden_layer_sizes=(6,), epochs=5, batch_size=8, seed=0, n_threads=1, optimizer="nesterov",
+              learning_rate=0.01)
+    ref = MLPRegressor(**kw).fit(X, y)
+    path = tmp_path / "r.ckpt"
+    with pytest.raises(Crash):
+        MLPRegressor(**kw).fit(X, y, callbacks=[Checkpoint(path, every=1), crash_at(3)])
+    resumed = MLPRegressor(**kw).fit(X, y, callbacks=[Checkpoint(path)])
+    assert same_weights(ref, resumed)
+
+
+def test_checkpoint_refuses_another_fit(tmp_path):
+    X, y = data()
+    path = tmp_path / "c.ckpt"
+    with pytest.raises(Crash):
+        MLPClassifier(**BASE).fit(X, y, callbacks=[Checkpoint(path, fingerprint="data-a"), crash_at(2)])
+    with pytest.raises(NbnetError, match="other hyperparameters or data"):
+        MLPClassifier(**dict(BASE, learning_rate=0.01)).fit(X, y, callbacks=[Checkpoint(path, fingerprint="data-a")])
+    with pytest.raises(NbnetError, match="other hyperparameters or data"):
+        MLPClassifier(**BASE).fit(X, y, callbacks=[Checkpoint(path, fingerprint="data-b")])
+    # epochs, n_threads and verbose may change between the crash and the resume
+    est = MLPClassifier(**dict(BASE, epochs=9, verbose=False)).fit(X, y, callbacks=[Checkpoint(path, fingerprint="data-a")])
+    assert est.n_epochs_ == 9
+    with pytest.raises(NbnetError, match="beyond epochs"):
+        with pytest.raises(Crash):
+            MLPClassifier(**BASE).fit(X, y, callbacks=[Checkpoint(path, every=1), crash_at(5)])
+        MLPClassifier(**dict(BASE, epochs=3)).fit(X, y, callbacks=[Checkpoint(path)])
+
+
+def test_model_file_is_not_a_checkpoint(tmp_path):
+    X, y = data()
+    path = tmp_path / "m.nbnet"
+    MLPClassifier(**dict(BASE, epochs=1)).fit(X, y).save(path)
+    with pytest.raises(NbnetError, match="not a checkpoint"):
+        MLPClassifier(**BASE).fit(X, y, callbacks=[Checkpoint(path)])
+
+
+def test_checkpoint_options_and_temporaries(tmp_path):
+    with pytest.raises(NbnetError, match="positive number of epochs"):
+        Checkpoint(tmp_path / "x", every=0)
+    with pytest.raises(NbnetError, match="does not exist"):
+        Checkpoint(tmp_path / "no" / "x").on_train_begin(MLPClassifier())
+    # a temporary left by a process killed in the middle of a write is cleaned up on the next fit
+    path = tmp_path / "t.ckpt"
+    stale = tmp_path / ".t.ckpt.abc123.tmp"
+    stale.write_bytes(b"half a zip")
+    X, y = data()
+    ck = Checkpoint(path, every=1, delete_on_success=False)
+    MLPClassifier(**dict(BASE, epochs=3)).fit(X, y, callbacks=[ck])
+    assert not stale.exists()
+    assert ck.writes == 3 and nbnet.load(path).n_epochs_ == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["t.ckpt"]
+    assert checkpoint_path_for(tmp_path / "model.nbnet") == tmp_path / ".model.nbnet.ckpt"
+
+
+def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    """An exception (or a kill) inside the write leaves the previous checkpoint whole."""
+    import nbnet.io as nio
+
+    X, y = data()
+    path = tmp_path / "w.ckpt"
+    real = nio.np.lib.format.write_array
+    ck = Checkpoint(path, every=1)
+    calls = {"n": 0}
+
+    def dying_write(f, a, **kw):
+        if ck.writes == 2:  # the third checkpoint dies after its first array
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise Crash("power cut")
+        return real(f, a, **kw)
+
+    monkeypatch.setattr(nio.np.lib.format, "write_array", dying_write)
+    with pytest.raises(Crash):
+        MLPClassifier(**BASE).fit(X, y, callbacks=[ck])
+    monkeypatch.undo()
+    assert nbnet.load(path).n_epochs_ == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.ckpt"]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from nbnet import MLPClassifier
+    from nbnet.checkpoint import Checkpoint
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 7)); y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5)
+    def hold(epoch, logs):
+        if epoch == 5:  # epoch 5 is done but not checkpointed: report, then wait to be killed
+            print("epoch", epoch, flush=True)
+            sys.stdin.readline()
+    kw = dict(hidden_layer_sizes=(9, 5), epochs=7, batch_size=16, dropout=0.2, noise_std=0.1, seed=3, n_threads=1)
+    MLPClassifier(**kw).fit(X, y, callbacks=[Checkpoint(sys.argv[1], every=2), hold])
+    print("finished", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_fit_then_resume_gives_the_same_weights(tmp_path):
+    path = tmp_path / "killed.ckpt"
+    env = dict(os.environ, NBNET_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()  # blocks until the child reaches epoch 5 (or dies)
+        assert line.strip() == "epoch 5", proc.stderr.read()
+        assert path.exists()
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert nbnet.load(path).n_epochs_ == 4  # the last checkpoint; epoch 5 died with the process
+
+    X, y = data()
+    kw = dict(BASE)
+    ref = MLPClassifier(**kw).fit(X, y)
+    ck = Checkpoint(path, every=2)
+    resumed = MLPClassifier(**kw).fit(X, y, callbacks=[ck])
+    assert ck.resumed_from_epoch == 4
+    assert same_weights(ref, resumed)
+    assert resumed.history_["loss"] == ref.history_["loss"]
