@@ -1,0 +1,630 @@
+"""Loading data sets: CSV, NPZ, Parquet, scikit-learn's built-in sets and a seeded generator.
+
+A data *spec* is one string, the same in Python, the TOML experiment files and the CLI::
+
+    builtin:digits | builtin:breast_cancer | builtin:wine | builtin:iris | builtin:diabetes
+    csv:path/train.csv          (needs target="column")
+    parquet:path/train.parquet  (needs target="column")
+    npz:path/train.npz          (arrays X (n, d) or (n, h, w) and y (n,))
+    synthetic:n=60000,d=784,classes=10,seed=0   (classes=0: regression)
+
+Tables (CSV, Parquet) become a float64 matrix, one column per numeric column, in file order.
+Columns named in ``categorical`` are one-hot encoded in place: column ``color`` with the
+categories ``blue, red`` (sorted, from the training file) becomes ``color=blue, color=red``.
+At prediction time :func:`read_features` encodes a file with the *training* categories: an
+unseen category (or a missing value) in a categorical column gives an all-zeros row in that
+column's group. A non-numeric column that is not declared categorical is an error.
+
+CSV files are parsed with pyarrow (not pandas): pyarrow rejects a row with too few fields,
+where pandas would silently pad it with NaN. Empty fields and ``NA``/``NaN``/``null`` are
+missing values (NaN in X); ``inf``/``-inf`` are read as infinities.
+
+Example
+-------
+>>> ds = load_dataset("builtin:iris")
+>>> ds.X.shape, ds.task, ds.y[:3]
+((150, 4), 'classification', array([0, 0, 0]))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import NbnetError
+
+BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+TASKS = ("classification", "regression")
+SYNTHETIC_DEFAULTS = {"n": 1000, "d": 20, "classes": 2, "seed": 0, "noise": 0.1}
+_TABLE_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded data set.
+
+    X : float64 array of shape (n_samples, n_features); may hold NaN (missing values).
+    y : array of shape (n_samples,): int or str labels (classification) or float64 (regression).
+    feature_names : the names of X's columns (one-hot columns are ``"col=category"``).
+    task : ``"classification"`` or ``"regression"``.
+    name : a short name (``"digits"``, the file's stem, ``"synthetic"``).
+    image_shape : (height, width) when the rows are flattened images, else None.
+    categories : {column: [category, ...]} of the one-hot encoded columns; {} if none.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    feature_names: list[str]
+    task: str
+    name: str
+    image_shape: tuple | None = None
+    categories: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+    def hash(self) -> str:
+        """:func:`data_hash` of (X, y)."""
+        return data_hash(self.X, self.y)
+
+
+# --- public entry points --------------------------------------------------------------------
+def load_dataset(spec: str, *, target: str | None = None, categorical: list[str] | None = None,
+                 base_dir=None, task: str | None = None) -> Dataset:
+    """Load the data set named by ``spec`` (see the module docstring).
+
+    Parameters
+    ----------
+    spec : ``"kind:argument"``; kind is builtin, csv, parquet, npz or synthetic.
+    target : the label column of a CSV or Parquet file (required there, refused elsewhere).
+    categorical : CSV/Parquet columns to one-hot encode.
+    base_dir : folder that relative paths resolve against (default: the working directory).
+    task : force ``"classification"`` or ``"regression"``. By default string, bool and
+        integer-valued targets are classification and other float targets regression.
+    """
+    kind, arg = _split_spec(spec)
+    if task is not None and task not in TASKS:
+        raise NbnetError(f"task must be 'classification' or 'regression', got {task!r}")
+    if categorical and kind not in ("csv", "parquet"):
+        raise NbnetError(f"categorical columns apply to csv/parquet data only, not {kind!r}; remove 'categorical'")
+    if kind in ("csv", "parquet"):
+        if not target:
+            raise NbnetError(f"{kind} data needs the label column: set target = \"<column name>\"")
+        path = _resolve(arg, base_dir)
+        table = _read_table(path, kind, list(categorical or []))
+        return _dataset_from_table(table, target=target, categorical=list(categorical or []),
+                                   name=path.stem, path=path, task=task)
+    if target is not None and kind != "npz":
+        raise NbnetError(f"target applies to csv/parquet data only, not {kind!r}; remove 'target'")
+    if kind == "builtin":
+        return _load_builtin(arg, task)
+    if kind == "npz":
+        return _load_npz(_resolve(arg, base_dir), task)
+    return synthetic(**_parse_synthetic(arg), task=task)
+
+
+def data_hash(X, y) -> str:
+    """Hex SHA-256 digest of the contents of X and y, including their dtypes and shapes:
+    the same numbers stored as float32 and float64 hash differently."""
+    h = hashlib.sha256()
+    for name, a in (("X", X), ("y", y)):
+        a = np.asarray(a)
+        if a.dtype.hasobject:  # e.g. pandas string labels: hash their text
+            a = a.astype(str)
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def read_features(path, *, feature_names, categories=None, target: str | None = None,
+                  base_dir=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a prediction-input file into a float64 matrix with the training columns.
+
+    ``path`` is a ``.csv``, ``.parquet``/``.pq`` or ``.npz`` file (or a ``kind:path`` spec).
+    Tables are matched by column name (extra columns such as ids are ignored); categorical
+    columns are one-hot encoded with the training ``categories`` (unseen → all zeros). With
+    ``target``, that column (for NPZ: that array, e.g. ``"y"``) is returned as labels, else
+    None. Returns ``(X, y_or_None)``.
+    """
+    chunks = list(iter_feature_chunks(path, None, feature_names=feature_names, categories=categories,
+                                      target=target, base_dir=base_dir))
+    if not chunks:
+        raise NbnetError(f"{path} holds no rows; nothing to predict")
+    X = np.concatenate([c[0] for c in chunks]) if len(chunks) > 1 else chunks[0][0]
+    if target is None:
+        return X, None
+    y = np.concatenate([c[1] for c in chunks]) if len(chunks) > 1 else chunks[0][1]
+    return X, y
+
+
+def iter_feature_chunks(path, chunk_rows: int | None, *, feature_names, categories=None,
+                        target: str | None = None, base_dir=None
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Like :func:`read_features`, but yields ``(X_chunk, y_chunk_or_None)`` of at most
+    ``chunk_rows`` rows (None: one chunk), so files larger than memory can be scored.
+
+    CSV is streamed by pyarrow's incremental reader, Parquet by ``ParquetFile.iter_batches``,
+    and an uncompressed NPZ member is memory-mapped (a compressed one is read whole).
+    """
+    if chunk_rows is not None and (not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1):
+        raise NbnetError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    feature_names = [str(f) for f in feature_names]
+    categories = {str(k): [str(c) for c in v] for k, v in (categories or {}).items()}
+    kind, p = _file_kind(path)
+    path = _resolve(p, base_dir)
+    if kind == "npz":
+        yield from _npz_chunks(path, chunk_rows, len(feature_names), target)
+        return
+    columns = raw_columns(feature_names, categories)
+    if kind == "csv":
+        batches = _csv_batches(path, columns, categories, target)
+    else:
+        batches = _parquet_batches(path, columns, target, chunk_rows)
+    for table in _rebatch(batches, chunk_rows):
+        X, _, _ = _encode_columns(table, columns, categories, path, fixed_categories=True)
+        y = _target_array(table, target, path, task=None)[0] if target is not None else None
+        yield X, y
+
+
+def raw_columns(feature_names: list[str], categories: dict) -> list[str]:
+    """The table columns behind ``feature_names``: each one-hot group ``c=a, c=b`` (the
+    categories of ``c`` in order) collapses back to ``c``; numeric columns stay as they are."""
+    out, i = [], 0
+    groups = {c: [f"{c}={k}" for k in cats] for c, cats in categories.items()}
+    placed = set()
+    while i < len(feature_names):
+        for c, names in groups.items():
+            if c not in placed and names and feature_names[i:i + len(names)] == names:
+                out.append(c)
+                placed.add(c)
+                i += len(names)
+                break
+        else:
+            out.append(feature_names[i])
+            i += 1
+    # a categorical column with no categories (all missing in training) has no feature columns
+    out += [c for c, cats in categories.items() if not cats and c not in placed]
+    return out
+
+
+def synthetic(n: int = 1000, d: int = 20, classes: int = 2, seed: int = 0, noise: float = 0.1,
+              task: str | None = None) -> Dataset:
+    """A seeded teacher-network data set for tests and benchmarks.
+
+    X ~ N(0, 1) of shape (n, d); a random one-hidden-layer tanh network (32 units) maps X to
+    ``classes`` logits (labels = argmax of logits + ``noise``-scaled Gumbel noise) or, with
+    ``classes=0``, to one standardised regression target plus N(0, noise²) noise. The same
+    arguments give the same bytes on every machine.
+    """
+    for key, v in (("n", n), ("d", d)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise NbnetError(f"synthetic {key} must be a positive int, got {v!r}")
+    if not isinstance(classes, (int, np.integer)) or classes < 0 or classes == 1:
+        raise NbnetError(f"synthetic classes must be 0 (regression) or >= 2, got {classes!r}")
+    if not (isinstance(noise, (int, float)) and np.isfinite(noise) and noise >= 0):
+        raise NbnetError(f"synthetic noise must be a non-negative number, got {noise!r}")
+    if task is not None and task != ("regression" if classes == 0 else "classification"):
+        raise NbnetError(f"synthetic classes={classes} is not a {task} task; use classes=0 for regression")
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    width = 32
+    W1 = rng.standard_normal((d, width)) * (2.0 / np.sqrt(d))
+    H = np.tanh(X @ W1)  # (n, 32)
+    name = f"synthetic(n={n},d={d},classes={classes},seed={seed})"
+    names = [f"x{j}" for j in range(d)]
+    if classes == 0:
+        f = H @ rng.standard_normal(width)
+        f = (f - f.mean()) / (f.std() or 1.0)
+        y = f + noise * rng.standard_normal(n)
+        return Dataset(X, y, names, "regression", name)
+    logits = H @ rng.standard_normal((width, classes)) * 3.0
+    logits -= np.median(logits, axis=0)  # roughly balance the classes
+    gumbel = -np.log(-np.log(rng.uniform(1e-12, 1.0, (n, classes))))
+    y = np.argmax(logits + noise * gumbel, axis=1).astype(np.int64)
+    return Dataset(X, y, names, "classification", name)
+
+
+# --- specs and paths ----------------------------------------------------------------------------
+def _split_spec(spec) -> tuple[str, str]:
+    if not isinstance(spec, str) or ":" not in spec:
+        raise NbnetError(f"data spec must look like 'builtin:digits', 'csv:path.csv', 'npz:…', 'parquet:…' "
+                         f"or 'synthetic:n=…,d=…', got {spec!r}")
+    kind, arg = spec.split(":", 1)
+    kind = kind.strip().lower()
+    if kind not in ("builtin", "csv", "npz", "parquet", "synthetic"):
+        raise NbnetError(f"unknown data source {kind!r} in {spec!r}; use builtin, csv, npz, parquet or synthetic")
+    if kind != "synthetic" and not arg.strip():
+        raise NbnetError(f"data spec {spec!r} names no {'data set' if kind == 'builtin' else 'file'}")
+    return kind, arg.strip()
+
+
+def _file_kind(path) -> tuple[str, str]:
+    s = str(path)
+    m = re.match(r"^(csv|parquet|npz):(.+)$", s)
+    if m:
+        return m.group(1), m.group(2)
+    kind = _TABLE_SUFFIXES.get(Path(s).suffix.lower())
+    if kind is None:
+        raise NbnetError(f"cannot tell the format of {s!r}: use a .csv, .parquet or .npz file (or prefix csv:/parquet:/npz:)")
+    return kind, s
+
+
+def _resolve(p, base_dir) -> Path:
+    path = Path(os.path.expanduser(str(p)))
+    if not path.is_absolute():
+        path = Path(base_dir if base_dir is not None else os.getcwd()) / path
+    if not path.is_file():
+        where = "" if Path(str(p)).is_absolute() else f" (relative paths resolve against {base_dir or os.getcwd()})"
+        raise NbnetError(f"data file {str(path)!r} not found{where}; check the path")
+    return path
+
+
+def _parse_synthetic(arg: str) -> dict:
+    out = dict(SYNTHETIC_DEFAULTS)
+    for part in filter(None, (s.strip() for s in arg.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in SYNTHETIC_DEFAULTS:
+            raise NbnetError(f"bad synthetic option {part!r}; use key=value with keys {', '.join(SYNTHETIC_DEFAULTS)}")
+        try:
+            out[key] = float(value) if key == "noise" else int(value)
+        except ValueError:
+            raise NbnetError(f"synthetic {key} must be a {'number' if key == 'noise' else 'whole number'}, got {value!r}") from None
+    return out
+
+
+# --- built-in and NPZ -------------------------------------------------------------------------
+def _load_builtin(name: str, task: str | None) -> Dataset:
+    name = name.lower()
+    if name not in BUILTINS:
+        raise NbnetError(f"unknown built-in data set {name!r}; choose one of {', '.join(BUILTINS)}")
+    from sklearn import datasets  # ships these offline; imported only when asked for
+
+    bunch = getattr(datasets, f"load_{name}")()
+    X = np.ascontiguousarray(bunch.data, dtype=np.float64)
+    natural = "regression" if name == "diabetes" else "classification"
+    if task is not None and task != natural:
+        raise NbnetError(f"builtin:{name} is a {natural} data set, not {task}")
+    y = bunch.target.astype(np.float64 if natural == "regression" else np.int64)
+    names = [str(f) for f in getattr(bunch, "feature_names", [f"x{j}" for j in range(X.shape[1])])]
+    return Dataset(X, y, names, natural, name, image_shape=(8, 8) if name == "digits" else None)
+
+
+def _check_zip(path: Path) -> None:
+    if not zipfile.is_zipfile(path):
+        raise NbnetError(f"{path.name} is not an NPZ file (not a zip archive); save it with numpy.savez(path, X=X, y=y)")
+
+
+def _load_npz(path: Path, task: str | None) -> Dataset:
+    _check_zip(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            if not {"X", "y"} <= files:
+                raise NbnetError(f"{path.name} must hold arrays 'X' and 'y', it holds {sorted(files)}; "
+                                 "save with np.savez(path, X=X, y=y)")
+            X, y = z["X"], z["y"]
+            names = [str(s) for s in z["feature_names"]] if "feature_names" in files else None
+    except NbnetError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise NbnetError(f"cannot read {path.name} as an NPZ file ({_one_line(e)}); save it with numpy.savez") from None
+    if X.dtype.kind not in "biuf":
+        raise NbnetError(f"{path.name}: X must be numeric, got dtype {X.dtype}")
+    image_shape = None
+    if X.ndim == 3:  # (n, h, w) images: flatten row-major, remember the shape for augmentation
+        image_shape = (int(X.shape[1]), int(X.shape[2]))
+        X = X.reshape(len(X), -1)
+    if X.ndim != 2:
+        raise NbnetError(f"{path.name}: X must be 2-D (n, d) or 3-D (n, h, w) images, got {X.ndim}-D")
+    if y.ndim != 1 or len(y) != len(X):
+        raise NbnetError(f"{path.name}: y must be 1-D with one label per row of X ({len(X)}), got shape {y.shape}")
+    if names is None or len(names) != X.shape[1]:
+        names = [f"x{j}" for j in range(X.shape[1])]
+    y, task = _labels(y, task, f"{path.name} y")
+    return Dataset(np.ascontiguousarray(X, dtype=np.float64), y, names, task, path.stem, image_shape=image_shape)
+
+
+def _labels(y: np.ndarray, task: str | None, what: str) -> tuple[np.ndarray, str]:
+    """Decide the task and normalise the label dtype (see :func:`load_dataset`)."""
+    if y.dtype.kind in "OUS":
+        y = y.astype(str)
+        if task == "regression":
+            raise NbnetError(f"{what} holds text labels; a regression target must be numeric")
+        return y, "classification"
+    if y.dtype.kind == "b":
+        y = y.astype(np.int64)
+    if y.dtype.kind == "f":
+        if np.isnan(y).any():
+            raise NbnetError(f"{what} has {int(np.isnan(y).sum())} missing values (first at row "
+                             f"{int(np.argmax(np.isnan(y)))}); drop those rows")
+        integral = bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)))
+        if task is None:
+            task = "classification" if integral else "regression"
+        if task == "classification" and integral:
+            y = y.astype(np.int64)
+        return (y.astype(np.float64) if task == "regression" else y), task
+    if y.dtype.kind in "iu":
+        task = task or "classification"
+        return (y.astype(np.float64) if task == "regression" else y.astype(np.int64)), task
+    raise NbnetError(f"{what} has unsupported dtype {y.dtype}")
+
+
+def _npz_member(path: Path, name: str):
+    """Memory-map the ``.npy`` member ``name`` of an uncompressed zip; None if it is compressed."""
+    with zipfile.ZipFile(path) as z:
+        try:
+            info = z.getinfo(f"{name}.npy")
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            return None
+        n_name = int.from_bytes(local[26:28], "little")
+        n_extra = int.from_bytes(local[28:30], "little")
+        f.seek(info.header_offset + 30 + n_name + n_extra)
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        if dtype.hasobject:
+            return None
+        offset = f.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def _npz_chunks(path: Path, chunk_rows, n_features: int, target):
+    _check_zip(path)
+    try:
+        X = _npz_member(path, "X")
+        with np.load(path, allow_pickle=False) as z:
+            if "X" not in z.files:
+                raise NbnetError(f"{path.name} holds no array 'X'; save with np.savez(path, X=X)")
+            if X is None:
+                X = z["X"]
+            y = None
+            if target is not None:
+                if target not in z.files:
+                    raise NbnetError(f"{path.name} holds no array {target!r} (it has {sorted(z.files)})")
+                y = z[target]
+    except NbnetError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise NbnetError(f"cannot read {path.name} as an NPZ file ({_one_line(e)}); save it with numpy.savez") from None
+    if X.dtype.kind not in "biuf":
+        raise NbnetError(f"{path.name}: X must be numeric, got dtype {X.dtype}")
+    if X.ndim == 3:
+        X = X.reshape(X.shape[0], -1)
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise NbnetError(f"{path.name}: X has shape {X.shape} but the model expects {n_features} features")
+    if y is not None and len(y) != len(X):
+        raise NbnetError(f"{path.name}: {target} has {len(y)} rows but X has {len(X)}")
+    step = len(X) if chunk_rows is None else int(chunk_rows)
+    for s in range(0, len(X), max(step, 1)):
+        yield np.asarray(X[s:s + step], dtype=np.float64), (None if y is None else np.asarray(y[s:s + step]))
+
+
+# --- tables (CSV, Parquet) ------------------------------------------------------------------
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _csv_options(columns=None, categories=None, target=None):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    if columns is None:
+        return pcsv.ConvertOptions(strings_can_be_null=True)
+    types = {c: (pa.string() if c in categories else pa.float64()) for c in columns}
+    include = list(columns) + ([target] if target is not None and target not in columns else [])
+    return pcsv.ConvertOptions(column_types=types, include_columns=include, strings_can_be_null=True)
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a binary file up front (pyarrow would report a confusing parse error)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise NbnetError(f"cannot open {path.name} ({_one_line(e)})") from None
+    try:
+        head.decode("utf-8")
+        ok = True
+    except UnicodeDecodeError as e:
+        ok = e.start >= len(head) - 3  # a multi-byte character cut at the end of the sample
+    if not ok or b"\0" in head:
+        raise NbnetError(f"{path.name} is not a UTF-8 text CSV file (binary or another encoding); export it as UTF-8 CSV")
+
+
+def _table_error(path: Path, kind: str, e: BaseException) -> NbnetError:
+    msg = _one_line(e)
+    m = re.search(r"Expected (\d+) columns, got (\d+): ?(.*)", msg)
+    if m:
+        row = m.group(3)
+        return NbnetError(f"{path.name}: ragged rows — the row {row!r} has {m.group(2)} fields, the header has "
+                          f"{m.group(1)}; fix the file")
+    if "Empty CSV file" in msg:
+        return NbnetError(f"{path.name} is empty; a CSV needs a header line and rows")
+    m = re.search(r"No match for FieldRef\.Name\((.*?)\)|Column '(.*?)' in include_columns does not exist", msg)
+    if m:
+        col = m.group(1) or m.group(2)
+        return NbnetError(f"{path.name} has no column {col!r}; it must have the training columns")
+    m = re.search(r"In CSV column #(\d+): .*?conversion error to double: invalid value '(.*?)'", msg)
+    if m:
+        return NbnetError(f"{path.name}: column #{m.group(1)} holds non-numeric value {m.group(2)!r}; "
+                          "declare the column categorical or fix the file")
+    return NbnetError(f"cannot read {path.name} as {kind} ({msg}); check that it is a valid {kind} file")
+
+
+def _read_table(path: Path, kind: str, categorical: list[str]):
+    import pyarrow as pa
+
+    try:
+        if kind == "csv":
+            import pyarrow.csv as pcsv
+
+            _check_text(path)
+            # categorical columns stay text, exactly as read_features will read them later
+            convert = _csv_options()
+            convert.column_types = {c: pa.string() for c in categorical}
+            return pcsv.read_csv(path, convert_options=convert)
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        raise _table_error(path, kind, e) from None
+
+
+def _csv_batches(path: Path, columns, categories, target):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    _check_text(path)
+    convert = _csv_options(columns, categories, target)
+    try:
+        reader = pcsv.open_csv(path, convert_options=convert)
+        for batch in reader:
+            yield pa.Table.from_batches([batch])
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        raise _table_error(path, "csv", e) from None
+
+
+def _parquet_batches(path: Path, columns, target, chunk_rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(path)
+        have = set(f.schema_arrow.names)
+        need = list(columns) + ([target] if target is not None and target not in columns else [])
+        missing = [c for c in need if c not in have]
+        if missing:
+            raise NbnetError(f"{path.name} has no column {missing[0]!r}; it must have the training columns")
+        for batch in f.iter_batches(batch_size=chunk_rows or 65536, columns=need):
+            yield pa.Table.from_batches([batch])
+    except NbnetError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise _table_error(path, "parquet", e) from None
+
+
+def _rebatch(tables, chunk_rows):
+    """Regroup a stream of tables into tables of exactly ``chunk_rows`` rows (the last one shorter);
+    ``chunk_rows=None``: one table."""
+    import pyarrow as pa
+
+    pending, n_pending = [], 0
+    for t in tables:
+        if t.num_rows == 0:
+            continue
+        pending.append(t)
+        n_pending += t.num_rows
+        while chunk_rows is not None and n_pending >= chunk_rows:
+            whole = pa.concat_tables(pending)
+            yield whole.slice(0, chunk_rows)
+            rest = whole.slice(chunk_rows)
+            pending, n_pending = ([rest] if rest.num_rows else []), rest.num_rows
+    if n_pending:
+        yield pa.concat_tables(pending)
+
+
+def _is_numeric(t) -> bool:
+    import pyarrow.types as pt
+
+    return pt.is_integer(t) or pt.is_floating(t) or pt.is_boolean(t) or pt.is_null(t) or pt.is_decimal(t)
+
+
+def _encode_columns(table, columns, categories, path: Path, *, fixed_categories: bool):
+    """(X float64, feature_names, categories) from ``columns`` of a pyarrow table; categorical
+    columns one-hot (learning their categories unless ``fixed_categories``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    have = set(table.column_names)
+    for c in columns:
+        if c not in have:
+            raise NbnetError(f"{path.name} has no column {c!r}; it must have the training columns")
+    cats_out, names, blocks = {}, [], []
+    for c in columns:
+        col = table.column(c)
+        if c in categories:
+            text = pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
+            if fixed_categories:
+                cats = categories[c]
+            else:
+                cats = sorted(str(v) for v in pc.unique(text).to_pylist() if v is not None)
+            cats_out[c] = cats
+            idx = pc.index_in(text, value_set=pa.array(cats, pa.string())).to_numpy(zero_copy_only=False)
+            block = np.zeros((n, len(cats)))
+            ok = ~np.isnan(idx.astype(np.float64)) if idx.dtype.kind == "f" else np.ones(n, bool)
+            block[np.flatnonzero(ok), idx[ok].astype(np.int64)] = 1.0
+            blocks.append(block)
+            names += [f"{c}={k}" for k in cats]
+            continue
+        if not _is_numeric(col.type):
+            sample = next((v for v in col.to_pylist()[:1000] if v is not None), None)
+            raise NbnetError(f"{path.name}: column {c!r} is not numeric (e.g. {sample!r}); declare it categorical "
+                             f"(categorical = [\"{c}\"]) or drop it")
+        blocks.append(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).reshape(n, 1))
+        names.append(c)
+    X = np.hstack(blocks) if blocks else np.zeros((n, 0))
+    return np.ascontiguousarray(X, dtype=np.float64), names, cats_out
+
+
+def _target_array(table, target: str, path: Path, task):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if target not in table.column_names:
+        shown = ", ".join(table.column_names[:12]) + (" …" if table.num_columns > 12 else "")
+        raise NbnetError(f"target column {target!r} not found in {path.name}; its columns are: {shown}")
+    col = table.column(target)
+    if col.null_count:
+        first = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise NbnetError(f"target column {target!r} of {path.name} has {col.null_count} missing values "
+                         f"(first at row {first}); drop those rows")
+    if pa.types.is_dictionary(col.type):
+        col = pc.cast(col, pa.string())
+    if _is_numeric(col.type):
+        y = col.to_numpy(zero_copy_only=False)
+    else:
+        y = np.asarray(pc.cast(col, pa.string()).to_pylist(), dtype=str)
+    return _labels(y, task, f"target column {target!r} of {path.name}")
+
+
+def _dataset_from_table(table, *, target: str, categorical: list[str], name: str, path: Path, task) -> Dataset:
+    if table.num_rows == 0:
+        raise NbnetError(f"{path.name} has a header but no rows")
+    cols = table.column_names
+    if len(set(cols)) != len(cols):
+        dup = next(c for c in cols if cols.count(c) > 1)
+        raise NbnetError(f"{path.name} has two columns named {dup!r}; column names must be unique")
+    y, task = _target_array(table, target, path, task)
+    unknown = [c for c in categorical if c not in cols]
+    if unknown:
+        raise NbnetError(f"categorical column {unknown[0]!r} not found in {path.name}; its columns are: {', '.join(cols[:12])}")
+    if target in categorical:
+        raise NbnetError(f"the target {target!r} cannot also be a categorical feature; remove it from categorical")
+    features = [c for c in cols if c != target]
+    if not features:
+        raise NbnetError(f"{path.name} has no feature columns besides the target {target!r}")
+    X, names, cats = _encode_columns(table, features, {c: None for c in categorical}, path, fixed_categories=False)
+    return Dataset(X, y, names, task, name, categories=cats)
