@@ -381,7 +381,12 @@ def _npz_member(path: Path, name: str):
         n_extra = int.from_bytes(local[28:30], "little")
         f.seek(info.header_offset + 30 + n_name + n_extra)
         version = np.lib.format.read_magic(f)
-        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
         if dtype.hasobject:
             return None
         offset = f.tell()
