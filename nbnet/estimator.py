@@ -544,15 +544,18 @@ _COMPILED: set = set()
 
 def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
     """Rebuild an estimator from :func:`nbnet.io.read_bundle` output."""
-    cls = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}.get(meta.get("estimator"))
+    name = meta.get("estimator")
+    cls = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}.get(name if isinstance(name, str) else None)
     if cls is None:
-        raise NbnetError(f"unknown estimator {meta.get('estimator')!r} in model file")
+        raise NbnetError(f"unknown estimator {name!r} in model file")
+    _check_meta_types(meta, cls)
     params = dict(meta["params"])
     for key in ("hidden_layer_sizes", "betas", "image_shape"):
         if isinstance(params.get(key), list):
             params[key] = tuple(params[key])
     try:
         est = cls().set_params(**params)
+        est._resolved()  # hyperparameters are validated as a constructor's would be on fit
         est.n_features_in_ = int(meta["n_features_in"])
         est.n_outputs_ = int(meta["n_outputs"])
         est.loss_ = meta["loss"]
@@ -562,6 +565,9 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         dtype = _DTYPES[est.dtype]
         if arrays["params"].shape != (est.layout_.n_params,) or arrays["params"].dtype != dtype:
             raise NbnetError("model file's parameter buffer does not match its layout; the file is damaged")
+        if arrays["opt_m"].shape != arrays["params"].shape or arrays["opt_v"].shape != arrays["params"].shape \
+                or arrays["rng"].shape != (1,):
+            raise NbnetError("model file's optimizer or generator state does not match its layout; the file is damaged")
         est._params = arrays["params"].copy()
         est._opt = optim.OptState(int(meta["opt_step"]), arrays["opt_m"].copy(), arrays["opt_v"].copy())
         est._rng = arrays["rng"].astype(np.uint64).copy()
@@ -570,14 +576,50 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         est.compile_seconds_ = 0.0
         est.preprocessor_ = None
         est.training_stats_ = meta.get("training_stats")
-        if "preprocessor" in meta:
+        if meta.get("preprocessor") is not None:
             from .data.prep import Preprocessor
 
             parrays = {k[5:]: v for k, v in arrays.items() if k.startswith("prep.")}
             est.preprocessor_ = Preprocessor.from_state(meta["preprocessor"], parrays)
-    except (KeyError, TypeError) as e:
-        raise NbnetError(f"model file is missing or has a malformed field ({e}); it is damaged or foreign") from None
+    except NbnetError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
+        raise NbnetError(f"model file is missing or has a malformed field ({type(e).__name__}: {e}); it is damaged or foreign") from None
     return est
+
+
+def _check_meta_types(meta: dict, cls) -> None:
+    """meta.json is not covered by the array checksum: check each field's type before use, so a
+    crafted or hand-edited file fails here with one line instead of deep inside predict."""
+    def bad(field, want):
+        raise NbnetError(f"model file field {field!r} must be {want}, got {str(meta.get(field))[:60]!r}; the file is damaged or foreign")
+
+    def count(v, lo):
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v < 2**31
+
+    if not isinstance(meta.get("params"), dict):
+        bad("params", "an object")
+    for field, lo in (("n_features_in", 1), ("n_outputs", 1), ("opt_step", 0), ("n_epochs", 0)):
+        if not count(meta.get(field), lo):
+            bad(field, f"an integer >= {lo}")
+    hidden = meta.get("hidden")
+    if not (isinstance(hidden, list) and all(count(h, 1) for h in hidden)):
+        bad("hidden", "a list of positive integers")
+    if not (isinstance(meta.get("history"), dict) and all(isinstance(v, list) for v in meta["history"].values())):
+        bad("history", "an object of lists")
+    n_out, loss = meta["n_outputs"], meta.get("loss")
+    if cls is MLPRegressor:
+        if loss != "mse":
+            bad("loss", "'mse' for a regressor")
+        return
+    if loss != ("binary_cross_entropy" if n_out == 1 else "cross_entropy"):
+        bad("loss", f"the cross-entropy matching {n_out} outputs")
+    classes = meta.get("classes")
+    n_classes = 2 if n_out == 1 else n_out
+    if not (isinstance(classes, list) and len(classes) == n_classes
+            and all(isinstance(c, (str, int, float)) for c in classes)
+            and len({type(c) for c in classes}) == 1):
+        bad("classes", f"a list of {n_classes} labels of one type")
 
 
 def load_file(path):

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,6 +25,8 @@ from .errors import NbnetError
 FORMAT = "nbnet-model"
 FORMAT_VERSION = 1
 META = "meta.json"
+#: Array member names: no folders, no "..", nothing but what write_bundle produces.
+_MEMBER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*\.npy")
 
 
 def checksum(arrays: dict[str, np.ndarray]) -> str:
@@ -81,6 +84,7 @@ def read_bundle(path) -> tuple[dict, dict[str, np.ndarray]]:
             names = z.namelist()
             if META not in names:
                 raise NbnetError(f"{str(path)!r} is not an nbnet model file (no {META})")
+            _check_members(path, z)
             meta = json.loads(z.read(META))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise NbnetError(f"{str(path)!r} is not an nbnet model file (format is not {FORMAT!r})")
@@ -96,18 +100,55 @@ def read_bundle(path) -> tuple[dict, dict[str, np.ndarray]]:
                     continue
                 if not name.endswith(".npy"):
                     raise NbnetError(f"{str(path)!r} holds an unexpected member {name!r}; it is not a clean nbnet model")
+                _check_npy_size(path, z, name)
                 with z.open(name) as f:
                     arrays[name[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
     except NbnetError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, KeyError, NotImplementedError) as e:
         raise NbnetError(f"{str(path)!r} is corrupt or truncated ({type(e).__name__}); re-save or re-download it") from None
+    except RecursionError:  # absurdly nested meta.json
+        raise NbnetError(f"{str(path)!r} is not a safe nbnet model file: {META} is nested too deeply") from None
     except ValueError as e:  # pickled object arrays, bad npy headers, bad JSON
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise NbnetError(f"{str(path)!r} is not a safe nbnet model file: {msg}") from None
     if checksum(arrays) != meta.get("checksum"):
         raise NbnetError(f"{str(path)!r} failed its checksum (the file was modified or damaged); re-save it")
     return meta, arrays
+
+
+def _check_members(path: Path, z: zipfile.ZipFile) -> None:
+    """Refuse what write_bundle never writes: odd names (folders, ".."), a name twice, and
+    compressed members (a small file that inflates to gigabytes)."""
+    seen = set()
+    for info in z.infolist():
+        name = info.filename
+        if name != META and not _MEMBER.fullmatch(name):
+            raise NbnetError(f"{str(path)!r} holds an unexpected member {name!r}; it is not a clean nbnet model")
+        if name in seen:
+            raise NbnetError(f"{str(path)!r} holds member {name!r} twice; it is not a clean nbnet model")
+        seen.add(name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise NbnetError(f"{str(path)!r} holds a compressed member {name!r}; nbnet writes uncompressed files, re-save it")
+
+
+def _check_npy_size(path: Path, z: zipfile.ZipFile, name: str) -> None:
+    """The shape and dtype an .npy header claims must match the bytes stored, so a crafted header
+    cannot make the reader allocate more memory than the file holds."""
+    info = z.getinfo(name)
+    with z.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version} in {name}")
+        data_bytes = info.file_size - f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{name} holds Python objects (pickle), which nbnet never loads")
+    if int(np.prod(shape, dtype=object)) * dtype.itemsize != data_bytes:
+        raise NbnetError(f"{str(path)!r} member {name!r} claims shape {shape} but holds {data_bytes} bytes; the file is damaged")
 
 
 def load(path_or_uri: str | os.PathLike):

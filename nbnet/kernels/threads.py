@@ -34,8 +34,11 @@ def thread_budget(n_threads: int | None = None):
     """BLAS gets ``n_threads`` threads; numba's loops are serial. Yields the thread count."""
     from threadpoolctl import threadpool_limits
 
-    n = default_threads() if n_threads is None else int(n_threads)
-    if n < 1:
-        raise NbnetError(f"n_threads must be at least 1, got {n}")
+    try:
+        n = default_threads() if n_threads is None else int(n_threads)
+    except (TypeError, ValueError):
+        raise NbnetError(f"n_threads must be a positive int or None (all cores), got {n_threads!r}") from None
+    if not 1 <= n <= 4096:
+        raise NbnetError(f"n_threads must be between 1 and 4096, got {n}")
     with threadpool_limits(limits=n, user_api="blas"):
         yield n
