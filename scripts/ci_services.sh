@@ -25,6 +25,13 @@ unavailable() {
   exit 0
 }
 
+if [ "$(id -u)" != 0 ] && command -v psql >/dev/null 2>&1 \
+   && PGPASSWORD="$PASSWORD" PGCONNECT_TIMEOUT=5 psql -X -q -h 127.0.0.1 -U "$ROLE" -d "$DB" -tAc 'SELECT 1' >/dev/null 2>&1; then
+  # Not root, but an earlier root run already set the server up: use it as it is.
+  say "PostgreSQL already set up for $ROLE on 127.0.0.1:5432"
+  printf 'export NBNET_TEST_PG_URL=%q\n' "postgresql://$ROLE:$PASSWORD@127.0.0.1:5432/$DB"
+  exit 0
+fi
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
   [ "$(id -u)" = 0 ] || unavailable "PostgreSQL is not installed and this is not root (run: sudo apt-get install -y postgresql)"
   command -v apt-get >/dev/null 2>&1 || unavailable "PostgreSQL is not installed and there is no apt-get"
