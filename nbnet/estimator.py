@@ -265,7 +265,7 @@ class _BaseMLP:
             X = check_X(X, allow_nan=bool(pre is not None and pre.allows_nan))
             self.n_features_in_ = X.shape[1]
             if pre is not None:
-                X = pre.fit(X, y).transform(X)
+                X = pre.fit(X, y, task="regression" if self._loss_name == "mse" else "classification").transform(X)
             self.preprocessor_ = pre
         else:
             if not hasattr(self, "n_features_in_"):
@@ -561,7 +561,10 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         est.loss_ = meta["loss"]
         if "classes" in meta:
             est.classes_ = np.array(meta["classes"])
-        est.layout_ = Layout.build(est.n_features_in_, tuple(meta["hidden"]), est.n_outputs_, est.activation)
+        n_inputs = est.n_features_in_
+        if isinstance(meta.get("preprocessor"), dict):  # the network sees the preprocessed columns
+            n_inputs = int(meta["preprocessor"]["n_features_out"])
+        est.layout_ = Layout.build(n_inputs, tuple(meta["hidden"]), est.n_outputs_, est.activation)
         dtype = _DTYPES[est.dtype]
         if arrays["params"].shape != (est.layout_.n_params,) or arrays["params"].dtype != dtype:
             raise NbnetError("model file's parameter buffer does not match its layout; the file is damaged")
