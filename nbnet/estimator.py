@@ -532,6 +532,8 @@ class _BaseMLP:
             arrays.update({f"prep.{k}": v for k, v in parrays.items()})
         if getattr(self, "training_stats_", None) is not None:
             meta["training_stats"] = self.training_stats_
+        if getattr(self, "config_", None) is not None:  # the resolved experiment config (nbnet.config.to_dict)
+            meta["config"] = self.config_
         return meta, arrays
 
     def save(self, path) -> None:
@@ -579,6 +581,7 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         est.compile_seconds_ = 0.0
         est.preprocessor_ = None
         est.training_stats_ = meta.get("training_stats")
+        est.config_ = meta.get("config")
         if meta.get("preprocessor") is not None:
             from .data.prep import Preprocessor
 
