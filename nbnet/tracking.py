@@ -33,12 +33,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import unquote
 
 import mlflow
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
@@ -102,6 +104,23 @@ def client(uri: str | None = None) -> mlflow.MlflowClient:
 
 
 _URI_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No artifact progress bars (they would garble ``nbnet predict``'s own) and no MLflow advice
+    about type hints: the model has an explicit signature."""
+    with _URI_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
 
 
 @contextlib.contextmanager
@@ -442,3 +461,250 @@ def log_dict(run_id: str, data: dict, artifact_file: str, uri: str | None = None
 
 def log_text(run_id: str, text: str, artifact_file: str, uri: str | None = None) -> None:
     _retrying(client(uri).log_text, run_id, text, artifact_file)
+
+
+# --- the model: MLflow pyfunc "from code" around nbnet's safe file ---------------------------------
+def feature_spec(estimator, model_config: dict | None = None) -> tuple[list[str] | None, dict]:
+    """``(feature_names, categories)`` of a model's raw input: from the estimator's
+    ``feature_names_in_`` / ``categories_`` if it has them, else from the pyfunc model's config;
+    ``(None, {})`` when neither knows (inputs are then taken by position)."""
+    names = getattr(estimator, "feature_names_in_", None)
+    cats = getattr(estimator, "categories_", None)
+    if names is None and model_config:
+        names, cats = model_config.get("feature_names"), model_config.get("categories")
+    return (None if names is None else [str(n) for n in names]), dict(cats or {})
+
+
+def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_features: int) -> np.ndarray:
+    """A pandas DataFrame (columns matched by name; extra columns ignored; categorical columns
+    one-hot with the training categories, unseen → zeros) or an array → float64 (n, n_features)."""
+    import pandas as pd
+
+    if not isinstance(X, pd.DataFrame):
+        return np.asarray(X)
+    X = X.rename(columns=str)
+    cols = list(X.columns)
+    if feature_names is None:
+        return X.to_numpy(dtype=np.float64)
+    if categories:
+        from .data.load import raw_columns
+
+        raw = raw_columns(feature_names, categories)
+    else:
+        raw = list(feature_names)
+    missing = [c for c in raw if c not in set(cols)]
+    if missing:
+        if not categories and len(cols) == n_features and not set(raw) & set(cols):
+            return X.to_numpy(dtype=np.float64)  # unnamed columns (0, 1, ...): taken by position
+        raise NbnetError(f"input lacks column(s) {missing[:5]}; the model reads {raw[:10]}"
+                         f"{' ...' if len(raw) > 10 else ''}")
+    if not categories:
+        return X[raw].to_numpy(dtype=np.float64)
+    out = np.empty((len(X), len(feature_names)), np.float64)
+    groups = {f"{c}={k}": (c, str(k)) for c, cats in categories.items() for k in cats}
+    for j, name in enumerate(feature_names):
+        if name in groups:
+            c, k = groups[name]
+            col = X[c]
+            out[:, j] = (col.notna() & (col.astype(str) == k)).to_numpy()
+        else:
+            out[:, j] = pd.to_numeric(X[name], errors="raise").to_numpy(dtype=np.float64)
+    return out
+
+
+class NbnetPyfuncModel(mlflow.pyfunc.PythonModel):
+    """The MLflow pyfunc face of an nbnet model. MLflow loads it through the code file
+    ``nbnet/_pyfunc_model.py`` (models from code: nothing is pickled); the weights come from the
+    safe nbnet file in ``context.artifacts["model"]``.
+
+    ``predict(DataFrame)`` returns class labels for a classifier, values for a regressor; with
+    ``params={"proba": True}`` a classifier returns a DataFrame of class probabilities.
+    """
+
+    def load_context(self, context) -> None:
+        from .io import load
+
+        self.estimator = load(context.artifacts["model"])
+        self.features = feature_spec(self.estimator, context.model_config)
+
+    # The pd.DataFrame hint is one MLflow accepts without deriving a schema from it (the explicit
+    # signature does that); without any hint MLflow warns on every import.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        est = self.estimator
+        X = frame_to_matrix(model_input, *self.features, est.n_features_in_)
+        if params and params.get("proba"):
+            if not hasattr(est, "predict_proba"):
+                raise NbnetError("proba=True needs a classifier; this model is a regressor")
+            return pd.DataFrame(est.predict_proba(X), columns=[str(c) for c in est.classes_])
+        return est.predict(X)
+
+
+def _example_frame(estimator, X_example, feature_names):
+    import pandas as pd
+
+    if isinstance(X_example, pd.DataFrame):
+        return X_example.head(5).rename(columns=str)
+    X = np.asarray(X_example)[:5]
+    if X.ndim == 1:
+        X = X.reshape(1, -1)
+    names = feature_names or [f"x{j}" for j in range(X.shape[1])]
+    return pd.DataFrame(X.astype(np.float64), columns=names)
+
+
+def _pip_requirements() -> list[str]:
+    import numba
+
+    from . import __version__
+
+    return [f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}", f"numba=={numba.__version__}",
+            f"nbnet=={__version__}"]
+
+
+def log_model(run_id: str, estimator, X_example, uri: str | None = None) -> str:
+    """Log ``estimator`` to run ``run_id`` as an MLflow pyfunc model and return ``runs:/<id>/model``.
+
+    The model directory holds the nbnet file (``artifacts/model.nbnet``: npz + JSON, checksummed),
+    the three-line code file ``python_model.py`` (a copy of ``nbnet/_pyfunc_model.py``, which
+    imports :class:`NbnetPyfuncModel` from the installed nbnet), ``MLmodel`` with the signature,
+    and the input example (the first rows of ``X_example``, a DataFrame or an array). Nothing is
+    pickled.
+    """
+    from mlflow.models import Model, infer_signature
+
+    uri = uri or default_tracking_uri()
+    names, cats = feature_spec(estimator)
+    example = _example_frame(estimator, X_example, names)
+    if names is None:
+        names = [str(c) for c in example.columns]
+    config = {"feature_names": names, "categories": cats}
+    X = frame_to_matrix(example, names, cats, estimator.n_features_in_)
+    proba = hasattr(estimator, "predict_proba")
+    signature = infer_signature(example, estimator.predict(X), params={"proba": False} if proba else None)
+    c = client(uri)
+    run = c.get_run(run_id)
+    # Create the LoggedModel ourselves: left to MLflow it would land in the fluent "current"
+    # experiment (the default one), not the run's.
+    logged = _retrying(c.create_logged_model, run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                       params=dict(run.data.params), tags={"nbnet.estimator": type(estimator).__name__})
+    with tempfile.TemporaryDirectory(prefix="nbnet-model-") as tmp:
+        path = Path(tmp, MODEL_FILE)
+        estimator.save(path)
+        with _global_uri(uri), _quiet():
+            Model.log(
+                artifact_path=None,
+                name=MODEL_NAME,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                model_id=logged.model_id,
+                python_model=str(_PYFUNC_CODE),
+                artifacts={"model": str(path)},
+                model_config=config,
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+            )
+        _retrying(c.finalize_logged_model, logged.model_id, "READY")
+    set_tags(run_id, {"nbnet.model_id": logged.model_id}, uri=uri)
+    return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+def download_model(uri: str, dst: str | None = None) -> tuple[str, dict]:
+    """Download the pyfunc model at ``uri`` (``models:/NAME@alias``, ``models:/NAME/VERSION``,
+    ``runs:/RUN_ID/model``, or any MLflow artifact URI of such a model) and return
+    ``(local path of the nbnet file, the model's config)``."""
+    import yaml
+
+    tracking = default_tracking_uri()
+    try:
+        with _global_uri(tracking), _quiet():
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking)
+    except MlflowException as e:
+        msg = str(e).splitlines()[0][:200]
+        raise NbnetError(f"could not fetch model {uri!r} from {tracking}: {msg}") from None
+    path = Path(local, "artifacts", MODEL_FILE)
+    mlmodel = Path(local, "MLmodel")
+    if not path.is_file() or not mlmodel.is_file():
+        raise NbnetError(f"{uri!r} is not an nbnet model (no artifacts/{MODEL_FILE}); log it with nbnet")
+    meta = yaml.safe_load(mlmodel.read_text()) or {}
+    config = (meta.get("flavors", {}).get("python_function", {}) or {}).get("config") or {}
+    return str(path), config
+
+
+def download_model_file(uri: str) -> str:
+    """Local path of the nbnet model file behind an MLflow model URI (used by ``nbnet.load``)."""
+    return download_model(uri)[0]
+
+
+def load_model(uri_or_path: str):
+    """``(estimator, (feature_names, categories))`` from an MLflow model URI or a local file."""
+    from .io import load
+
+    s = str(uri_or_path)
+    if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        path, config = download_model(s)
+        est = load(path)
+        return est, feature_spec(est, config)
+    est = load(s)
+    return est, feature_spec(est)
+
+
+# --- registry ------------------------------------------------------------------------------------
+def _metric_of(c, run_id: str, key: str):
+    v = c.get_run(run_id).data.metrics.get(key)
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def register_champion(name: str, run_id: str, metric_key: str, direction: str,
+                      uri: str | None = None) -> tuple[int, bool]:
+    """Register ``runs:/<run_id>/model`` as a new version of ``name`` and move the alias
+    ``champion`` to it only if its run's ``metric_key`` beats the current champion's
+    (``direction`` "maximize" or "minimize"; a tie keeps the incumbent) or there is none.
+
+    Every version gets tags ``nbnet.metric_key``, ``nbnet.metric`` and ``nbnet.promoted``; the
+    alias history is kept as version tags: ``champion.since`` (and ``champion.replaced``) on the
+    new champion, ``champion.until`` and ``champion.replaced_by`` on the one it displaced.
+    Returns ``(version, promoted)``.
+    """
+    if direction not in ("maximize", "minimize"):
+        raise NbnetError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+    uri = uri or default_tracking_uri()
+    c = client(uri)
+    new = _metric_of(c, run_id, metric_key)
+    if new is None:
+        raise NbnetError(f"run {run_id} has no finite metric {metric_key!r}; cannot compare it with the champion")
+    try:
+        c.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    model_id = c.get_run(run_id).data.tags.get("nbnet.model_id")
+    if model_id:
+        mv = _retrying(c.create_model_version, name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                       await_creation_for=0)
+    else:  # a model logged by other means: let MLflow resolve runs:/<id>/model
+        with _global_uri(uri):
+            mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", name, await_registration_for=0)
+    version = str(mv.version)
+    try:
+        old = c.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        old = None
+    old_metric = None if old is None or old.run_id is None else _metric_of(c, old.run_id, metric_key)
+    if old is None or old_metric is None:
+        promoted, why = True, "no champion yet" if old is None else f"champion v{old.version} has no {metric_key}"
+    else:
+        better = new > old_metric if direction == "maximize" else new < old_metric
+        promoted = bool(better)
+        why = f"{metric_key} {new:.6g} vs champion v{old.version} {old_metric:.6g} ({direction})"
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for k, v in {"nbnet.metric_key": metric_key, "nbnet.metric": repr(new), "nbnet.direction": direction,
+                 "nbnet.promoted": str(promoted).lower(), "nbnet.promotion_reason": why}.items():
+        c.set_model_version_tag(name, version, k, v)
+    if promoted:
+        c.set_registered_model_alias(name, CHAMPION, version)
+        c.set_model_version_tag(name, version, "champion.since", now)
+        if old is not None:
+            c.set_model_version_tag(name, version, "champion.replaced", str(old.version))
+            c.set_model_version_tag(name, str(old.version), "champion.until", now)
+            c.set_model_version_tag(name, str(old.version), "champion.replaced_by", version)
+    return int(version), promoted

@@ -1,0 +1,304 @@
+"""nbnet.tracking against a real MLflow SQLite store in a temporary folder (one store per module:
+creating the schema costs a few seconds)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import zipfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+import nbnet
+from nbnet import MLPClassifier, MLPRegressor, tracking
+from nbnet.errors import NbnetError
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh store, set as MLFLOW_TRACKING_URI (as a user would) for the whole module."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setenv("MLFLOW_TRACKING_URI", uri)
+        tracking.ensure_experiment("warmup")  # creates the schema once
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def iris_clf():
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    clf = MLPClassifier((8,), epochs=5, seed=0, learning_rate=0.01).fit(X, y)
+    return clf, X
+
+
+@pytest.fixture(scope="module")
+def logged(store, iris_clf):
+    """A run holding a logged classifier model."""
+    clf, X = iris_clf
+    exp = tracking.ensure_experiment("models")
+    run_id = tracking.start_run(exp, run_name="with-model", params={"model": {"hidden": [8]}})
+    uri = tracking.log_model(run_id, clf, X[:10])
+    tracking.end_run(run_id, "FINISHED")
+    return run_id, uri
+
+
+def test_default_uri_is_sqlite_under_mlruns(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.default_tracking_uri(tmp_path)
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert (tmp_path / "mlruns").is_dir()
+    assert tracking.artifact_root(uri) == str(tmp_path.resolve() / "mlruns" / "artifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.default_tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+    assert tracking.artifact_root("http://127.0.0.1:5999") is None
+
+
+def test_experiment_artifacts_live_beside_the_database(store):
+    exp = tracking.ensure_experiment("my exp/1")
+    assert tracking.ensure_experiment("my exp/1") == exp  # idempotent
+    loc = tracking.client().get_experiment(exp).artifact_location
+    db_dir = Path(store[len("sqlite:///"):]).parent
+    assert loc == (db_dir / "artifacts" / "my_exp_1").as_uri()
+
+
+def test_nested_runs_params_tags_and_status(store):
+    exp = tracking.ensure_experiment("nesting")
+    parent = tracking.start_run(exp, run_name="sweep", params={"search": {"n_trials": 3}},
+                                tags=tracking.standard_tags(study="s1", seed=7, data_hash="abc"))
+    child = tracking.start_run(exp, run_name="trial-0", parent_run_id=parent,
+                               params={"model": {"hidden_layer_sizes": (64, 32), "activation": "relu"},
+                                       "train": {"lr": 1e-3, "long": "x" * 7000}},
+                               tags={"optuna.trial": 0})
+    tracking.end_run(child, "KILLED")
+    tracking.end_run(parent, "FINISHED")
+    c = tracking.client()
+    cr, pr = c.get_run(child), c.get_run(parent)
+    assert cr.data.tags["mlflow.parentRunId"] == parent
+    assert cr.info.status == "KILLED" and pr.info.status == "FINISHED"
+    assert cr.data.params["model.hidden_layer_sizes"] == "[64, 32]"
+    assert cr.data.params["model.activation"] == "relu"
+    assert float(cr.data.params["train.lr"]) == 1e-3
+    assert len(cr.data.params["train.long"]) == 6000  # truncated to MLflow's limit, not rejected
+    t = pr.data.tags
+    assert t["nbnet.version"] == nbnet.__version__ and t["numpy.version"] == np.__version__
+    assert t["optuna.study"] == "s1" and t["nbnet.seed"] == "7" and t["nbnet.data_hash"] == "abc"
+    assert "numba.version" in t
+    assert pr.info.run_name == "sweep"
+    with pytest.raises(NbnetError, match="FINISHED, FAILED, KILLED"):
+        tracking.end_run(child, "DONE")
+
+
+def test_run_context_closes_with_the_right_status(store):
+    exp = tracking.ensure_experiment("ctx")
+    with tracking.run(exp, run_name="ok") as ok:
+        pass
+    with pytest.raises(RuntimeError):
+        with tracking.run(exp, run_name="boom") as bad:
+            raise RuntimeError("boom")
+    c = tracking.client()
+    assert c.get_run(ok).info.status == "FINISHED"
+    assert c.get_run(bad).info.status == "FAILED"
+
+
+def test_metric_logger_batches_per_flush(store):
+    exp = tracking.ensure_experiment("metrics")
+    run_id = tracking.start_run(exp, run_name="m")
+    log = tracking.MetricLogger(run_id, flush_every=4)
+    calls = []
+    real = tracking.client().log_batch
+
+    def counting(*a, **k):  # count the real store calls, still sending them
+        calls.append(len(k.get("metrics", ())))
+        return real(*a, **k)
+
+    tracking.client().log_batch = counting
+    try:
+        for epoch in range(10):
+            log(epoch, {"loss": 1.0 / (epoch + 1), "val_accuracy": 0.1 * epoch, "note": "text",
+                        "stopped": False, "grad_norm_0": np.float32(0.5)})
+        assert calls == [12, 12]  # two flushes of 4 epochs x 3 numeric values
+        log.flush()
+        log.flush()  # nothing buffered: no call
+    finally:
+        del tracking.client().log_batch
+    assert calls == [12, 12, 6]
+    assert log.seconds > 0
+    tracking.end_run(run_id)
+    hist = tracking.client().get_metric_history(run_id, "loss")
+    assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(10))
+    assert tracking.client().get_run(run_id).data.metrics["val_accuracy"] == pytest.approx(0.9)
+    assert "note" not in tracking.client().get_run(run_id).data.metrics
+
+
+def test_metric_logger_as_training_callback(store, blobs):
+    X, y = blobs
+    exp = tracking.ensure_experiment("callback")
+    run_id = tracking.start_run(exp, run_name="fit")
+    with tracking.MetricLogger(run_id) as log:
+        clf = MLPClassifier((8,), epochs=3, seed=0).fit(X, y, validation_data=(X, y), callbacks=[log])
+    tracking.end_run(run_id)
+    metrics = tracking.client().get_run(run_id).data.metrics
+    assert metrics["loss"] == pytest.approx(clf.history_["loss"][-1])
+    assert len(tracking.client().get_metric_history(run_id, "loss")) == 3
+
+
+def _stale_child(uri, exp, parent, q):  # runs in a child process that then dies
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    q.put(tracking.start_run(exp, run_name="orphan", parent_run_id=parent))
+
+
+def test_repair_stale_runs_kills_only_dead_owners(store):
+    exp = tracking.ensure_experiment("stale")
+    parent = tracking.start_run(exp, run_name="sweep")
+    live = tracking.start_run(exp, run_name="live", parent_run_id=parent)  # owned by this process
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_stale_child, args=(store, exp, parent, q))
+    p.start()
+    orphan = q.get(timeout=120)
+    p.join(timeout=120)
+    assert p.exitcode == 0
+    assert tracking.repair_stale_runs(exp, parent_run_id=parent) == 1
+    c = tracking.client()
+    assert c.get_run(orphan).info.status == "KILLED"
+    assert "dead process" in c.get_run(orphan).data.tags["nbnet.repaired"]
+    assert c.get_run(live).info.status == "RUNNING"
+    assert c.get_run(parent).info.status == "RUNNING"  # not a child of itself
+    for r in (live, parent):
+        tracking.end_run(r)
+
+
+def test_log_model_is_models_from_code_without_pickles(store, logged, iris_clf):
+    run_id, uri = logged
+    assert uri == f"runs:/{run_id}/model"
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert "artifacts/model.nbnet" in files and "MLmodel" in files and "input_example.json" in files
+    assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files), files
+    code = [f for f in files if f.endswith(".py")]
+    assert len(code) == 1
+    assert (local / code[0]).read_text() == (Path(nbnet.__file__).parent / "_pyfunc_model.py").read_text()
+    with zipfile.ZipFile(local / "artifacts" / "model.nbnet") as z:  # the safe npz + JSON format
+        assert "meta.json" in z.namelist()
+    info = mlflow.models.get_model_info(uri)
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["x0", "x1", "x2", "x3"]
+    assert info.signature.params is not None  # proba
+
+
+@pytest.mark.parametrize("kind", ["runs", "local"])
+def test_load_equals_pyfunc_predict(store, logged, iris_clf, kind, tmp_path):
+    run_id, uri = logged
+    clf, X = iris_clf
+    raw = pd.DataFrame(X, columns=["x0", "x1", "x2", "x3"])
+    py = mlflow.pyfunc.load_model(uri)
+    if kind == "local":
+        est = nbnet.load(tracking.download_model_file(uri))
+    else:
+        est = nbnet.load(uri)
+    expected = py.predict(raw)
+    np.testing.assert_array_equal(est.predict(raw), expected)
+    np.testing.assert_array_equal(expected, clf.predict(X))
+    proba = py.predict(raw, params={"proba": True})
+    np.testing.assert_allclose(proba.to_numpy(), est.predict_proba(X))
+    assert list(proba.columns) == [str(c) for c in clf.classes_]
+
+
+def test_pyfunc_regressor_and_string_labels(store, regression):
+    X, y = regression
+    exp = tracking.ensure_experiment("kinds")
+    reg = MLPRegressor((6,), epochs=3, seed=0).fit(X, y)
+    labels = np.array(["cat", "dog"])[(X[:, 0] > 0).astype(int)]
+    clf = MLPClassifier((6,), epochs=3, seed=0).fit(X, labels)
+    uris = {}
+    for est in (reg, clf):
+        run_id = tracking.start_run(exp, run_name=type(est).__name__)
+        uris[est] = uri = tracking.log_model(run_id, est, pd.DataFrame(X[:3], columns=list("abcd")))
+        tracking.end_run(run_id)
+        raw = pd.DataFrame(X[:20], columns=list("abcd"))
+        py = mlflow.pyfunc.load_model(uri)
+        np.testing.assert_array_equal(py.predict(raw), nbnet.load(uri).predict(raw))
+        # columns are matched by name, not position
+        np.testing.assert_array_equal(py.predict(raw[["d", "c", "b", "a"]]), est.predict(X[:20]))
+    assert set(mlflow.pyfunc.load_model(uris[clf]).predict(raw)) <= {"cat", "dog"}
+    # only a classifier declares the proba param
+    assert mlflow.models.get_model_info(uris[reg]).signature.params is None
+    assert mlflow.models.get_model_info(uris[clf]).signature.params is not None
+
+
+def test_register_champion_moves_alias_only_when_better(store, iris_clf):
+    clf, X = iris_clf
+    exp = tracking.ensure_experiment("registry")
+    c = tracking.client()
+
+    def trained(acc):
+        run_id = tracking.start_run(exp, run_name=f"acc={acc}")
+        tracking.log_model(run_id, clf, X[:5])
+        tracking.log_metrics(run_id, {"val_accuracy": acc})
+        tracking.end_run(run_id)
+        return run_id
+
+    r1, r2, r3, r4 = trained(0.80), trained(0.90), trained(0.85), trained(0.90)
+    assert tracking.register_champion("reg", r1, "val_accuracy", "maximize") == (1, True)
+    assert tracking.register_champion("reg", r2, "val_accuracy", "maximize") == (2, True)
+    assert tracking.register_champion("reg", r3, "val_accuracy", "maximize") == (3, False)  # worse
+    assert tracking.register_champion("reg", r4, "val_accuracy", "maximize") == (4, False)  # a tie
+    champ = c.get_model_version_by_alias("reg", "champion")
+    assert str(champ.version) == "2" and champ.run_id == r2
+    v1, v3 = c.get_model_version("reg", "1"), c.get_model_version("reg", "3")
+    assert v1.tags["champion.replaced_by"] == "2" and "champion.until" in v1.tags
+    assert champ.tags["champion.replaced"] == "1" and "champion.since" in champ.tags
+    assert v3.tags["nbnet.promoted"] == "false" and "0.85" in v3.tags["nbnet.promotion_reason"]
+    # the champion loads through the registry, equal to MLflow's own pyfunc
+    raw = pd.DataFrame(X, columns=["x0", "x1", "x2", "x3"])
+    np.testing.assert_array_equal(nbnet.load("models:/reg@champion").predict(raw),
+                                  mlflow.pyfunc.load_model("models:/reg@champion").predict(raw))
+    np.testing.assert_array_equal(nbnet.load("models:/reg/3").predict(X), clf.predict(X))
+    # minimize: a lower loss wins
+    tracking.log_metrics(r3, {"val_loss": 0.5})
+    tracking.log_metrics(r1, {"val_loss": 0.4})
+    assert tracking.register_champion("loss", r3, "val_loss", "minimize") == (1, True)
+    assert tracking.register_champion("loss", r1, "val_loss", "minimize") == (2, True)
+    assert tracking.register_champion("loss", r3, "val_loss", "minimize") == (3, False)
+    with pytest.raises(NbnetError, match="no finite metric 'nope'"):
+        tracking.register_champion("loss", r3, "nope", "minimize")
+    with pytest.raises(NbnetError, match="maximize"):
+        tracking.register_champion("loss", r3, "val_loss", "up")
+
+
+def test_bad_model_uri_is_one_line_error(store):
+    with pytest.raises(NbnetError, match="could not fetch model") as e:
+        nbnet.load("models:/no-such-model@champion")
+    assert "\n" not in str(e.value)
+
+
+def test_artifacts_and_figures(store, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    exp = tracking.ensure_experiment("artifacts")
+    run_id = tracking.start_run(exp, run_name="a")
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3])
+    tracking.log_figure(run_id, fig, "plots/curve.png")
+    plt.close(fig)
+    f = tmp_path / "trials.csv"
+    f.write_text("number,value\n0,0.5\n")
+    tracking.log_artifact(run_id, f)
+    tracking.log_figure(run_id, f, "tables/renamed.csv")
+    tracking.log_dict(run_id, {"a": 1}, "config.json")
+    tracking.end_run(run_id)
+    names = {a.path for a in tracking.client().list_artifacts(run_id)}
+    assert {"plots", "trials.csv", "tables", "config.json"} <= names
+    sub = {a.path for a in tracking.client().list_artifacts(run_id, "tables")}
+    assert sub == {"tables/renamed.csv"}
+    with pytest.raises(NbnetError, match="not found"):
+        tracking.log_artifact(run_id, tmp_path / "missing.txt")
