@@ -273,7 +273,13 @@ class _BaseMLP:
             X = check_X(X, n_features=self.n_features_in_, allow_nan=bool(pre is not None and pre.allows_nan))
             if pre is not None:
                 X = pre.transform(X)
-        return np.ascontiguousarray(X, dtype=_DTYPES[self.dtype])
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(X, dtype=_DTYPES[self.dtype])
+        if out.dtype != X.dtype and np.isinf(out).any():  # finite in float64, beyond float32's range
+            row = int(np.argwhere(np.isinf(out))[0][0])
+            raise NbnetError(f"X holds values beyond the {self.dtype} range (first at row {row}); scale the data "
+                             "(preprocessing scale) or use dtype='float64'")
+        return out
 
     def _init_state(self, n_features: int, cfg: dict) -> None:
         self.layout_ = Layout.build(n_features, cfg["hidden"], self.n_outputs_, self.activation)
@@ -449,6 +455,8 @@ class _BaseMLP:
         if restore_best and best[1] is not None:
             self._params[:] = best[1]
             self.best_epoch_ = best[2]
+        if n_epochs and not np.all(np.isfinite(self._params)):  # the last step overflowed the weights
+            raise DivergedError(self.n_epochs_, float("nan"))
 
     def _sync_host(self) -> None:
         """Copy the live device buffers of a running fit into ``_params``/``_opt`` (no-op on the

@@ -354,7 +354,7 @@ def _labels(y: np.ndarray, task: str | None, what: str) -> tuple[np.ndarray, str
         integral = bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)))
         if task is None:
             task = "classification" if integral else "regression"
-        if task == "classification" and integral:
+        if task == "classification" and integral and np.all(np.abs(y) <= 2.0**53):  # exact as int64
             y = y.astype(np.int64)
         return (y.astype(np.float64) if task == "regression" else y), task
     if y.dtype.kind in "iu":
