@@ -13,6 +13,13 @@ import sys
 from .errors import NbnetError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_set_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
@@ -21,7 +28,7 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="nbnet", description="Numba-compiled MLPs with tracked Optuna sweeps.")
+    parser = _Parser(prog="nbnet", description="Numba-compiled MLPs with tracked Optuna sweeps.")
     parser.add_argument("--version", action="version", version=f"nbnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
