@@ -32,8 +32,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nbnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_model_commands(sub)
     # Subcommands register themselves here: sub.add_parser(...).set_defaults(func=cmd_...)
     return parser
+
+
+# --- using the result (issue 4): predict, ui ------------------------------------------------------
+def _add_model_commands(sub) -> None:
+    p = sub.add_parser("predict", help="predict a CSV/Parquet/NPZ file with a model (URI or file)",
+                       description="Predict every row of INPUT with MODEL (models:/NAME@champion, models:/NAME/3, "
+                                   "runs:/RUN_ID/model or a local .nbnet file); chunked, written atomically.")
+    p.add_argument("model", metavar="MODEL_URI")
+    p.add_argument("input", metavar="INPUT", help="a .csv, .parquet or .npz file (columns as in training)")
+    p.add_argument("-o", "--output", required=True, help="output .csv, .parquet or .npz")
+    p.add_argument("--proba", action="store_true", help="also write class probabilities (classifiers)")
+    p.add_argument("--chunk-rows", type=int, default=100_000, help="rows per chunk (default 100000)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on the project's store (mlruns/ or MLFLOW_TRACKING_URI)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    p.set_defaults(func=cmd_ui)
+
+
+def cmd_predict(args) -> int:
+    from .tracking import predict_file
+
+    n = predict_file(args.model, args.input, args.output, proba=args.proba, chunk_rows=args.chunk_rows)
+    print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from .tracking import serve_ui
+
+    return serve_ui(args.host, args.port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -678,11 +678,11 @@ def register_champion(name: str, run_id: str, metric_key: str, direction: str,
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     model_id = c.get_run(run_id).data.tags.get("nbnet.model_id")
-    if model_id:
-        mv = _retrying(c.create_model_version, name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
-                       await_creation_for=0)
-    else:  # a model logged by other means: let MLflow resolve runs:/<id>/model
-        with _global_uri(uri):
+    with _global_uri(uri):  # the SQL registry resolves models:/<model_id> through the global URI
+        if model_id:
+            mv = _retrying(c.create_model_version, name, f"models:/{model_id}", run_id=run_id,
+                           model_id=model_id, await_creation_for=0)
+        else:  # a model logged by other means: let MLflow resolve runs:/<id>/model
             mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", name, await_registration_for=0)
     version = str(mv.version)
     try:
@@ -708,3 +708,246 @@ def register_champion(name: str, run_id: str, metric_key: str, direction: str,
             c.set_model_version_tag(name, str(old.version), "champion.until", now)
             c.set_model_version_tag(name, str(old.version), "champion.replaced_by", version)
     return int(version), promoted
+
+
+# --- batch prediction (nbnet predict) -------------------------------------------------------------
+_OUTPUT_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
+
+
+class _Progress:
+    """A one-line progress display on stderr: rows done (and % when the total is known)."""
+
+    def __init__(self, total: int | None, stream=None):
+        import sys
+
+        self.total, self.stream = total, stream or sys.stderr
+        self.done, self.t0, self.last = 0, time.perf_counter(), 0.0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = 0.2 if self.tty else 5.0  # a redrawn line on a terminal, sparse lines in a log
+
+    def update(self, n: int, final: bool = False) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if not final and now - self.last < self.every:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        line = f"predict: {self.done:,} rows{pct}, {rate:,.0f} rows/s"
+        self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
+        self.stream.flush()
+
+
+def _input_rows(path: Path) -> int | None:
+    """Row count when it is cheap to know (Parquet metadata, an NPZ header); None for CSV."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if path.suffix.lower() == ".npz":
+            with np.load(path, mmap_mode="r", allow_pickle=False) as z:
+                return int(z["X"].shape[0]) if "X" in z.files else None
+    except Exception:  # the reader proper reports a broken file with a clear message
+        return None
+    return None
+
+
+def _file_columns(path: Path) -> list[str]:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    import pyarrow.csv as pcsv
+
+    with pcsv.open_csv(path) as r:
+        return list(r.schema.names)
+
+
+def _output_frame(est, X: np.ndarray, proba: bool) -> pd.DataFrame:
+    pred = est.predict(X)
+    cols = {"prediction": pred} if np.ndim(pred) == 1 else {f"prediction_{j}": pred[:, j] for j in range(pred.shape[1])}
+    if proba:
+        P = est.predict_proba(X)
+        cols.update({f"proba_{c}": P[:, j] for j, c in enumerate(est.classes_)})
+    return pd.DataFrame(cols)
+
+
+def predict_file(model: str, input_path, output_path, *, proba: bool = False, chunk_rows: int = 100_000,
+                 progress=None) -> int:
+    """Predict every row of ``input_path`` (.csv, .parquet or .npz) with ``model`` (an MLflow URI
+    or a local nbnet file) and write ``output_path`` (.csv, .parquet or .npz by extension):
+    column ``prediction`` (``prediction_j`` for several outputs) and, with ``proba``, one
+    ``proba_<class>`` column per class. The input is read ``chunk_rows`` rows at a time; the output
+    appears atomically (a temporary file renamed at the end), so a failure leaves no partial
+    file. Returns the number of rows written."""
+    from .data.load import iter_feature_chunks
+    from .io import atomic_write
+
+    inp, out = Path(input_path), Path(output_path)
+    kind = _OUTPUT_KINDS.get(out.suffix.lower())
+    if kind is None:
+        raise NbnetError(f"output {str(out)!r} must end in .csv, .parquet or .npz")
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise NbnetError(f"--chunk-rows must be a positive integer, got {chunk_rows!r}")
+    if not inp.is_file():
+        raise NbnetError(f"input file {str(inp)!r} not found; check the path")
+    if out.resolve() == inp.resolve():
+        raise NbnetError("the output file would overwrite the input; choose another -o path")
+    est, (names, cats) = load_model(model)
+    if proba and not hasattr(est, "predict_proba"):
+        raise NbnetError("--proba needs a classifier; this model is a regressor")
+    n_feat = est.n_features_in_
+    generic = names is None or (not cats and names == [f"x{j}" for j in range(n_feat)])
+    if generic and inp.suffix.lower() != ".npz":
+        # the model does not know its column names: take the file's columns in order
+        cols = _file_columns(inp)
+        if names is None or not set(names) <= set(cols):
+            if len(cols) != n_feat:
+                raise NbnetError(f"{inp.name} has {len(cols)} columns but the model takes {n_feat} features "
+                                 "(and stores no column names to pick them by)")
+            names = cols
+    if names is None:
+        names = [f"x{j}" for j in range(n_feat)]
+    bar = _Progress(_input_rows(inp), stream=progress)
+    chunks = iter_feature_chunks(inp, chunk_rows, feature_names=names, categories=cats)
+    rows = 0
+
+    def frames():
+        nonlocal rows
+        for X, _ in chunks:
+            df = _output_frame(est, X, proba)
+            rows += len(df)
+            bar.update(len(df))
+            yield df
+
+    def write(f):
+        if kind == "csv":
+            first = True
+            for df in frames():
+                f.write(df.to_csv(index=False, header=first).encode())
+                first = False
+            if first:
+                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
+        elif kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            writer = None
+            try:
+                for df in frames():
+                    table = pa.Table.from_pandas(df, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(f, table.schema)
+                    writer.write_table(table.cast(writer.schema))
+            finally:
+                if writer is not None:
+                    writer.close()
+            if writer is None:
+                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
+        else:  # npz cannot be appended to: gather the (small) outputs, then write once
+            parts = list(frames())
+            if not parts:
+                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
+            df = pd.concat(parts, ignore_index=True)
+            arrays = {}
+            pred_cols = [c for c in df.columns if c.startswith("prediction")]
+            arrays["prediction"] = df[pred_cols[0]].to_numpy() if len(pred_cols) == 1 else df[pred_cols].to_numpy()
+            if proba:
+                arrays["proba"] = df[[c for c in df.columns if c.startswith("proba_")]].to_numpy()
+                arrays["classes"] = np.asarray(est.classes_)
+            if arrays["prediction"].dtype.kind in "OU":
+                arrays = {k: (v.astype(str) if v.dtype.kind in "OU" else v) for k, v in arrays.items()}
+            np.savez(f, **arrays)
+
+    try:
+        atomic_write(out, write)
+    except OSError as e:
+        raise NbnetError(f"could not write {str(out)!r}: {e.strerror or e}") from None
+    bar.update(0, final=True)
+    return rows
+
+
+# --- the MLflow UI (nbnet ui) ----------------------------------------------------------------------
+def ui_command(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None) -> tuple[list[str], dict]:
+    """The ``mlflow server`` command line and environment that serve the project's store."""
+    import sys
+
+    uri = uri or default_tracking_uri()
+    bindir = str(Path(sys.executable).parent)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    root = artifact_root(uri)
+    if root is not None:  # artifacts uploaded through this server land beside the database too
+        cmd += ["--artifacts-destination", Path(root).as_uri()]
+    env = dict(os.environ)
+    # mlflow server starts uvicorn and helpers by name: the venv's bin must be on PATH
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.pop("MLFLOW_TRACKING_URI", None)  # the server is the store's owner, not a client of itself
+    return cmd, env
+
+
+def serve_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, *, ready_timeout: float = 120.0,
+             stream=None) -> int:
+    """Run the MLflow UI for the project's store until Ctrl-C or SIGTERM; returns its exit status.
+
+    ``mlflow server`` spawns several processes (uvicorn, a job runner, task consumers), so it runs
+    in its own process group, which is stopped as a whole when nbnet ui exits.
+    """
+    import signal
+    import sys
+    import urllib.request
+
+    stream = stream or sys.stdout
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise NbnetError(f"--port must be in 1..65535, got {port!r}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise NbnetError(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port") from None
+    cmd, env = ui_command(host, port, uri)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"http://{url_host}:{port}"
+
+    def stop_group(*_):
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:  # wait for the server to answer before printing its address
+            if proc.poll() is not None:
+                raise NbnetError(f"mlflow server exited with status {proc.returncode} before it was ready; "
+                                 "see its messages above")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise NbnetError(f"mlflow server did not answer on {url} within {ready_timeout:.0f} s")
+            time.sleep(0.25)  # polling interval while the server starts
+        print(f"MLflow UI for {uri or default_tracking_uri()}: {url}  (process group {proc.pid}; "
+              "Ctrl-C stops it)", file=stream, flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_group()
+        for sig, h in old.items():
+            signal.signal(sig, h)
