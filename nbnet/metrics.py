@@ -108,6 +108,8 @@ def confusion_matrix(y_true, y_pred, labels=None) -> np.ndarray:
     labels = np.unique(np.concatenate([t, p])) if labels is None else np.asarray(labels)
     if labels.size == 0:
         raise NbnetError("labels is empty; pass at least one label")
+    if not np.isin(t, labels).any():
+        raise NbnetError("At least one label specified must be in y_true")
     lookup = {v: i for i, v in enumerate(labels.tolist())}
     ti = np.array([lookup.get(v, -1) for v in t.tolist()], np.int64)
     pi = np.array([lookup.get(v, -1) for v in p.tolist()], np.int64)
@@ -237,8 +239,11 @@ def roc_auc(y_true, y_score, *, average="macro", labels=None):
     scores = np.array([_binary_auc(t == c, s[:, j]) for j, c in enumerate(classes.tolist())])
     if average is None:
         return scores
-    weights = np.array([np.sum(t == c) for c in classes.tolist()], np.float64) if average == "weighted" else None
-    return float(np.average(scores, weights=weights))
+    if average == "weighted":
+        weights = np.array([np.sum(t == c) for c in classes.tolist()], np.float64)
+        scores[weights == 0] = 0.0  # an absent class (NaN AUC) has no weight, as in scikit-learn
+        return float(np.average(scores, weights=weights))
+    return float(np.mean(scores))
 
 
 def log_loss(y_true, y_prob, *, labels=None) -> float:
