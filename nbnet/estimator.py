@@ -242,7 +242,7 @@ class _BaseMLP:
         if self.device == "auto":
             from .kernels import cuda_available
 
-            return "cuda" if cuda_available() else "cpu"
+            return "cuda" if cuda_available(simulator=False) else "cpu"  # never the slow simulator
         return self.device
 
     # --- targets (subclasses) --------------------------------------------------------------
