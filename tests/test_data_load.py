@@ -374,3 +374,19 @@ def test_categorical_column_errors(tmp_path):
     one_line_error(load_dataset, f"csv:{path}", target="label", categorical=["colour"], match="'colour' not found")
     one_line_error(load_dataset, f"csv:{path}", target="label", categorical=["color", "label"],
                    match="cannot also be a categorical")
+
+
+def test_error_names_the_offending_value(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text("a,b,y\n1,2,0\n3,x7,1\n5,6,0\n")
+    one_line_error(load_dataset, f"csv:{path}", target="y", match=r"column 'b' is not numeric \(e\.g\. 'x7'\)")
+
+
+def test_parquet_dictionary_column_is_categorical(tmp_path):
+    frame = pd.DataFrame({"c": pd.Categorical(["u", "v", "u"]), "x": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
+    frame.to_parquet(tmp_path / "cat.parquet")
+    ds = load_dataset(f"parquet:{tmp_path / 'cat.parquet'}", target="y", categorical=["c"])
+    assert ds.feature_names == ["c=u", "c=v", "x"]
+    np.testing.assert_array_equal(ds.X, [[1, 0, 1], [0, 1, 2], [1, 0, 3]])
+    X, _ = read_features(tmp_path / "cat.parquet", feature_names=ds.feature_names, categories=ds.categories)
+    np.testing.assert_array_equal(X, ds.X)

@@ -550,6 +550,14 @@ def _rebatch(tables, chunk_rows):
         yield pa.concat_tables(pending)
 
 
+def _parses_as_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _is_numeric(t) -> bool:
     import pyarrow.types as pt
 
@@ -585,7 +593,7 @@ def _encode_columns(table, columns, categories, path: Path, *, fixed_categories:
             names += [f"{c}={k}" for k in cats]
             continue
         if not _is_numeric(col.type):
-            sample = next((v for v in col.to_pylist()[:1000] if v is not None), None)
+            sample = next((v for v in col.to_pylist() if v is not None and not _parses_as_number(v)), None)
             raise NbnetError(f"{path.name}: column {c!r} is not numeric (e.g. {sample!r}); declare it categorical "
                              f"(categorical = [\"{c}\"]) or drop it")
         blocks.append(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).reshape(n, 1))
