@@ -75,6 +75,15 @@ def _check_y(y, n: int) -> np.ndarray:
     return y
 
 
+def _is_number(v) -> bool:
+    """A real, finite number (bools excluded)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and bool(np.isfinite(v))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _json_value(v):
     if isinstance(v, tuple):
         return [_json_value(x) for x in v]
@@ -195,10 +204,14 @@ class _BaseMLP:
             raise NbnetError(f"hidden_layer_sizes must be a tuple of positive ints, got {self.hidden_layer_sizes!r}") from None
         if any(h < 1 for h in hidden):
             raise NbnetError(f"hidden_layer_sizes must be positive, got {hidden}")
-        if self.activation not in K.ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in K.ACTIVATIONS:
             raise NbnetError(f"unknown activation {self.activation!r}; choose one of {', '.join(K.ACTIVATIONS)}")
-        if self.dtype not in _DTYPES:
+        if not isinstance(self.dtype, str) or self.dtype not in _DTYPES:
             raise NbnetError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not isinstance(self.optimizer, str):
+            raise NbnetError(f"optimizer must be a name like 'adam', got {self.optimizer!r}")
+        if self.momentum is not None and not _is_number(self.momentum):
+            raise NbnetError(f"momentum must be a number in [0, 1) or None, got {self.momentum!r}")
         kind, nesterov, momentum = optim.resolve(self.optimizer, self.momentum, self.nesterov)
 
         def positive(name, v, allow_zero=False):
@@ -213,17 +226,22 @@ class _BaseMLP:
             positive(name, getattr(self, name), allow_zero=True)
         if self.clip_norm is not None:
             positive("clip_norm", self.clip_norm)
-        if not 0.0 <= self.dropout < 1.0:
-            raise NbnetError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise NbnetError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not (isinstance(self.epochs, (int, np.integer)) and self.epochs >= 1):
             raise NbnetError(f"epochs must be a positive int, got {self.epochs!r}")
         if self.batch_size is not None and not (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1):
             raise NbnetError(f"batch_size must be a positive int or None (full batch), got {self.batch_size!r}")
-        b1, b2 = self.betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise NbnetError(f"betas must be in [0, 1), got {self.betas}")
-        if not 0.0 < self.validation_fraction < 1.0:
-            raise NbnetError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
+        if not (len(betas) == 2 and all(_is_number(b) and 0.0 <= b < 1.0 for b in betas)):
+            raise NbnetError(f"betas must be two numbers in [0, 1) like (0.9, 0.999), got {self.betas!r}")
+        b1, b2 = betas
+        if not (_is_number(self.validation_fraction) and 0.0 < self.validation_fraction < 1.0):
+            raise NbnetError(f"validation_fraction must be a number in (0, 1), got {self.validation_fraction!r}")
+        if not (_is_int(self.patience) and self.patience >= 1):
+            raise NbnetError(f"patience must be a positive int (epochs without improvement), got {self.patience!r}")
+        if not (_is_int(self.seed) and 0 <= self.seed < 2**63):
+            raise NbnetError(f"seed must be a non-negative int, got {self.seed!r}")
         img = (0, 0)
         if self.image_shape is not None:
             try:
@@ -443,8 +461,9 @@ class _BaseMLP:
                             stop = wait >= self.patience
                         self._es_state = (best, wait)
                     for cb in callbacks:
-                        fn = getattr(cb, "on_epoch_end", cb)
-                        stop = bool(fn(epoch, dict(logs))) or stop
+                        fn = getattr(cb, "on_epoch_end", None) or (cb if callable(cb) else None)
+                        if fn is not None:  # an object may implement only on_train_begin/end
+                            stop = bool(fn(epoch, dict(logs))) or stop
                     if stop:
                         break
             finally:
@@ -657,7 +676,7 @@ class MLPClassifier(_BaseMLP):
             raise NbnetError("y contains NaN or inf; drop those rows")
         classes = np.unique(y) if classes is None else np.unique(np.asarray(classes))
         if len(classes) < 2:
-            raise NbnetError(f"y has only one class ({classes[0]!r}); a classifier needs at least two")
+            raise NbnetError(f"y has only one class ({_json_value(classes[0])!r}); a classifier needs at least two")
         self.classes_ = classes
         self.n_outputs_ = 1 if len(classes) == 2 else len(classes)
         self.loss_ = "binary_cross_entropy" if len(classes) == 2 else "cross_entropy"
@@ -668,7 +687,7 @@ class MLPClassifier(_BaseMLP):
         idx = np.clip(idx, 0, len(self.classes_) - 1)
         unknown = self.classes_[idx] != y
         if np.any(unknown):
-            raise NbnetError(f"y holds label {y[np.argmax(unknown)]!r} not seen in training; known: {list(self.classes_)[:10]}")
+            raise NbnetError(f"y holds label {_json_value(y[np.argmax(unknown)])!r} not seen in training; known: {self.classes_[:10].tolist()}")
         dt = _DTYPES[self.dtype]
         if self.n_outputs_ == 1:
             return idx.astype(dt).reshape(-1, 1)
@@ -689,7 +708,8 @@ class MLPClassifier(_BaseMLP):
         return P
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        P = self.predict_proba(X)  # first: it says "not fitted" before classes_ is looked up
+        return self.classes_[P.argmax(1)]
 
     def score(self, X, y) -> float:
         y = _check_y(y, len(X))

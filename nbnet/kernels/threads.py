@@ -34,8 +34,10 @@ def thread_budget(n_threads: int | None = None):
     """BLAS gets ``n_threads`` threads; numba's loops are serial. Yields the thread count."""
     from threadpoolctl import threadpool_limits
 
+    if n_threads is None:
+        n_threads = default_threads()  # its own error names the environment variable
     try:
-        n = default_threads() if n_threads is None else int(n_threads)
+        n = int(n_threads)
     except (TypeError, ValueError):
         raise NbnetError(f"n_threads must be a positive int or None (all cores), got {n_threads!r}") from None
     if not 1 <= n <= 4096:
