@@ -330,3 +330,17 @@ def test_clean_string_labels_and_empty_result():
     assert "nonfinite_rows_dropped=2" in msg
     one_line_error(clean, X, np.array([0, 1]), match="must match")
     one_line_error(clean, X, np.array([0, 1, 1]), nan="fill", match="nan must be")
+
+
+def test_stats_of_large_data_use_a_sampled_quantile_grid():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(5000, 3))
+    X[::7, 1] = np.nan
+    s = feature_stats(X, max_rows=1000)
+    exact = np.nanquantile(X, np.linspace(0, 1, 11), axis=0).T
+    np.testing.assert_array_equal(s["edges"][:, [0, -1]], exact[:, [0, -1]])  # extremes exact
+    assert np.abs(s["edges"][:, 1:-1] - exact[:, 1:-1]).max() < 0.15  # sampled deciles, close
+    np.testing.assert_array_equal(s["counts"].sum(1), 5000 - np.isnan(X).sum(0))  # every row counted
+    np.testing.assert_array_equal(s["counts"], histogram_counts(X, s["edges"]))
+    assert np.all(np.abs(s["counts"] / s["counts"].sum(1, keepdims=True) - 0.1) < 0.03)
+    np.testing.assert_allclose(s["mean"], np.nanmean(X, 0))

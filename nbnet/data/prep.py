@@ -51,6 +51,7 @@ SPEC_DEFAULTS = {
     "pca": None,  # components (int) or variance fraction (float in (0, 1))
 }
 N_BINS = 10  # quantile bins per feature in stats_ (for PSI / KS drift checks)
+QUANTILE_ROWS = 20_000  # quantile edges of larger training sets come from a seeded sample of this many rows
 STATE_FORMAT = "nbnet-preprocessor"
 STATE_VERSION = 1
 
@@ -70,27 +71,46 @@ def histogram_counts(X, edges) -> np.ndarray:
         raise NbnetError(f"histogram_counts needs X (n, d) and edges (d, bins+1); got {X.shape} and {edges.shape}")
     n_bins = edges.shape[1] - 1
     out = np.zeros((X.shape[1], n_bins), np.int64)
-    for j in range(X.shape[1]):
-        col = X[:, j]
-        col = col[~np.isnan(col)]
-        idx = np.searchsorted(edges[j, 1:-1], col, side="right")
+    Xt = np.ascontiguousarray(X.T)  # one column per row: contiguous scans
+    n_nan = np.isnan(Xt).sum(1)
+    for j in range(Xt.shape[0]):
+        # NaN sorts after every number, so it lands in the last bin: taken out again below
+        idx = np.searchsorted(edges[j, 1:-1], Xt[j], side="right")
         out[j] = np.bincount(idx, minlength=n_bins)
+    out[:, -1] -= n_nan
     return out
 
 
-def feature_stats(X, n_bins: int = N_BINS) -> dict[str, np.ndarray]:
+def feature_stats(X, n_bins: int = N_BINS, *, max_rows: int = QUANTILE_ROWS) -> dict[str, np.ndarray]:
     """Per-column statistics of ``X`` (n, d), ignoring NaN: ``n`` (1,), ``mean``, ``std``
     (ddof=0), ``min``, ``max``, ``n_missing`` (d,), quantile ``edges`` (d, n_bins + 1) and their
-    ``counts`` (d, n_bins). A column with no values has NaN statistics and zero counts."""
+    ``counts`` (d, n_bins). A column with no values has NaN statistics and zero counts.
+
+    Everything is exact except the inner quantile edges of data with more than ``max_rows``
+    rows: those come from a seeded sample of ``max_rows`` rows (sorting every column of a
+    60000×784 set costs seconds; the sample's deciles are within about 1% of the exact ones).
+    The counts are then exact counts of all rows in those bins.
+    """
     X = np.asarray(X, dtype=np.float64)
+    missing = np.isnan(X)
+    any_missing = bool(missing.any())
+    sample = X
+    if X.shape[0] > max_rows:
+        rows = np.sort(np.random.default_rng(0).choice(X.shape[0], max_rows, replace=False))
+        sample = X[rows]
+    qs = np.linspace(0.0, 1.0, n_bins + 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, as documented
-        mean = np.nanmean(X, axis=0)
-        std = np.nanstd(X, axis=0)
-        lo = np.nanmin(X, axis=0)
-        hi = np.nanmax(X, axis=0)
-        edges = np.nanquantile(X, np.linspace(0.0, 1.0, n_bins + 1), axis=0).T
+        if any_missing:
+            mean, std = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
+            lo, hi = np.nanmin(X, axis=0), np.nanmax(X, axis=0)
+            edges = np.nanquantile(sample, qs, axis=0).T
+        else:  # the nan-functions copy X and loop per column; skip them when nothing is missing
+            mean, std = X.mean(0), X.std(0)
+            lo, hi = X.min(0), X.max(0)
+            edges = np.quantile(sample, qs, axis=0).T
     edges = np.ascontiguousarray(edges)
+    edges[:, 0], edges[:, -1] = lo, hi  # the outer edges are the exact extremes
     counts = histogram_counts(X, np.nan_to_num(edges))  # an all-NaN column counts nothing
     return {
         "n": np.array([X.shape[0]], np.int64),
@@ -98,7 +118,7 @@ def feature_stats(X, n_bins: int = N_BINS) -> dict[str, np.ndarray]:
         "std": std,
         "min": lo,
         "max": hi,
-        "n_missing": np.isnan(X).sum(0).astype(np.int64),
+        "n_missing": missing.sum(0).astype(np.int64),
         "edges": edges,
         "counts": counts,
     }
