@@ -216,3 +216,47 @@ def test_sigkill_mid_fit_then_resume_gives_the_same_weights(tmp_path):
     assert ck.resumed_from_epoch == 4
     assert same_weights(ref, resumed)
     assert resumed.history_["loss"] == ref.history_["loss"]
+
+
+CUDA_CHILD = textwrap.dedent(
+    """
+    import sys, numpy as np
+    import nbnet
+    from nbnet import MLPClassifier
+    from nbnet.checkpoint import Checkpoint
+    from nbnet.kernels import cuda_available
+    if not cuda_available():
+        print("no-cuda"); sys.exit(0)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 5)); y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    kw = dict(hidden_layer_sizes=(6,), epochs=3, batch_size=8, dropout=0.2, seed=1, device="cuda")
+    ref = MLPClassifier(**kw).fit(X, y)
+    class Crash(Exception): pass
+    def crash(epoch, logs):
+        if epoch == 3: raise Crash
+    try:
+        MLPClassifier(**kw).fit(X, y, callbacks=[Checkpoint(sys.argv[1], every=2), crash])
+    except Crash:
+        pass
+    assert nbnet.load(sys.argv[1]).n_epochs_ == 2
+    ck = Checkpoint(sys.argv[1])
+    res = MLPClassifier(**kw).fit(X, y, callbacks=[ck])
+    same = all(np.array_equal(a, b) for a, b in zip(ref.get_weights(), res.get_weights()))
+    print("resumed", ck.resumed_from_epoch, "same", same and ref.history_["loss"] == res.history_["loss"])
+    """
+)
+
+
+@pytest.mark.slow
+def test_resume_on_the_cuda_backend(tmp_path):
+    """On the device the live weights are device arrays: the checkpoint must copy them back
+    (CUDA simulator here; a real GPU with NBNET_CUDA_TESTS=gpu)."""
+    env = dict(os.environ)
+    if env.get("NBNET_CUDA_TESTS") != "gpu":
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    r = subprocess.run([sys.executable, "-c", CUDA_CHILD, str(tmp_path / "cuda.ckpt")], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if r.stdout.strip() == "no-cuda":
+        pytest.skip("numba's CUDA target is not installed (pip install 'nbnet[cuda]')")
+    assert r.stdout.split() == ["resumed", "2", "same", "True"], r.stdout + r.stderr[-2000:]
