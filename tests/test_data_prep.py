@@ -344,3 +344,15 @@ def test_stats_of_large_data_use_a_sampled_quantile_grid():
     np.testing.assert_array_equal(s["counts"], histogram_counts(X, s["edges"]))
     assert np.all(np.abs(s["counts"] / s["counts"].sum(1, keepdims=True) - 0.1) < 0.03)
     np.testing.assert_allclose(s["mean"], np.nanmean(X, 0))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import nbnet.data.load
+    import nbnet.data.prep
+    import nbnet.metrics
+
+    for module in (nbnet.data.load, nbnet.data.prep, nbnet.metrics):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
