@@ -232,6 +232,10 @@ def test_npz_images_and_feature_names(tmp_path):
              feature_names=np.array(["height", "width"]))
     ds = load_dataset(f"npz:{tmp_path / 'named.npz'}")
     assert ds.feature_names == ["height", "width"] and ds.task == "regression"
+    np.savez(tmp_path / "other.npz", X=np.ones((3, 2)), labels=np.array(["a", "b", "a"]))
+    ds = load_dataset(f"npz:{tmp_path / 'other.npz'}", target="labels")
+    assert ds.y.tolist() == ["a", "b", "a"] and ds.task == "classification"
+    one_line_error(load_dataset, f"npz:{tmp_path / 'other.npz'}", match="must hold arrays 'X' and 'y'")
 
 
 # --- synthetic --------------------------------------------------------------------------------------
@@ -355,7 +359,7 @@ def test_prediction_input_errors(tmp_path):
     ("hdf5:x.h5", {}, "unknown data source"),
     ("builtin:mnist", {}, "unknown built-in"),
     ("builtin:", {}, "names no data set"),
-    ("builtin:iris", {"target": "y"}, "target applies to csv/parquet"),
+    ("builtin:iris", {"target": "y"}, "target applies to csv/parquet/npz"),
     ("builtin:iris", {"categorical": ["a"]}, "categorical columns apply"),
     ("builtin:iris", {"task": "regression"}, "classification data set"),
     ("builtin:iris", {"task": "ranking"}, "task must be"),

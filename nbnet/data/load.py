@@ -88,7 +88,8 @@ def load_dataset(spec: str, *, target: str | None = None, categorical: list[str]
     Parameters
     ----------
     spec : ``"kind:argument"``; kind is builtin, csv, parquet, npz or synthetic.
-    target : the label column of a CSV or Parquet file (required there, refused elsewhere).
+    target : the label column of a CSV or Parquet file (required there); for NPZ the name of
+        the label array (default ``"y"``); refused for built-in and synthetic data.
     categorical : CSV/Parquet columns to one-hot encode.
     base_dir : folder that relative paths resolve against (default: the working directory).
     task : force ``"classification"`` or ``"regression"``. By default string, bool and
@@ -107,11 +108,11 @@ def load_dataset(spec: str, *, target: str | None = None, categorical: list[str]
         return _dataset_from_table(table, target=target, categorical=list(categorical or []),
                                    name=path.stem, path=path, task=task)
     if target is not None and kind != "npz":
-        raise NbnetError(f"target applies to csv/parquet data only, not {kind!r}; remove 'target'")
+        raise NbnetError(f"target applies to csv/parquet/npz data only, not {kind!r}; remove 'target'")
     if kind == "builtin":
         return _load_builtin(arg, task)
     if kind == "npz":
-        return _load_npz(_resolve(arg, base_dir), task)
+        return _load_npz(_resolve(arg, base_dir), task, target or "y")
     return synthetic(**_parse_synthetic(arg), task=task)
 
 
@@ -308,15 +309,15 @@ def _check_zip(path: Path) -> None:
         raise NbnetError(f"{path.name} is not an NPZ file (not a zip archive); save it with numpy.savez(path, X=X, y=y)")
 
 
-def _load_npz(path: Path, task: str | None) -> Dataset:
+def _load_npz(path: Path, task: str | None, label: str = "y") -> Dataset:
     _check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
-            if not {"X", "y"} <= files:
-                raise NbnetError(f"{path.name} must hold arrays 'X' and 'y', it holds {sorted(files)}; "
-                                 "save with np.savez(path, X=X, y=y)")
-            X, y = z["X"], z["y"]
+            if not {"X", label} <= files:
+                raise NbnetError(f"{path.name} must hold arrays 'X' and {label!r}, it holds {sorted(files)}; "
+                                 f"save with np.savez(path, X=X, {label}=y)")
+            X, y = z["X"], z[label]
             names = [str(s) for s in z["feature_names"]] if "feature_names" in files else None
     except NbnetError:
         raise
