@@ -32,9 +32,136 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nbnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    _add_search_commands(sub)
     _add_model_commands(sub)
     # Subcommands register themselves here: sub.add_parser(...).set_defaults(func=cmd_...)
     return parser
+
+
+# --- experiments and sweeps (issue 4): sweep, train, best, rerun -------------------------------
+def _add_search_commands(sub) -> None:
+    from .config import PRUNERS, SAMPLERS
+
+    p = sub.add_parser("sweep", help="run (or resume) an Optuna sweep of an experiment, tracked in MLflow",
+                       description="Run or resume the hyperparameter sweep of EXPERIMENT (a .toml path or a name in "
+                                   "experiments/); every trial is an MLflow run; the best model is registered.")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("--trials", type=int, help="total trials of the study (default: search.n_trials)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on the same study (default 1)")
+    p.add_argument("--study", help="study name (default: the experiment's name); the same name resumes it")
+    p.add_argument("--storage", help="Optuna storage URL or journal file (default: mlruns/optuna/STUDY.log)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="default: search.sampler (tpe)")
+    p.add_argument("--pruner", choices=PRUNERS, help="default: search.pruner (median)")
+    p.add_argument("--no-register", dest="register", action="store_false", help="do not register the best model")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-trial lines")
+    add_set_option(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("train", help="one tracked training run with the experiment's fixed values")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("--register", action="store_true",
+                   help="register the model as a new version; it becomes champion only if it beats the current one")
+    add_set_option(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("best", help="the best trial of a sweep: run id, metric, params and model URI")
+    p.add_argument("--study", help="study name (default: the most recent sweep under mlruns/optuna)")
+    p.add_argument("--storage", help="Optuna storage URL or journal file (default: mlruns/optuna/STUDY.log)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_best)
+
+    p = sub.add_parser("rerun", help="retrain a run from its recorded config and seed; report bit-identity")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_rerun)
+
+
+def _headless() -> None:
+    import os
+
+    import logging
+
+    os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files, never shown
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow's INFO lines would drown the progress lines
+
+
+def cmd_sweep(args) -> int:
+    _headless()
+    from . import config, search
+
+    cfg = config.load_experiment(args.experiment, args.overrides)
+    r = search.run_sweep(cfg, trials=args.trials, workers=args.workers, study_name=args.study, storage=args.storage,
+                         sampler=args.sampler, pruner=args.pruner, register=args.register, quiet=args.quiet)
+    print(r.summary())
+    if r.best_trial is None:
+        print("no trial completed; see the reasons above")
+        return 1
+    print(f"best trial:   {r.best_trial}  {r.metric}={r.best_value:.4f}")
+    print(f"best run:     {r.best_run_id}  (model runs:/{r.best_run_id}/model)")
+    if r.model_uri:
+        print(f"registered:   {r.model_uri}" + (f"  → champion ({r.champion_uri})" if r.champion else
+                                                   f"  (champion unchanged: {r.champion_uri} is better)"))
+    print("open the UI:  nbnet ui    (MLflow at http://127.0.0.1:5000)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    _headless()
+    from . import config, search
+
+    cfg = config.load_experiment(args.experiment, args.overrides)
+    out = search.train_run(cfg, register=args.register)
+    m = out["metrics"]
+    shown = [k for k in (cfg.search.metric, "val_loss", "test_" + cfg.search.metric[4:]) if k in m]
+    print(f"run {out['run_id']}: " + "  ".join(f"{k}={m[k]:.4f}" for k in shown)
+          + f"  ({m['epochs']} epochs, {m['train_seconds']:.1f}s training, {m['compile_seconds']:.1f}s compile)")
+    print(f"model: {out['model_uri']}")
+    if out["registered"]:
+        print(f"registered: {out['registered']}" + ("  → champion" if out["champion"] else "  (champion unchanged)"))
+    return 0
+
+
+def cmd_best(args) -> int:
+    from . import search
+
+    b = search.best(args.study, args.storage)
+    if args.json:
+        import json
+
+        print(json.dumps(b, indent=1, default=str))
+        return 0
+    print(f"study {b['study']} ({b['n_trials']} trials), experiment {b['experiment']}")
+    print(f"best trial: {b['trial']}  {b['metric']}={b['value']:.4f} ({b['direction']})")
+    print(f"run id:     {b['run_id']}")
+    print(f"model URI:  {b['model_uri']}")
+    if b["registered"]:
+        print(f"registered: {b['registered']}  (serving alias {b['champion_uri']})")
+    for k, v in b["params"].items():
+        print(f"  {k} = {v}")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    _headless()
+    from . import search
+
+    r = search.rerun(args.run_id)
+    if args.json:
+        import json
+
+        print(json.dumps(r, indent=1, default=str))
+        return 0
+    v, o = r["value"], r["original_value"]
+    print(f"rerun of {r['rerun_of']} → run {r['run_id']}")
+    if v is not None:
+        print(f"{r['metric']}: {v:.6f} now, " + (f"{o:.6f} originally" if o is not None else "not recorded originally"))
+    if r["loss_epochs_compared"]:
+        print(f"loss history over {r['loss_epochs_compared']} epochs: {'identical' if r['loss_history_identical'] else 'DIFFERENT'}")
+    if r["bit_identical"] is None:
+        print(r["note"])
+    else:
+        print("weights: bit-identical" if r["bit_identical"] else f"weights: DIFFERENT (max |diff| {r.get('max_abs_diff', float('nan')):.3g})")
+    return 0 if r["bit_identical"] in (True, None) else 1
 
 
 # --- using the result (issue 4): predict, ui ------------------------------------------------------

@@ -163,16 +163,10 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sea
 
 
 def metric_direction(metric: str) -> str:
-    """Direction of a ``val_<name>``/``test_<name>`` metric: from nbnet.metrics, else by name."""
-    base = metric.split("_", 1)[1] if metric.startswith(("val_", "test_", "train_")) else metric
-    try:
-        from . import metrics as M
+    """Direction of a ``val_<name>``/``test_<name>`` metric (nbnet.metrics.direction)."""
+    from .metrics import direction
 
-        return M.direction(base)
-    except (ImportError, AttributeError, KeyError, NbnetError):
-        pass
-    lower_better = ("loss", "mse", "rmse", "mae", "log_loss", "error")
-    return "minimize" if any(base == w or base.endswith(w) for w in lower_better) else "maximize"
+    return direction(metric)
 
 
 # --- type checking ---------------------------------------------------------------------------
@@ -419,6 +413,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if not s.metric.startswith("val_"):
         raise NbnetError(f"search.metric must be a validation metric like val_accuracy or val_r2, got {s.metric!r}")
     _check_metric(s.metric)
+    natural = metric_direction(s.metric)
+    if s.direction not in ("auto", natural):
+        better = "higher" if natural == "maximize" else "lower"
+        raise NbnetError(f"search.direction {s.direction!r} contradicts search.metric {s.metric!r} ({better} is better); "
+                         f"set search.direction={natural} or auto")
     if s.n_trials < 1:
         raise NbnetError(f"search.n_trials must be >= 1, got {s.n_trials}")
     if s.n_startup_trials < 0 or s.n_warmup_steps < 0:
@@ -426,14 +425,9 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def _check_metric(metric: str) -> None:
-    base = metric[len("val_"):]
-    if base == "loss":
-        return
-    try:
-        from .metrics import METRICS
-    except ImportError:  # pragma: no cover - nbnet.metrics not present
-        METRICS = dict.fromkeys(["accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted", "roc_auc", "log_loss", "mse", "rmse", "mae", "r2"])
-    if base not in METRICS:
+    from .metrics import METRICS
+
+    if metric[len("val_"):] not in METRICS and metric != "val_loss":
         names = ["val_loss"] + [f"val_{k}" for k in METRICS]
         raise NbnetError(f"search.metric {metric!r} is unknown; choose one of {', '.join(names)}")
 

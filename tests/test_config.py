@@ -83,6 +83,7 @@ def test_depth_and_width_build_hidden_sizes():
     ("search.sampler=bayes", "search.sampler 'bayes' is unknown"),
     ("search.metric=val_nope", "search.metric 'val_nope' is unknown"),
     ("search.metric=accuracy", "validation metric"),
+    ("search.metric=val_log_loss", "search.direction 'maximize' contradicts search.metric 'val_log_loss' \\(lower is better\\)"),
     ("data.val_fraction=1.2", "data.val_fraction must be in"),
     ("search.space.train.nope={'type': 'float', 'low': 0, 'high': 1}", "unknown config key 'train.nope'"),
     ("search.space.\"train.epochs\"={'type': 'float', 'low': 1, 'high': 9}", "must be an integer"),
