@@ -33,7 +33,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -108,10 +107,8 @@ _URI_LOCK = threading.RLock()
 
 @contextlib.contextmanager
 def _quiet():
-    """No artifact progress bars (they would garble ``nbnet predict``'s own) and no MLflow advice
-    about type hints: the model has an explicit signature."""
-    with _URI_LOCK, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*type hints.*")
+    """No artifact progress bars: they would garble ``nbnet predict``'s own."""
+    with _URI_LOCK:
         old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         try:
@@ -160,7 +157,8 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
         loc = artifact_root(uri)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "experiment"
         try:
-            return c.create_experiment(name, artifact_location=None if loc is None else Path(loc, slug).as_uri())
+            return c.create_experiment(name, artifact_location=None if loc is None else Path(loc, slug).as_uri(),
+                                       tags={"mlflow.experimentKind": "custom_model_development"})
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -478,8 +476,6 @@ def feature_spec(estimator, model_config: dict | None = None) -> tuple[list[str]
 def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_features: int) -> np.ndarray:
     """A pandas DataFrame (columns matched by name; extra columns ignored; categorical columns
     one-hot with the training categories, unseen → zeros) or an array → float64 (n, n_features)."""
-    import pandas as pd
-
     if not isinstance(X, pd.DataFrame):
         return np.asarray(X)
     X = X.rename(columns=str)
@@ -540,8 +536,6 @@ class NbnetPyfuncModel(mlflow.pyfunc.PythonModel):
 
 
 def _example_frame(estimator, X_example, feature_names):
-    import pandas as pd
-
     if isinstance(X_example, pd.DataFrame):
         return X_example.head(5).rename(columns=str)
     X = np.asarray(X_example)[:5]
@@ -884,6 +878,8 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None
     # mlflow server starts uvicorn and helpers by name: the venv's bin must be on PATH
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env.pop("MLFLOW_TRACKING_URI", None)  # the server is the store's owner, not a client of itself
+    # the GenAI job runner (uvicorn + seven task consumers) serves nothing nbnet logs
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return cmd, env
 
 
@@ -912,16 +908,18 @@ def serve_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, 
     url = f"http://{url_host}:{port}"
 
     def stop_group(*_):
-        try:
+        # SIGTERM to the whole group (server, uvicorn, helpers); SIGKILL what is left after 15 s
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
+        deadline = time.monotonic() + 15
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling the stragglers' exit
+        if group_alive(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
@@ -951,3 +949,27 @@ def serve_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, 
         stop_group()
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process group still has a live (non-zombie) member."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        for d in proc.iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
