@@ -36,10 +36,17 @@ _DTYPES = {"float32": np.float32, "float64": np.float64}
 # --- input validation at the public boundary ---------------------------------------------------
 def check_X(X, *, n_features: int | None = None, allow_nan: bool = False, name: str = "X") -> np.ndarray:
     """X as a 2-D float64 array, or an NbnetError saying what is wrong."""
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):  # scipy.sparse: np.asarray would make a 0-D object
+        raise NbnetError(f"{name} is a sparse matrix; nbnet needs dense input: pass {name}.toarray()")
     try:
         arr = np.asarray(X)
     except Exception as e:  # ragged lists and such
         raise NbnetError(f"{name} could not be read as an array ({type(e).__name__}); pass a 2-D numeric array") from None
+    if arr.dtype.kind == "O" and not any(isinstance(v, (str, bytes)) for v in arr.flat):
+        try:  # numbers in an object array (a DataFrame with mixed column types)
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
     if arr.dtype.kind not in "biuf":
         raise NbnetError(f"{name} must be numeric, got dtype {arr.dtype}; encode text columns first")
     if arr.ndim != 2:
@@ -62,6 +69,8 @@ def check_X(X, *, n_features: int | None = None, allow_nan: bool = False, name: 
 
 
 def _check_y(y, n: int) -> np.ndarray:
+    if y is None:
+        raise NbnetError("y is None; pass the targets (one label or value per sample)")
     try:
         y = np.asarray(y)
     except Exception as e:
@@ -82,6 +91,18 @@ def _is_number(v) -> bool:
 
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _nan_to_none(v):
+    if isinstance(v, (list, tuple)):
+        return [_nan_to_none(x) for x in v]
+    return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
+def _none_to_nan(v):
+    if isinstance(v, list):
+        return [_none_to_nan(x) for x in v]
+    return float("nan") if v is None else v
 
 
 def _json_value(v):
@@ -548,7 +569,8 @@ class _BaseMLP:
             "hidden": [int(s) for s in self.layout_.sizes[1:-1]],
             "opt_step": int(self._opt.step),
             "n_epochs": int(self.n_epochs_),
-            "history": {k: v for k, v in self.history_.items()},
+            # NaN (no validation data) is not JSON: stored as null, read back as NaN
+            "history": {k: _nan_to_none(v) for k, v in self.history_.items()},
         }
         arrays = {"params": self._params, "opt_m": self._opt.m, "opt_v": self._opt.v, "rng": self._rng}
         if getattr(self, "classes_", None) is not None:
@@ -604,7 +626,7 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         est._opt = optim.OptState(int(meta["opt_step"]), arrays["opt_m"].copy(), arrays["opt_v"].copy())
         est._rng = arrays["rng"].astype(np.uint64).copy()
         est.n_epochs_ = int(meta["n_epochs"])
-        est.history_ = meta["history"]
+        est.history_ = {k: _none_to_nan(v) for k, v in meta["history"].items()}
         est.compile_seconds_ = 0.0
         est.preprocessor_ = None
         est.training_stats_ = meta.get("training_stats")
@@ -674,6 +696,9 @@ class MLPClassifier(_BaseMLP):
             raise NbnetError("classifier targets must be 1-D labels")
         if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
             raise NbnetError("y contains NaN or inf; drop those rows")
+        if y.dtype.kind == "f" and np.any(y != np.round(y)):
+            v = y[np.argmax(y != np.round(y))].item()
+            raise NbnetError(f"y holds continuous values (e.g. {v!r}), not class labels; use MLPRegressor, or bin y into classes")
         classes = np.unique(y) if classes is None else np.unique(np.asarray(classes))
         if len(classes) < 2:
             raise NbnetError(f"y has only one class ({_json_value(classes[0])!r}); a classifier needs at least two")

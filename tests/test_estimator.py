@@ -353,7 +353,8 @@ GOOD_Y = np.arange(20) % 2
         (GOOD_X[None], GOOD_Y, "must be 2-D"),
         (GOOD_X, GOOD_Y[:-1], "20 samples but y has 19"),
         (np.array([["a", "b", "c"]] * 20), GOOD_Y, "must be numeric"),
-        (GOOD_X.astype(object), GOOD_Y, "must be numeric"),
+        (np.array([[1.0, "a", 2.0]] * 20, dtype=object), GOOD_Y, "must be numeric"),
+        (np.array([[1.0, None, 2.0]] * 20, dtype=object), GOOD_Y, "NaN"),  # None is missing
         ([[1.0, 2.0], [3.0]], [0, 1], "could not be read"),
         (GOOD_X, np.zeros(20), "only one class"),
         (GOOD_X, np.array(["x"] * 20), "only one class"),
@@ -361,10 +362,27 @@ GOOD_Y = np.arange(20) % 2
         (np.zeros((20, 0)), GOOD_Y, "empty"),
         (GOOD_X, np.where(GOOD_Y > 0, np.nan, 0.0), "NaN or inf"),
         (GOOD_X, np.zeros((20, 2, 2)), "y must be 1-D"),
+        (GOOD_X, None, "y is None"),
+        (GOOD_X, GOOD_X[:, 0], "continuous values"),
     ],
 )
 def test_bad_training_input_raises_one_line(X, y, match):
     _one_line_error(lambda: MLPClassifier((4,), epochs=1).fit(X, y), match)
+
+
+def test_sparse_input_is_refused_with_a_hint():
+    from scipy import sparse
+
+    _one_line_error(lambda: MLPClassifier((4,), epochs=1).fit(sparse.csr_matrix(GOOD_X), GOOD_Y), "sparse.*toarray")
+
+
+def test_numbers_in_an_object_array_are_accepted():
+    """A DataFrame with mixed column types gives an object array of numbers: that is numeric."""
+    kw = dict(epochs=2, n_threads=1)
+    a = MLPClassifier((4,), **kw).fit(GOOD_X.astype(object), GOOD_Y)
+    b = MLPClassifier((4,), **kw).fit(GOOD_X, GOOD_Y)
+    assert same_weights(a, b)
+    np.testing.assert_array_equal(a.predict_proba(GOOD_X.astype(object)), b.predict_proba(GOOD_X))
 
 
 def test_bad_regression_targets():

@@ -96,9 +96,15 @@ def test_round_trip_regressor_and_binary(regression, tmp_path, dtype):
 def test_file_is_a_plain_zip_of_json_and_npy(saved):
     with zipfile.ZipFile(saved) as z:
         names = set(z.namelist())
-        meta = json.loads(z.read("meta.json"))
+        text = z.read("meta.json").decode("utf-8")
         params = np.load(io.BytesIO(z.read("params.npy")), allow_pickle=False)
     assert "meta.json" in names and all(n == "meta.json" or n.endswith(".npy") for n in names)
+
+    def strict(const):  # NaN / Infinity are not JSON (jq, JavaScript and others refuse them)
+        raise AssertionError(f"meta.json holds {const}")
+
+    meta = json.loads(text, parse_constant=strict)
+    assert meta["history"]["val_loss"] == [None] * 3  # no validation data: NaN stored as null
     assert meta["format"] == "nbnet-model" and meta["format_version"] == FORMAT_VERSION
     assert meta["nbnet_version"] == nbnet.__version__ and meta["classes"] == ["setosa", "versicolor", "virginica"]
     assert meta["params"]["hidden_layer_sizes"] == [9, 4] and len(meta["checksum"]) == 64
