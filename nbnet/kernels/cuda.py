@@ -31,49 +31,19 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 from numba import cuda
 
 from . import cpu, cuda_simulator
-from .cpu import (  # noqa: F401  (re-exported: both backends speak the same codes)
-    ACT_ELU,
-    ACT_IDENTITY,
-    ACT_LEAKY_RELU,
-    ACT_RELU,
-    ACT_SIGMOID,
-    ACT_SOFTPLUS,
-    ACT_TANH,
-    ACTIVATIONS,
-    HP_BETA1,
-    HP_BETA2,
-    HP_CLIP,
-    HP_DROPOUT,
-    HP_EPS,
-    HP_L2,
-    HP_LR,
-    HP_MIXUP,
-    HP_MOMENTUM,
-    HP_NOISE,
-    HP_WD,
-    LEAKY_SLOPE,
-    LOSS_MSE,
-    LOSS_SIGMOID_BCE,
-    LOSS_SOFTMAX_CE,
-    LOSSES,
-    N_HP,
-    N_OPT,
-    OPT_ADAM,
-    OPT_ADAMW,
-    OPT_BATCH,
-    OPT_IMG_H,
-    OPT_IMG_W,
-    OPT_KIND,
-    OPT_NESTEROV,
-    OPT_SGD,
-    OPT_SHUFFLE,
-    OPT_STEP,
-    seed_state,
+# re-exported: both backends speak the same codes
+from .cpu import (  # noqa: F401
+    ACT_ELU, ACT_IDENTITY, ACT_LEAKY_RELU, ACT_RELU, ACT_SIGMOID, ACT_SOFTPLUS, ACT_TANH,
+    ACTIVATIONS, HP_BETA1, HP_BETA2, HP_CLIP, HP_DROPOUT, HP_EPS, HP_L2, HP_LR, HP_MIXUP,
+    HP_MOMENTUM, HP_NOISE, HP_WD, LEAKY_SLOPE, LOSS_MSE, LOSS_SIGMOID_BCE, LOSS_SOFTMAX_CE, LOSSES,
+    N_HP, N_OPT, OPT_ADAM, OPT_ADAMW, OPT_BATCH, OPT_IMG_H, OPT_IMG_W, OPT_KIND, OPT_NESTEROV,
+    OPT_SGD, OPT_SHUFFLE, OPT_STEP, seed_state,
 )
 
 
@@ -87,7 +57,11 @@ MAX_BLOCKS = 8 if SIMULATOR else 1024  # grid-stride elementwise kernels
 N_PARTS = 2 if SIMULATOR else 128  # blocks of the first stage of a reduction
 FORWARD_CHUNK = 16 if SIMULATOR else 16384  # rows per chunk in forward()
 
-_jit = cuda.jit if SIMULATOR else cuda.jit(cache=True)
+# The on-disk kernel cache does not key on module globals: with TILE/TPB overridden, compile afresh.
+_OVERRIDDEN = "NBNET_CUDA_TILE" in os.environ or "NBNET_CUDA_TPB" in os.environ
+_jit = cuda.jit if (SIMULATOR or _OVERRIDDEN) else cuda.jit(cache=True)
+# Reductions finish in one small block and tiny layers make small grids, by design.
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
 _device = cuda.jit(device=True)
 
 # --- counter-based random numbers --------------------------------------------------------------
