@@ -535,14 +535,29 @@ class NbnetPyfuncModel(mlflow.pyfunc.PythonModel):
         return est.predict(X)
 
 
-def _example_frame(estimator, X_example, feature_names):
+def _example_frame(estimator, X_example, feature_names, categories):
+    """The raw-input example: a DataFrame as given, or the first rows of an (encoded) matrix with
+    its one-hot groups folded back into their categorical columns."""
     if isinstance(X_example, pd.DataFrame):
         return X_example.head(5).rename(columns=str)
-    X = np.asarray(X_example)[:5]
+    X = np.asarray(X_example, dtype=np.float64)[:5]
     if X.ndim == 1:
         X = X.reshape(1, -1)
     names = feature_names or [f"x{j}" for j in range(X.shape[1])]
-    return pd.DataFrame(X.astype(np.float64), columns=names)
+    if not categories:
+        return pd.DataFrame(X, columns=names)
+    from .data.load import raw_columns
+
+    pos = {n: j for j, n in enumerate(names)}
+    cols = {}
+    for c in raw_columns(names, categories):
+        if c in categories:
+            cats = [str(k) for k in categories[c]]
+            onehot = X[:, [pos[f"{c}={k}"] for k in cats]] if cats else np.zeros((len(X), 0))
+            cols[c] = [cats[int(r.argmax())] if r.size and r.max() > 0 else None for r in onehot]
+        else:
+            cols[c] = X[:, pos[c]]
+    return pd.DataFrame(cols)
 
 
 def _pip_requirements() -> list[str]:
@@ -554,7 +569,8 @@ def _pip_requirements() -> list[str]:
             f"nbnet=={__version__}"]
 
 
-def log_model(run_id: str, estimator, X_example, uri: str | None = None) -> str:
+def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
+              feature_names: list[str] | None = None, categories: dict | None = None) -> str:
     """Log ``estimator`` to run ``run_id`` as an MLflow pyfunc model and return ``runs:/<id>/model``.
 
     The model directory holds the nbnet file (``artifacts/model.nbnet``: npz + JSON, checksummed),
@@ -562,12 +578,19 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None) -> str:
     imports :class:`NbnetPyfuncModel` from the installed nbnet), ``MLmodel`` with the signature,
     and the input example (the first rows of ``X_example``, a DataFrame or an array). Nothing is
     pickled.
+
+    ``feature_names`` (the matrix columns; one-hot groups as ``col=category``) and ``categories``
+    (``{column: [category, ...]}``, as in :class:`nbnet.data.load.Dataset`) name the raw input
+    columns; default: the estimator's ``feature_names_in_``/``categories_``, else the example's
+    DataFrame columns, else ``x0, x1, ...``.
     """
     from mlflow.models import Model, infer_signature
 
     uri = uri or default_tracking_uri()
     names, cats = feature_spec(estimator)
-    example = _example_frame(estimator, X_example, names)
+    if feature_names is not None:
+        names, cats = [str(f) for f in feature_names], dict(categories or {})
+    example = _example_frame(estimator, X_example, names, cats)
     if names is None:
         names = [str(c) for c in example.columns]
     config = {"feature_names": names, "categories": cats}
@@ -602,13 +625,13 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None) -> str:
     return f"runs:/{run_id}/{MODEL_NAME}"
 
 
-def download_model(uri: str, dst: str | None = None) -> tuple[str, dict]:
+def download_model(uri: str, dst: str | None = None, tracking_uri: str | None = None) -> tuple[str, dict]:
     """Download the pyfunc model at ``uri`` (``models:/NAME@alias``, ``models:/NAME/VERSION``,
     ``runs:/RUN_ID/model``, or any MLflow artifact URI of such a model) and return
     ``(local path of the nbnet file, the model's config)``."""
     import yaml
 
-    tracking = default_tracking_uri()
+    tracking = tracking_uri or default_tracking_uri()
     try:
         with _global_uri(tracking), _quiet():
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking)
@@ -624,18 +647,18 @@ def download_model(uri: str, dst: str | None = None) -> tuple[str, dict]:
     return str(path), config
 
 
-def download_model_file(uri: str) -> str:
+def download_model_file(uri: str, tracking_uri: str | None = None) -> str:
     """Local path of the nbnet model file behind an MLflow model URI (used by ``nbnet.load``)."""
-    return download_model(uri)[0]
+    return download_model(uri, tracking_uri=tracking_uri)[0]
 
 
-def load_model(uri_or_path: str):
+def load_model(uri_or_path: str, tracking_uri: str | None = None):
     """``(estimator, (feature_names, categories))`` from an MLflow model URI or a local file."""
     from .io import load
 
     s = str(uri_or_path)
     if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        path, config = download_model(s)
+        path, config = download_model(s, tracking_uri=tracking_uri)
         est = load(path)
         return est, feature_spec(est, config)
     est = load(s)
@@ -748,14 +771,22 @@ def _input_rows(path: Path) -> int | None:
 
 
 def _file_columns(path: Path) -> list[str]:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+    import pyarrow as pa
 
-        return list(pq.read_schema(path).names)
-    import pyarrow.csv as pcsv
+    from .data.load import _table_error
 
-    with pcsv.open_csv(path) as r:
-        return list(r.schema.names)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    try:
+        if parquet:
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        import pyarrow.csv as pcsv
+
+        with pcsv.open_csv(path) as r:
+            return list(r.schema.names)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # ragged rows, junk bytes: one line
+        raise _table_error(path, "parquet" if parquet else "csv", e) from None
 
 
 def _output_frame(est, X: np.ndarray, proba: bool) -> pd.DataFrame:

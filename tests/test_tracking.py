@@ -302,3 +302,39 @@ def test_artifacts_and_figures(store, tmp_path):
     assert sub == {"tables/renamed.csv"}
     with pytest.raises(NbnetError, match="not found"):
         tracking.log_artifact(run_id, tmp_path / "missing.txt")
+
+
+def test_categorical_raw_input_roundtrip(store, tmp_path):
+    """A model trained on a CSV with a categorical column takes the raw table (strings) through
+    pyfunc, nbnet.load and nbnet predict alike."""
+    from nbnet.cli import main
+    from nbnet.data.load import load_dataset, read_features
+
+    rng = np.random.default_rng(1)
+    raw = pd.DataFrame({"a": rng.normal(size=80), "color": rng.choice(["red", "blue", "green"], 80),
+                        "b": rng.normal(size=80)})
+    raw["label"] = np.where((raw["color"] == "red") | (raw["a"] > 1), "yes", "no")
+    src = tmp_path / "train.csv"
+    raw.to_csv(src, index=False)
+    ds = load_dataset(f"csv:{src}", target="label", categorical=["color"])
+    clf = MLPClassifier((6,), epochs=3, seed=0).fit(ds.X, ds.y)
+    exp = tracking.ensure_experiment("categorical")
+    run_id = tracking.start_run(exp, run_name="cat")
+    uri = tracking.log_model(run_id, clf, ds.X[:5], feature_names=ds.feature_names, categories=ds.categories)
+    tracking.end_run(run_id)
+    info = mlflow.models.get_model_info(uri)
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["a", "color", "b"]
+    table = raw.drop(columns="label")
+    table.loc[3, "color"] = "purple"  # unseen category: all-zeros group, as in nbnet.data
+    X, _ = read_features(_write(table, tmp_path / "score.csv"), feature_names=ds.feature_names,
+                         categories=ds.categories)
+    expected = clf.predict(X)
+    np.testing.assert_array_equal(mlflow.pyfunc.load_model(uri).predict(table), expected)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", uri, str(tmp_path / "score.csv"), "-o", str(out)]) == 0
+    np.testing.assert_array_equal(pd.read_csv(out)["prediction"].to_numpy(), expected)
+
+
+def _write(df, path):
+    df.to_csv(path, index=False)
+    return path
