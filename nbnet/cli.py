@@ -87,9 +87,11 @@ def _headless() -> None:
 
 def cmd_sweep(args) -> int:
     _headless()
-    from . import config, search
+    from . import config
 
-    cfg = config.load_experiment(args.experiment, args.overrides)
+    cfg = config.load_experiment(args.experiment, args.overrides)  # before importing MLflow: errors come fast
+    from . import search
+
     r = search.run_sweep(cfg, trials=args.trials, workers=args.workers, study_name=args.study, storage=args.storage,
                          sampler=args.sampler, pruner=args.pruner, register=args.register, quiet=args.quiet)
     print(r.summary())
@@ -107,9 +109,11 @@ def cmd_sweep(args) -> int:
 
 def cmd_train(args) -> int:
     _headless()
-    from . import config, search
+    from . import config
 
     cfg = config.load_experiment(args.experiment, args.overrides)
+    from . import search
+
     out = search.train_run(cfg, register=args.register)
     m = out["metrics"]
     shown = [k for k in (cfg.search.metric, "val_loss", "test_" + cfg.search.metric[4:]) if k in m]
@@ -196,9 +200,19 @@ def cmd_ui(args) -> int:
     return serve_ui(args.host, args.port)
 
 
+def _quiet_logs() -> None:
+    """stderr is for nbnet's own lines (a user error is exactly one): no MLflow INFO logging."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # and if it already was
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_logs()
     try:
         return int(args.func(args) or 0)
     except NbnetError as e:
