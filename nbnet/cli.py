@@ -61,6 +61,8 @@ def _add_search_commands(sub) -> None:
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.add_argument("--register", action="store_true",
                    help="register the model as a new version; it becomes champion only if it beats the current one")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="write an atomic checkpoint every N epochs; re-run the same command after a crash to resume")
     add_set_option(p)
     p.set_defaults(func=cmd_train)
 
@@ -112,9 +114,13 @@ def cmd_train(args) -> int:
     from . import config
 
     cfg = config.load_experiment(args.experiment, args.overrides)
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise NbnetError(f"--checkpoint-every must be a positive number of epochs, got {args.checkpoint_every}")
     from . import search
 
-    out = search.train_run(cfg, register=args.register)
+    out = search.train_run(cfg, register=args.register, checkpoint_every=args.checkpoint_every)
+    if out["resumed_from_epoch"]:
+        print(f"resumed from the checkpoint of epoch {out['resumed_from_epoch']}")
     m = out["metrics"]
     shown = [k for k in (cfg.search.metric, "val_loss", "test_" + cfg.search.metric[4:]) if k in m]
     print(f"run {out['run_id']}: " + "  ".join(f"{k}={m[k]:.4f}" for k in shown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,11 +50,26 @@ SPACE = """"train.learning_rate" = { type = "float", low = 1e-3, high = 3e-2, lo
 "model.activation" = ["relu", "tanh"]"""
 
 
+@pytest.fixture(scope="session")
+def empty_store_db(tmp_path_factory) -> Path:
+    """An initialised MLflow SQLite database (creating the tables takes seconds); each test gets
+    a copy, so tests stay isolated without paying for the schema migrations every time."""
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    tracking.ensure_experiment("template", f"sqlite:///{db}")
+    return db
+
+
+def fresh_store(folder: Path, template: Path) -> str:
+    (folder / "mlruns").mkdir(exist_ok=True)
+    shutil.copyfile(template, folder / "mlruns" / "mlflow.db")
+    return f"sqlite:///{folder}/mlruns/mlflow.db"
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, empty_store_db):
     """A fresh project folder: MLflow SQLite store and Optuna journals under tmp/mlruns."""
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    uri = fresh_store(tmp_path, empty_store_db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     S._DATA_CACHE.clear()
     return uri
