@@ -310,6 +310,29 @@ def test_train_epoch_parity_with_cpu(name):
     assert got["state"][0] == want["state"][0], "the shuffle must consume the CPU's random stream"
 
 
+def test_an_epoch_moves_only_the_shuffle_order_and_the_statistics(monkeypatch):
+    """Data, weights and moments stay on the device: per epoch the host uploads the index order
+    and reads back 1 + n_layers float64 numbers."""
+    dt = np.float32
+    rng = np.random.default_rng(15)
+    lay, p = _net(dt, (6,))
+    X, Y = rand(rng, (20, 6), dt), np.eye(3, dtype=dt)[rng.integers(0, 3, 20)]
+    d = G.to_device
+    bufs = [d(X), d(Y), d(p), d(np.zeros_like(p)), d(np.zeros_like(p)), d(np.zeros_like(p))]
+    opt = np.array([cpu.OPT_ADAM, 0, 8, 0, 0, 0, 1], np.int64)
+    args = (*bufs, *lay.kernel_args(), cpu.LOSS_SOFTMAX_CE, _hp(clip_norm=1.0), opt, cpu.seed_state(0), np.zeros(3))
+    G.train_epoch(*args)  # first epoch allocates the cached work buffers
+    up, down = [], []
+    to_device, cls = G.cuda.to_device, type(bufs[0])
+    copy_to_host, copy_to_device = cls.copy_to_host, cls.copy_to_device
+    monkeypatch.setattr(G.cuda, "to_device", lambda a, *k, **kw: up.append(np.asarray(a).nbytes) or to_device(a, *k, **kw))
+    monkeypatch.setattr(cls, "copy_to_device", lambda self, a, *k, **kw: up.append(np.asarray(a).nbytes) or copy_to_device(self, a, *k, **kw))
+    monkeypatch.setattr(cls, "copy_to_host", lambda self, *k, **kw: down.append(self.nbytes) or copy_to_host(self, *k, **kw))
+    G.train_epoch(*args)
+    assert sum(up) == 20 * 8 + 3 * 8  # the shuffled order (int64) and the zeroed accumulators
+    assert sum(down) == 3 * 8  # mean loss and two gradient norms
+
+
 def test_device_randomness_is_reproducible_from_the_seed():
     """Dropout, input noise and image shifts use the device generator: not the CPU's numbers,
     but the same weights from the same seed, and different ones from another seed."""
@@ -369,6 +392,25 @@ def test_regressor_early_stopping_on_cuda_float32():
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wb, wa, rtol=0, atol=1e-4)
     np.testing.assert_allclose(b.history_["val_loss"], a.history_["val_loss"], rtol=1e-4)
+
+
+def test_set_train_device_cuda_reaches_the_cuda_backend():
+    from nbnet import config as C
+
+    cfg = C.apply_overrides(C.from_dict({}), ["train.device=cuda", "model.hidden_layer_sizes=[5]", "train.epochs=1",
+                                              "train.batch_size=8"])
+    kw = cfg.estimator_kwargs()
+    assert kw["device"] == "cuda"
+    X, y = _blobs(12)
+    clf = MLPClassifier(**kw).fit(X, y)
+    assert clf._device() == "cuda" and ("nbnet.kernels.cuda", "<f4") in _compiled_keys()
+    assert np.isfinite(clf.history_["loss"][0])
+
+
+def _compiled_keys():
+    from nbnet import estimator
+
+    return estimator._COMPILED
 
 
 def test_auto_never_picks_the_simulator():

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -670,16 +671,29 @@ class _Workspace:
 
 
 _WORKSPACES: dict = {}
+_FWD: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(store: dict, key, make):
+    """``store[key]``, made on first use. Keyed by thread too (two fits in two threads must not
+    share buffers); a sweep moves through architectures, so only the 4 newest are kept (a fit
+    holds its own reference while it runs)."""
+    key = (threading.get_ident(),) + key
+    with _CACHE_LOCK:
+        hit = store.get(key)
+    if hit is None:
+        hit = make()
+        with _CACHE_LOCK:
+            while len(store) >= 4:
+                store.pop(next(iter(store)))
+            store[key] = hit
+    return hit
 
 
 def _workspace(B, n, sizes, w_off, b_off, dtype) -> _Workspace:
     key = (int(B), int(n), tuple(int(s) for s in sizes), np.dtype(dtype).str)
-    ws = _WORKSPACES.get(key)
-    if ws is None:
-        if len(_WORKSPACES) >= 4:  # a sweep moves through architectures: keep a few, free the rest
-            _WORKSPACES.pop(next(iter(_WORKSPACES)))
-        ws = _WORKSPACES[key] = _Workspace(B, n, sizes, w_off, b_off, dtype)
-    return ws
+    return _cached(_WORKSPACES, key, lambda: _Workspace(B, n, sizes, w_off, b_off, dtype))
 
 
 def forward(X, params, w_off, b_off, sizes, acts, loss, out):
@@ -704,16 +718,9 @@ def forward(X, params, w_off, b_off, sizes, acts, loss, out):
         output_transform(out, loss)
 
 
-_FWD: dict = {}
-
-
 def _forward_buffers(chunk, sizes, dtype):
     key = (int(chunk), tuple(int(s) for s in sizes[1:-1]), np.dtype(dtype).str)
-    if key not in _FWD:
-        if len(_FWD) >= 4:
-            _FWD.pop(next(iter(_FWD)))
-        _FWD[key] = [cuda.device_array((int(chunk), int(w)), dtype) for w in sizes[1:-1]]
-    return _FWD[key]
+    return _cached(_FWD, key, lambda: [cuda.device_array((int(chunk), int(w)), dtype) for w in sizes[1:-1]])
 
 
 def _forward_backward(bs, ws, layers, glayers, acts, loss, l2, p_drop, seed, stream, row_off):
