@@ -199,18 +199,20 @@ def _key(k) -> str:
     return str(k)[:_MAX_KEY]
 
 
+_TRANSIENT = ("deadlock", "database is locked", "could not serialize", "connection reset",
+              "server closed the connection unexpectedly")
+
+
 def _retrying(fn, *args, attempts: int = 5, **kwargs):
-    """Call ``fn``; retry transient store errors (PostgreSQL deadlocks — mlflow issue 24923 —,
-    SQLite "database is locked", dropped connections) with a short exponential back-off."""
+    """Call ``fn``; retry transient database errors (PostgreSQL deadlocks between concurrent
+    ``log_batch`` calls — mlflow issue 24923 —, SQLite "database is locked", a dropped connection)
+    with a short exponential back-off. MLflow's REST client already retries HTTP 429/5xx itself."""
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # MlflowException wraps the driver's error text
             msg = str(e).lower()
-            transient = any(s in msg for s in ("deadlock", "database is locked", "could not serialize",
-                                                "connection reset", "connection refused", "timed out",
-                                                "temporarily unavailable", "503", "429"))
-            if not transient or i == attempts - 1:
+            if i == attempts - 1 or not any(s in msg for s in _TRANSIENT):
                 raise
             time.sleep(0.05 * 2**i)  # back-off before retrying a transient store error
 
@@ -926,6 +928,10 @@ def serve_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, 
     import urllib.request
 
     stream = stream or sys.stdout
+    uri = uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):  # already a tracking server: it serves its own UI
+        print(f"MLflow UI: {uri}  (MLFLOW_TRACKING_URI is a tracking server; open it in a browser)", file=stream)
+        return 0
     if not isinstance(port, int) or not 0 < port < 65536:
         raise NbnetError(f"--port must be in 1..65535, got {port!r}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -971,7 +977,7 @@ def serve_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, 
             if time.monotonic() > deadline:
                 raise NbnetError(f"mlflow server did not answer on {url} within {ready_timeout:.0f} s")
             time.sleep(0.25)  # polling interval while the server starts
-        print(f"MLflow UI for {uri or default_tracking_uri()}: {url}  (process group {proc.pid}; "
+        print(f"MLflow UI for {uri}: {url}  (process group {proc.pid}; "
               "Ctrl-C stops it)", file=stream, flush=True)
         return proc.wait()
     except KeyboardInterrupt:

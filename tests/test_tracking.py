@@ -338,3 +338,46 @@ def test_categorical_raw_input_roundtrip(store, tmp_path):
 def _write(df, path):
     df.to_csv(path, index=False)
     return path
+
+
+def test_ui_command_and_its_user_errors(store, capsys, monkeypatch):
+    import socket
+    import sys
+
+    from nbnet.cli import main
+
+    cmd, env = tracking.ui_command("127.0.0.1", 5123, store)
+    assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == store and cmd[cmd.index("--port") + 1] == "5123"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)  # uvicorn is found
+    with socket.socket() as s:  # a taken port is a one-line user error, not a server traceback
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["ui", "--port", str(s.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "pick another with --port" in err and err.count("\n") == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert main(["ui"]) == 0
+    assert "http://tracking.example:5000" in capsys.readouterr().out
+
+
+def test_transient_store_errors_are_retried_others_not():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise mlflow.exceptions.MlflowException("(psycopg2.errors.DeadlockDetected) deadlock detected")
+        return "ok"
+
+    assert tracking._retrying(flaky) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def broken():
+        calls.append(1)
+        raise mlflow.exceptions.MlflowException("Run with id=503abc not found")
+
+    with pytest.raises(mlflow.exceptions.MlflowException, match="not found"):
+        tracking._retrying(broken)
+    assert len(calls) == 1
