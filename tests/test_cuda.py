@@ -119,17 +119,18 @@ def test_bias_activation_and_derivatives_from_outputs(dt):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
-def test_dense_backward(dt):
+@pytest.mark.parametrize("n_in", [7, 8])  # 8: the bias row of the dW GEMM sits alone in its tile
+def test_dense_backward(dt, n_in):
     rng = np.random.default_rng(2)
-    X, W, dZ = rand(rng, (9, 7), dt), rand(rng, (7, 6), dt), rand(rng, (9, 6), dt)
-    dW, db, dX = np.empty((7, 6), dt), np.empty(6, dt), np.empty((9, 7), dt)
+    X, W, dZ = rand(rng, (9, n_in), dt), rand(rng, (n_in, 6), dt), rand(rng, (9, 6), dt)
+    dW, db, dX = np.empty((n_in, 6), dt), np.empty(6, dt), np.empty((9, n_in), dt)
     cpu.dense_backward(X, W, dZ, dW, db, dX)
-    gW, gb, gX = dev(np.zeros((7, 6), dt)), dev(np.zeros(6, dt)), dev(np.zeros((9, 7), dt))
+    gW, gb, gX = dev(np.zeros((n_in, 6), dt)), dev(np.zeros(6, dt)), dev(np.zeros((9, n_in), dt))
     G.dense_backward(dev(X), dev(W), dev(dZ), gW, gb, gX)
     for got, want in ((gW, dW), (gb, db), (gX, dX)):
         np.testing.assert_allclose(host(got), want, **KTOL[dt])
-    gW2 = dev(np.zeros((7, 6), dt))
-    G.dense_backward(dev(X), dev(W), dev(dZ), gW2, gb, dev(np.zeros((0, 7), dt)))  # no dX (first layer)
+    gW2 = dev(np.zeros((n_in, 6), dt))
+    G.dense_backward(dev(X), dev(W), dev(dZ), gW2, gb, dev(np.zeros((0, n_in), dt)))  # no dX (first layer)
     np.testing.assert_allclose(host(gW2), dW, **KTOL[dt])
 
 
@@ -473,8 +474,8 @@ _PTX_SCRIPT = textwrap.dedent(
         a1, a2 = f[::1], f[:, ::1]
         sigs = {
             "_k_bias_act": (a2, a1, int64), "_k_act_grad": (a2, a2, int64),
-            "_k_forward": (a2, a2, a1, int64, a2), "_k_grad_w": (a2, a2, a2, f, a2),
-            "_k_grad_x": (a2, a2, a2, a2, int64, f, int64, a2), "_k_col_sum": (a2, a1),
+            "_k_forward": (a2, a2, a1, int64, a2), "_k_grad_w": (a2, a2, a2, f, a2, a1),
+            "_k_grad_x": (a2, a2, a2, a2, int64, f, int64, a2),
             "_k_loss": (a2, a2, int64, int64, a2, d1, int64), "_k_output_transform": (a2, int64),
             "_k_reduce_partial": (a1, ix, ix, int64, d2), "_k_reduce_finish": (d2, d1, int64, int64, d1),
             "_k_clip": (a1, d1, float64), "_k_sgd": (a1, a1, a1, f, f, f, int64, int64),
@@ -493,7 +494,7 @@ _PTX_SCRIPT = textwrap.dedent(
     print("all compiled")
     """
 ).replace("HOT", repr({"_k_forward", "_k_grad_w", "_k_grad_x", "_k_bias_act", "_k_act_grad", "_k_adam", "_k_sgd",
-                       "_k_col_sum", "_k_dropout", "_k_gather"}))
+                       "_k_dropout", "_k_gather"}))
 
 
 @pytest.mark.slow

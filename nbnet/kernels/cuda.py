@@ -204,9 +204,11 @@ def _k_forward(X, W, b, act, out):
 
 
 @_jit
-def _k_grad_w(X, D, W, l2, dW):
-    """``dW = X.T @ D + l2 * W``; X (m, K), D (m, n), W/dW (K, n); the sum runs over m rows."""
-    sX = cuda.shared.array((TILE, TILE_PAD), X.dtype)  # sX[a, r] = X[r0 + r, i0 + a]
+def _k_grad_w(X, D, W, l2, dW, db):
+    """``dW = X.T @ D + l2 * W`` and ``db = D.sum(0)`` in one launch; X (m, K), D (m, n), W/dW
+    (K, n), db (n,). The bias gradient is row K of ``[X, 1].T @ D``: the blocks of the last row
+    tile read ones past X's last column, so the batch sum runs tiled and parallel like the rest."""
+    sX = cuda.shared.array((TILE, TILE_PAD), X.dtype)  # sX[a, r] = [X, 1][r0 + r, i0 + a]
     sD = cuda.shared.array((TILE, TILE_PAD), X.dtype)
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
@@ -215,17 +217,22 @@ def _k_grad_w(X, D, W, l2, dW):
     j = cuda.blockIdx.x * TILE + tx
     m, K = X.shape
     n = D.shape[1]
-    zero = X.dtype.type(0.0)
+    one = X.dtype.type(1.0)
+    zero = one - one
     acc = zero
     for r0 in range(0, m, TILE):
-        sX[tx, ty] = X[r0 + ty, i0 + tx] if (r0 + ty < m and i0 + tx < K) else zero
+        c = i0 + tx
+        sX[tx, ty] = (X[r0 + ty, c] if c < K else (one if c == K else zero)) if r0 + ty < m else zero
         sD[ty, tx] = D[r0 + ty, j] if (r0 + ty < m and j < n) else zero
         cuda.syncthreads()
         for rr in range(TILE):
             acc += sX[ty, rr] * sD[rr, tx]
         cuda.syncthreads()
-    if i < K and j < n:
-        dW[i, j] = acc + l2 * W[i, j]
+    if j < n:
+        if i < K:
+            dW[i, j] = acc + l2 * W[i, j]
+        elif i == K:
+            db[j] = acc
 
 
 @_jit
@@ -261,16 +268,6 @@ def _k_grad_x(D, W, A, mask, use_mask, keep, act, dX):
             acc *= mask[i, j]
             a *= keep
         dX[i, j] = _dact(acc, a, act, one, D.dtype.type(LEAKY_SLOPE))
-
-
-@_jit
-def _k_col_sum(D, db):
-    """``db[j] = sum_i D[i, j]``, rows in order (as the CPU kernel adds them)."""
-    for j in range(cuda.grid(1), D.shape[1], cuda.gridsize(1)):
-        s = D.dtype.type(0.0)
-        for i in range(D.shape[0]):
-            s += D[i, j]
-        db[j] = s
 
 
 # --- losses ----------------------------------------------------------------------------------------
@@ -573,8 +570,7 @@ def dense_forward(X, W, b, act, out):
 def dense_backward(X, W, dZ, dW, db, dX):
     """``dW = X.T @ dZ``, ``db = dZ.sum(0)`` and, when ``dX`` has rows, ``dX = dZ @ W.T``."""
     dt = W.dtype.type
-    _k_grad_w[_g2(W.shape[0], W.shape[1])](X, dZ, W, dt(0.0), dW)
-    _k_col_sum[_g1(dZ.shape[1])](dZ, db)
+    _k_grad_w[_g2(W.shape[0] + 1, W.shape[1])](X, dZ, W, dt(0.0), dW, db)
     if dX.shape[0] > 0:
         _k_grad_x[_g2(dZ.shape[0], W.shape[0])](dZ, W, dX, _dummy(W.dtype), 0, dt(1.0), ACT_IDENTITY, dX)
 
@@ -746,8 +742,7 @@ def _forward_backward(bs, ws, layers, glayers, acts, loss, l2, p_drop, seed, str
     for l in range(L - 1, -1, -1):
         W, _ = layers[l]
         dW, db = glayers[l]
-        _k_grad_w[_g2(W.shape[0], W.shape[1])](A[l], D, W, l2_, dW)
-        _k_col_sum[_g1(D.shape[1])](D, db)
+        _k_grad_w[_g2(W.shape[0] + 1, W.shape[1])](A[l], D, W, l2_, dW, db)
         if l > 0:
             n_in = W.shape[0]
             Dn = ws.D[(L - l) % 2][: bs * n_in].reshape(bs, n_in)
