@@ -902,6 +902,12 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
     study = _open_study(cfg, study_name, storage_obj, direction)
     exp_id = tracking.ensure_experiment(cfg.name, uri)
     n_stale = fail_stale_trials(study, storage_obj, uri)
+    if "://" in storage:  # RDB (issue 8): fail and retry now the trials whose heartbeat stopped, on any machine
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
     parent = study.user_attrs.get("nbnet.parent_run_id")
     if not parent and "://" in storage and study.user_attrs.get("nbnet.creator") != f"{socket.gethostname()}:{os.getpid()}":
