@@ -55,6 +55,54 @@ def params_fingerprint(estimator, extra: str | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def peek(path) -> dict | None:
+    """The ``checkpoint`` record of the file at ``path`` (``epoch``, ``extra``, ...), or None when
+    there is no such file. A damaged file raises NbnetError."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    meta, _ = read_bundle(path)
+    ck = meta.get("checkpoint")
+    if not isinstance(ck, dict):
+        raise NbnetError(f"{str(path)!r} is a model file, not a checkpoint; pass another checkpoint path")
+    return ck
+
+
+def config_checkpoint_path(name: str, config: dict, data_hash: str, root=None) -> Path:
+    """Where ``nbnet train --checkpoint-every`` keeps the checkpoint of one experiment config:
+    ``<root or cwd>/mlruns/checkpoints/NAME-HASH.ckpt``, the hash over the config (without the
+    settings that may change on resume) and the data, so re-running the same command finds it."""
+    cfg = json.loads(json.dumps(config, default=str))
+    for key in ("epochs", "n_threads", "verbose", "device"):
+        cfg.get("train", {}).pop(key, None)
+    cfg.pop("search", None)
+    digest = hashlib.sha256(json.dumps([cfg, data_hash], sort_keys=True).encode()).hexdigest()[:16]
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    folder = Path(root or Path.cwd()).resolve() / "mlruns" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{safe}-{digest}.ckpt"
+
+
+def history_logs(estimator, upto: int) -> list[tuple[int, dict]]:
+    """``(epoch, logs)`` of epochs 1..upto rebuilt from ``history_``, with the keys the training
+    loop reports live (``loss``, ``grad_norm_l``, ``val_loss``, ``val_<score>``, ``epoch_time``):
+    a resumed run replays them to its tracker so its curves start at epoch 1."""
+    h = estimator.history_
+    score_key = f"val_{estimator._score_name}"
+    out = []
+    for i in range(min(upto, len(h["loss"]))):
+        logs = {"loss": h["loss"][i]}
+        for j, g in enumerate(h["grad_norm"][i]):
+            logs[f"grad_norm_{j}"] = g
+        for key in ("val_loss", score_key):
+            v = h[key][i]
+            if v is not None and np.isfinite(v):
+                logs[key] = v
+        logs["epoch_time"] = h["epoch_time"][i]
+        out.append((i + 1, logs))
+    return out
+
+
 def checkpoint_path_for(output: str | os.PathLike) -> Path:
     """The checkpoint file that belongs to a model output path: ``DIR/.NAME.ckpt``."""
     out = Path(output)
@@ -72,13 +120,15 @@ class Checkpoint:
     delete_on_success : remove ``path`` when the fit finishes normally (default True).
     fingerprint : optional string identifying the data/config; a checkpoint written with another
         fingerprint is refused on resume.
+    extra : JSON-able facts saved with each checkpoint (e.g. the MLflow run id); :func:`peek`
+        reads them back without loading the weights.
 
     After ``fit``, ``resumed_from_epoch`` is the epoch the fit continued from (0: from scratch) and
     ``writes`` the number of checkpoints written.
     """
 
     def __init__(self, path, every: int = 1, *, resume: bool = True, delete_on_success: bool = True,
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, extra: dict | None = None):
         if not (isinstance(every, (int, np.integer)) and not isinstance(every, bool) and every >= 1):
             raise NbnetError(f"checkpoint every must be a positive number of epochs, got {every!r}")
         self.path = Path(path)
@@ -86,6 +136,7 @@ class Checkpoint:
         self.resume = resume
         self.delete_on_success = delete_on_success
         self.fingerprint = fingerprint
+        self.extra = dict(extra or {})
         self.resumed_from_epoch = 0
         self.writes = 0
         self._est = None
@@ -117,7 +168,7 @@ class Checkpoint:
         meta, arrays = estimator.to_bundle()
         es = getattr(estimator, "_es_state", None)
         ck = {"epoch": int(estimator.n_epochs_), "fingerprint": params_fingerprint(estimator, self.fingerprint),
-              "es": None}
+              "es": None, "extra": self.extra}
         if es is not None:
             (best_loss, best_params, best_epoch), wait = es
             ck["es"] = {"best_loss": None if not np.isfinite(best_loss) else float(best_loss),

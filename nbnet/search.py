@@ -1173,19 +1173,46 @@ def rerun(run_id: str, *, uri: str | None = None, quiet: bool = False) -> dict:
     return report
 
 
-def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool = False, run_name: str = "train") -> dict:
+def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool = False, run_name: str = "train",
+              checkpoint_every: int | None = None) -> dict:
     """One tracked training run with the config's fixed values (``nbnet train``). With
     ``register``, the model is registered under the experiment's name and becomes champion
-    only if it beats the current one on ``search.metric``."""
+    only if it beats the current one on ``search.metric``.
+
+    With ``checkpoint_every``, the fit writes an atomic checkpoint every that many epochs
+    (:mod:`nbnet.checkpoint`, under mlruns/checkpoints). Re-running the same command after a
+    crash resumes from it with the same final weights; the dead run is marked KILLED and the new
+    one carries the whole per-epoch history (the restored epochs are replayed to it)."""
     uri = uri or tracking.default_tracking_uri()
     data = prepare_data(cfg)
     exp_id = tracking.ensure_experiment(cfg.name, uri)
     tags = tracking.standard_tags(data_hash=data.hash, seed=cfg.train.seed)
     tags["nbnet.kind"] = "train"
+    ck = prev = None
+    if checkpoint_every is not None:
+        from . import checkpoint
+
+        ck_path = checkpoint.config_checkpoint_path(cfg.name, C.to_dict(cfg), data.hash)
+        prev = checkpoint.peek(ck_path)  # left by a killed `nbnet train` of this same config
+        if prev:
+            tags.update({"nbnet.resumed_from_run": str((prev.get("extra") or {}).get("run_id")),
+                         "nbnet.resumed_from_epoch": str(prev.get("epoch"))})
     run_id = tracking.start_run(exp_id, run_name=run_name, tags=tags, params=C.to_flat_dict(cfg), uri=uri)
+    dead = (prev.get("extra") or {}).get("run_id") if prev else None
+    if dead:
+        with contextlib.suppress(Exception):  # the killed process could not close its run
+            if tracking.client(uri).get_run(dead).info.status == "RUNNING":
+                tracking.end_run(dead, "KILLED", uri=uri)
+    if checkpoint_every is not None:
+        ck = checkpoint.Checkpoint(ck_path, every=checkpoint_every, fingerprint=data.hash, extra={"run_id": run_id})
     status = "FAILED"
     try:
-        est, metrics = train_once(cfg, run_id=run_id, uri=uri, data=data)
+        est, metrics = train_once(cfg, run_id=run_id, uri=uri, data=data, callbacks=[ck] if ck else ())
+        if ck is not None and ck.resumed_from_epoch:
+            replay = tracking.MetricLogger(run_id, uri=uri)
+            for epoch, logs in checkpoint.history_logs(est, ck.resumed_from_epoch):
+                replay(epoch, logs)
+            replay.flush()
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -1196,7 +1223,7 @@ def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool
     finally:
         tracking.end_run(run_id, status, uri=uri)
     out = {"run_id": run_id, "experiment_id": exp_id, "metrics": metrics, "model_uri": f"runs:/{run_id}/{tracking.MODEL_NAME}",
-           "registered": None, "champion": False}
+           "registered": None, "champion": False, "resumed_from_epoch": ck.resumed_from_epoch if ck is not None else 0}
     if register:
         version, promoted = tracking.register_champion(cfg.name, run_id, cfg.search.metric, cfg.direction(), uri=uri)
         out["registered"], out["champion"] = f"models:/{cfg.name}/{version}", promoted

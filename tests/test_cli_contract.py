@@ -135,6 +135,7 @@ USER_ERRORS = [
     ("predict", ["{d}/model.nbnet", "{d}/good.csv"], "required"),
     ("ui", ["--port", "http"], "invalid int"),
     ("train", ["no-such-experiment"], ""),
+    ("train", ["digits", "--checkpoint-every", "0"], "checkpoint-every"),
     ("train", ["{d}/missing.toml"], ""),
     ("train", ["digits", "--set", "train.epochs=abc"], ""),
     ("train", ["digits", "--set", "no.such.key=1"], ""),

@@ -260,3 +260,81 @@ def test_resume_on_the_cuda_backend(tmp_path):
     if r.stdout.strip() == "no-cuda":
         pytest.skip("numba's CUDA target is not installed (pip install 'nbnet[cuda]')")
     assert r.stdout.split() == ["resumed", "2", "same", "True"], r.stdout + r.stderr[-2000:]
+
+
+TRAIN_TOML = """
+[data]
+source = "synthetic:n=3000,d=20,classes=3,seed=1"
+val_fraction = 0.25
+
+[model]
+hidden_layer_sizes = [64]
+
+[train]
+epochs = 300
+batch_size = 32
+seed = 0
+n_threads = 1
+
+[search]
+metric = "val_accuracy"
+"""
+
+
+@pytest.mark.slow
+def test_killed_nbnet_train_resumes_with_the_same_result(tmp_path, monkeypatch):
+    """`nbnet train --checkpoint-every` killed with SIGKILL mid-fit; the same command again resumes
+    and ends with the weights and per-epoch curve of an uninterrupted run; the dead run is KILLED."""
+    import time
+
+    from nbnet import tracking
+
+    (tmp_path / "tiny.toml").write_text(TRAIN_TOML)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "nbnet", "train", "tiny.toml", "--checkpoint-every", "20"]
+    ckpts = tmp_path / "mlruns" / "checkpoints"
+
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (ckpts.is_dir() and any(ckpts.glob("*.ckpt"))):  # poll for the first checkpoint
+            assert proc.poll() is None, "train finished before a checkpoint appeared: " + proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (ck_file,) = ckpts.glob("*.ckpt")
+    killed_at = nbnet.load(ck_file).n_epochs_
+    assert 20 <= killed_at < 300
+
+    def train():
+        r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        run_id = next(w for w in r.stdout.split() if len(w) == 33 and w.endswith(":"))[:-1]
+        return run_id, r.stdout
+
+    resumed, out = train()
+    assert f"resumed from the checkpoint of epoch {killed_at}" in out
+    assert not list(ckpts.glob("*.ckpt")), "a finished train removes its checkpoint"
+    fresh, out = train()  # no checkpoint now: an uninterrupted run of the same config
+    assert "resumed" not in out
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    c = tracking.client(uri)
+    a, b = nbnet.load(f"runs:/{resumed}/model"), nbnet.load(f"runs:/{fresh}/model")
+    assert all(np.array_equal(u, v) for u, v in zip(a.get_weights(), b.get_weights()))
+    assert a.history_["loss"] == b.history_["loss"]
+    # the resumed run's curve starts at epoch 1 and equals the uninterrupted one
+    curve = {m.step: m.value for m in c.get_metric_history(resumed, "loss")}
+    ref = {m.step: m.value for m in c.get_metric_history(fresh, "loss")}
+    assert sorted(curve) == list(range(1, 301)) and curve == ref
+    info = c.get_run(resumed)
+    dead = info.data.tags["nbnet.resumed_from_run"]
+    assert info.data.tags["nbnet.resumed_from_epoch"] == str(killed_at)
+    assert c.get_run(dead).info.status == "KILLED"
+    assert info.info.status == "FINISHED"
