@@ -3,8 +3,10 @@
 The public functions here are *launchers*: plain Python that validates nothing (the estimator
 did), picks a launch configuration and starts ``@cuda.jit`` kernels on arrays that already live
 on the device. Weights, gradients, optimizer moments, the training data and every work buffer
-stay on the GPU for a whole fit; per epoch the host uploads the shuffled index order (``n``
-int64) and downloads ``1 + n_layers`` float64 statistics, nothing else.
+stay on the GPU for a whole fit. Per epoch the host uploads the shuffled index order (``n``
+int64; with mixup also the per-batch permutations) and ``1 + n_layers`` zeroed accumulators, and
+downloads ``1 + n_layers`` float64 statistics (mean loss, per-layer gradient norms); nothing else
+crosses the bus (``tests/test_cuda.py`` counts the bytes).
 
 Conventions are those of ``cpu.py`` (row-major ``(batch, width)`` activations, one flat
 parameter buffer, derivatives written in terms of the activation's output). Differences:
@@ -21,10 +23,10 @@ parameter buffer, derivatives written in terms of the activation's output). Diff
   for bit. Reductions (loss, gradient norms) are two-stage and deterministic: no atomics.
 
 Launch geometry: ``TILE`` x ``TILE`` thread blocks for the tiled GEMMs and ``TPB`` threads for
-the elementwise kernels (grid-stride loops over at most ``MAX_BLOCKS`` blocks). Under the CUDA
-simulator (``NUMBA_ENABLE_CUDASIM=1``) they default to 4 x 4 and 16 so that tiny test shapes
-still span several blocks; ``NBNET_CUDA_TILE`` / ``NBNET_CUDA_TPB`` override them (read once,
-at import).
+the elementwise kernels (grid-stride loops over at most ``MAX_BLOCKS`` blocks): 16 x 16 and 256
+on a GPU. Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) they default to 4 x 4 and 16
+so that tiny test shapes still span several blocks; ``NBNET_CUDA_TILE`` / ``NBNET_CUDA_TPB``
+override them (read once, at import).
 """
 
 from __future__ import annotations
