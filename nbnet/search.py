@@ -210,13 +210,14 @@ class _Clock:
 
 
 def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=(), uri: str | None = None,
-               data: Data | None = None, log_artifacts: bool = True):
+               data: Data | None = None, log_artifacts: bool = True, tracking_offset: float = 0.0):
     """Load/split the data, build the estimator from ``cfg`` and fit it.
 
     With ``run_id``, the run gets per-epoch metrics (batched), final validation/test metrics,
     cost metrics, ``config.json``, plots and the model; metrics and costs are flushed even when
     training stops with an exception (pruned, diverged). Returns ``(estimator, metrics)`` where
-    ``metrics`` holds ``val_*`` (and ``test_*``) scores, ``epochs`` and the cost metrics.
+    ``metrics`` holds ``val_*`` (and ``test_*``) scores, ``epochs`` and the cost metrics;
+    ``tracking_offset`` (seconds the caller spent creating the run) is added to ``tracking_seconds``.
     """
     data = data or prepare_data(cfg)
     est = build_estimator(cfg, data)
@@ -256,7 +257,7 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
             logger.flush()
             if log_artifacts:
                 _log_run_artifacts(run_id, cfg, est, data, uri)
-        tracking_s = before + clock.seconds
+        tracking_s = tracking_offset + before + clock.seconds
         metrics["tracking_seconds"] = tracking_s
         logger.log("tracking_seconds", tracking_s, step)
         logger.flush()
@@ -616,7 +617,8 @@ class Objective:
         metrics: dict = {}
         try:
             key = report_key(tcfg, ctx.data.task)
-            _, metrics = train_once(tcfg, run_id=run_id, callbacks=[PruningReport(trial, key)], uri=ctx.uri, data=ctx.data)
+            _, metrics = train_once(tcfg, run_id=run_id, callbacks=[PruningReport(trial, key)], uri=ctx.uri, data=ctx.data,
+                                    tracking_offset=clock.seconds)
             value = metrics.get(cfg.search.metric)
             if value is None or not math.isfinite(value):
                 raise NbnetError(f"{cfg.search.metric} is {value} for this trial; the model predicts nothing useful")

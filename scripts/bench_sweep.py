@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Sweep overhead benchmark: the share of wall time spent in tracking, and trials per minute with
+1 and 2 worker processes.
+
+Each case runs a fresh study on fresh embedded stores (MLflow SQLite + Optuna journal in a
+temporary folder), with the random sampler and no pruning so every trial trains fully and runs
+are comparable. Tracking time is what the runs record themselves: ``tracking_seconds`` of every
+trial (run creation, batched metrics, config, plots, the pyfunc model) plus the parent run's
+``sweep_tracking_seconds`` (summary, Optuna figures, trials table, registration).
+
+    tracking share = (Σ trial tracking_seconds + sweep_tracking_seconds) / (wall × workers)
+
+Cases:
+  digits  the shipped digits sweep (1797 × 64, 30 epochs): sub-second trials, where per-run
+          tracking costs are most visible
+  large   the same search space on synthetic:n=20000,d=784,classes=10, 3 epochs: trials of
+          several seconds, closer to real work
+
+Usage:
+  python scripts/bench_sweep.py                       # both cases, 1 and 2 workers, 10 trials
+  python scripts/bench_sweep.py --case digits --trials 20 --workers 1
+Writes a Markdown table to stdout and JSON to bench_out/sweep.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = {
+    "digits": ["search.sampler=random", "search.pruner=none"],
+    "large": ["search.sampler=random", "search.pruner=none", "data.source=synthetic:n=20000,d=784,classes=10",
+              "data.test_fraction=0", "train.epochs=3", "model.width_ratio=0.5",
+              "search.space.model.width={'type': 'int', 'low': 64, 'high': 256, 'log': True}"],
+}
+
+
+def run_case(case: str, trials: int, workers: int) -> dict:
+    from nbnet import config, search, tracking
+
+    cfg = config.load_experiment(ROOT / "experiments" / "digits.toml", CASES[case])
+    with tempfile.TemporaryDirectory(prefix=f"nbnet-bench-{case}-{workers}-") as tmp:
+        os.chdir(tmp)
+        uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        tracking.ensure_experiment(cfg.name, uri)  # store creation is one-off, not per-sweep cost
+        search._DATA_CACHE.clear()
+        search.prepare_data(cfg)  # the data load, too (workers load their own copy; that is counted)
+        t0 = time.perf_counter()
+        r = search.run_sweep(cfg, trials=trials, workers=workers, quiet=True, uri=uri)
+        wall = time.perf_counter() - t0
+        c = tracking.client(uri)
+        kids = c.search_runs([c.get_experiment_by_name(cfg.name).experiment_id],
+                             filter_string=f"tags.mlflow.parentRunId = '{r.parent_run_id}'", max_results=1000)
+        sums = {k: sum(run.data.metrics.get(k, 0.0) for run in kids) for k in search.COST_KEYS}
+        parent = c.get_run(r.parent_run_id).data.metrics
+        tracked = sums["tracking_seconds"] + parent.get("sweep_tracking_seconds", 0.0)
+        os.chdir(ROOT)
+    busy = wall * workers
+    return {
+        "case": case, "workers": workers, "trials": trials, "complete": r.n_complete, "wall_s": wall,
+        "trials_per_min": 60 * trials / wall, "tracking_s": tracked, "tracking_share": tracked / busy,
+        "train_s": sums["train_seconds"], "train_share": sums["train_seconds"] / busy,
+        "compile_s": sums["compile_seconds"], "cpu_s": sums["cpu_seconds"],
+        "per_trial_tracking_s": sums["tracking_seconds"] / max(1, len(kids)),
+        "per_trial_train_s": sums["train_seconds"] / max(1, len(kids)), "best": r.best_value,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", choices=[*CASES, "all"], default="all")
+    ap.add_argument("--trials", type=int, default=10)
+    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    ap.add_argument("--out", default=str(ROOT / "bench_out" / "sweep.json"))
+    args = ap.parse_args()
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    cases = list(CASES) if args.case == "all" else [args.case]
+    rows = []
+    for case in cases:
+        for w in [int(x) for x in args.workers.split(",")]:
+            print(f"running {case} with {w} worker(s), {args.trials} trials ...", file=sys.stderr, flush=True)
+            rows.append(run_case(case, args.trials, w))
+    print("| case | workers | trials | wall s | trials/min | train s/trial | tracking s/trial | tracking share | train share |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['workers']} | {r['trials']} | {r['wall_s']:.1f} | {r['trials_per_min']:.1f} | "
+              f"{r['per_trial_train_s']:.2f} | {r['per_trial_tracking_s']:.2f} | {100 * r['tracking_share']:.1f}% | "
+              f"{100 * r['train_share']:.1f}% |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=1))
+    print(f"\n(JSON: {out})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
