@@ -212,6 +212,9 @@ def _quiet_logs() -> None:
     import os
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    # On a tracking server MLflow prints "🏃 View run … at: http://…" to stdout for every run it
+    # closes, which would corrupt --json output (issue 8).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # and if it already was
 
 

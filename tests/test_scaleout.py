@@ -12,7 +12,8 @@ The database URL comes from ``NBNET_TEST_PG_URL``; without it the test tries the
 URL was given explicitly, a server that does not answer is a failure, not a skip.
 
 The sweep's database traffic is measured with ``pg_stat_statements`` (when loaded) and printed;
-set ``NBNET_SCALEOUT_REPORT=path.json`` to keep it (the README's capacity note comes from it).
+set ``NBNET_SCALEOUT_REPORT=path.json`` to keep it (the README's capacity note comes from two runs,
+``NBNET_SCALEOUT_EPOCHS=4`` and ``=24``, which separate the per-trial from the per-epoch cost).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -38,7 +41,7 @@ DEFAULT_PG_URL = "postgresql://nbnet_test:nbnet_test@127.0.0.1:5432/nbnet_test" 
 
 N_WORKERS = 3
 N_TRIALS = 6
-EPOCHS = 4
+EPOCHS = int(os.environ.get("NBNET_SCALEOUT_EPOCHS", 4))  # more epochs: measure the per-epoch database cost
 
 EXPERIMENT = f"""
 # A tiny experiment: 150 iris rows, one small hidden layer, {EPOCHS} epochs — seconds per trial.
@@ -126,6 +129,25 @@ def _statement_counts(pg) -> dict:
     for datname, query, calls, nrows in rows:
         by_db[names[datname]].append((query, int(calls), int(nrows)))
     return by_db
+
+
+class _ConnectionSampler(threading.Thread):
+    """Samples pg_stat_activity every 0.2 s: the most connections each test database had."""
+
+    def __init__(self, pg):
+        super().__init__(daemon=True)
+        self.pg, self.peak, self.done = pg, Counter(), threading.Event()
+
+    def run(self):
+        import psycopg
+
+        names = {v: k for k, v in self.pg["dbs"].items()}
+        url = os.environ.get("NBNET_TEST_PG_URL") or DEFAULT_PG_URL
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            while not self.done.wait(0.2):
+                for db, n in conn.execute("SELECT datname, count(*) FROM pg_stat_activity WHERE datname = ANY(%s) "
+                                          "GROUP BY datname", [list(names)]).fetchall():
+                    self.peak[names[db]] = max(self.peak[names[db]], n)
 
 
 def _classify(query: str) -> tuple[str, str]:
@@ -229,9 +251,16 @@ def test_three_workers_share_one_study_and_one_tracking_server(pg, tracking_serv
     study_name = f"{name}-{uuid.uuid4().hex[:6]}"
     uri = tracking_server["uri"]
     before = _statement_counts(pg) if pg["stats"] else None
-
-    worker_logs = _run_workers(N_WORKERS, [f"{name}.toml", "--storage", pg["urls"]["optuna"], "--study", study_name],
-                               cwd=tmp_path, env=_env(MLFLOW_TRACKING_URI=uri))
+    sampler = _ConnectionSampler(pg)
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        worker_logs = _run_workers(N_WORKERS, [f"{name}.toml", "--storage", pg["urls"]["optuna"], "--study", study_name],
+                                   cwd=tmp_path, env=_env(MLFLOW_TRACKING_URI=uri))
+    finally:
+        sampler.done.set()
+        sampler.join()
+    sweep_seconds = time.perf_counter() - t0
     after = _statement_counts(pg) if pg["stats"] else None
 
     # --- the study: n_trials over all workers, every trial finished ------------------------------
@@ -291,9 +320,34 @@ def test_three_workers_share_one_study_and_one_tracking_server(pg, tracking_serv
     X, y = load_iris(return_X_y=True)
     assert (model.predict(X) == y).mean() > 0.5
 
+    # --- the CLI works through the server with nothing but MLFLOW_TRACKING_URI ---------------------
+    nb = [str(Path(sys.executable).parent / "nbnet")]
+    env = _env(MLFLOW_TRACKING_URI=uri)
+    best = subprocess.run(nb + ["best", "--study", study_name, "--storage", pg["urls"]["optuna"], "--json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert best.returncode == 0, best.stderr
+    b = json.loads(best.stdout)
+    assert b["run_id"] in children and b["value"] == pytest.approx(study.best_value)
+    iris = load_iris(as_frame=True).frame.drop(columns="target")
+    iris.to_csv(tmp_path / "iris.csv", index=False)
+    pred = subprocess.run(nb + ["predict", f"models:/{name}@champion", "iris.csv", "-o", "pred.csv"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert pred.returncode == 0, pred.stderr
+    assert len((tmp_path / "pred.csv").read_text().strip().splitlines()) == len(iris) + 1  # header + rows
+    rerun = subprocess.run(nb + ["rerun", b["run_id"], "--json"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert client.get_run(json.loads(rerun.stdout)["run_id"]).data.tags["nbnet.rerun_of"] == b["run_id"]
+
     # --- what the sweep cost the database (the README's capacity note) -----------------------------
     if after is not None:
         report = _capacity_report(before, after, n_trials=len(trials), epochs=EPOCHS, workers=N_WORKERS)
+        some_run = trial_runs[0]
+        per_epoch = sorted(k for k in children[some_run].data.metrics
+                           if len(client.get_metric_history(some_run, k)) == EPOCHS)
+        report.update(sweep_seconds=round(sweep_seconds, 1), peak_connections=dict(sampler.peak),
+                      mlflow_metrics_per_epoch=per_epoch,
+                      trial_seconds=[round((t.datetime_complete - t.datetime_start).total_seconds(), 2) for t in trials])
         print(json.dumps(report, indent=1))
         if os.environ.get("NBNET_SCALEOUT_REPORT"):
             Path(os.environ["NBNET_SCALEOUT_REPORT"]).write_text(json.dumps(report, indent=1))
@@ -306,17 +360,19 @@ def _capacity_report(before: dict, after: dict, *, n_trials: int, epochs: int, w
     """Statements and rows per database during the sweep, by kind and table."""
     out = {"trials": n_trials, "epochs": epochs, "workers": workers}
     for db in ("optuna", "mlflow"):
-        prev = Counter()
-        prev_rows = Counter()
-        for q, calls, rows in before.get(db, []):
-            prev[q] += calls
-            prev_rows[q] += rows
+        # pg_stat_statements may list one normalised text under several query ids: sum by text.
+        def by_text(entries):
+            calls, rows = Counter(), Counter()
+            for q, c, r in entries:
+                calls[q] += c
+                rows[q] += r
+            return calls, rows
+
+        (c0, r0), (c1, r1) = by_text(before.get(db, [])), by_text(after.get(db, []))
         calls_by, rows_by = Counter(), Counter()
         total = writes = commits = 0
-        for q, calls, rows in after.get(db, []):
-            dc, dr = calls - prev[q], rows - prev_rows[q]
-            prev[q] = calls  # a query text listed twice (two roles) is counted once per entry
-            prev_rows[q] = rows
+        for q in c1:
+            dc, dr = c1[q] - c0[q], r1[q] - r0[q]
             if dc <= 0:
                 continue
             kind, table = _classify(q)
@@ -334,3 +390,92 @@ def _capacity_report(before: dict, after: dict, *, n_trials: int, epochs: int, w
                    "writes_per_trial": round(writes / n_trials, 1),
                    "calls": dict(calls_by.most_common()), "rows": dict(rows_by.most_common())}
     return out
+
+
+def _wait_for(condition, what: str, timeout: float = 180.0, every: float = 0.1):
+    """Poll ``condition()`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(every)  # polling interval of a condition on another process's state
+
+
+def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_retried(pg, tracking_server, tmp_path):
+    """A worker on 'another machine' dies mid-trial: a worker started later finds the trial's Optuna
+    heartbeat stale, fails it, closes its MLflow run FAILED and runs its parameters again."""
+    import mlflow
+    import optuna
+    import psycopg
+
+    name = "scaleout_stale"
+    # Long enough trials that the test catches one running (150 epochs of iris: about a second).
+    (tmp_path / f"{name}.toml").write_text(
+        EXPERIMENT.replace(f"n_trials = {N_TRIALS}", "n_trials = 3").replace(f"epochs = {EPOCHS}", "epochs = 150"))
+    study_name = f"{name}-{uuid.uuid4().hex[:6]}"
+    url, uri = pg["urls"]["optuna"], tracking_server["uri"]
+    env = _env(MLFLOW_TRACKING_URI=uri, NBNET_HEARTBEAT_SECONDS="1", NBNET_GRACE_SECONDS="2")
+    sweep = [str(Path(sys.executable).parent / "nbnet"), "sweep", f"{name}.toml", "--storage", url, "--study", study_name]
+    storage = optuna.storages.RDBStorage(url)  # no heartbeat of its own
+
+    def running_trial():
+        assert doomed.poll() is None, f"the first worker exited early:\n{(tmp_path / 'doomed.log').read_text()}"
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:  # not created yet
+            return None
+        live = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                if "mlflow_run_id" in t.user_attrs]
+        return live[0] if live else None
+
+    with open(tmp_path / "doomed.log", "w") as log:
+        doomed = subprocess.Popen(sweep, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    try:
+        victim = _wait_for(running_trial, "the first worker to run a trial")
+        os.killpg(doomed.pid, signal.SIGKILL)  # the machine is gone: no exit handler runs
+        doomed.wait()
+    finally:
+        if doomed.poll() is None:
+            os.killpg(doomed.pid, signal.SIGKILL)
+    tid = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), victim.number)
+    assert storage.get_trial(tid).state == optuna.trial.TrialState.RUNNING, "finished before the kill"
+    # Make it another machine's trial: this host's dead-pid check must not be what catches it.
+    storage.set_trial_user_attr(tid, "host", "another-machine")
+
+    def heartbeat_age() -> float:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute("SELECT EXTRACT(EPOCH FROM now() - heartbeat) FROM trial_heartbeats "
+                               "WHERE trial_id = %s", [tid]).fetchone()
+        return float(row[0]) if row else 0.0
+
+    assert heartbeat_age() < 30, "the dead worker never recorded a heartbeat"
+    _wait_for(lambda: heartbeat_age() > 2.5, "the heartbeat to go stale (grace 2 s)", timeout=60, every=0.25)
+
+    rescuer = subprocess.run(sweep, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rescuer.returncode == 0, rescuer.stdout + rescuer.stderr
+
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    dead = trials[victim.number]
+    assert dead.state.name == "FAIL"
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert retries[0].params == victim.params and retries[0].system_attrs["retry_history"] == [victim.number]
+    states = Counter(t.state.name for t in trials)
+    assert states == {"COMPLETE": 3, "FAIL": 1}, f"{states}: the stale trial must not count against n_trials"
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    dead_run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert dead_run.info.status == "FAILED" and dead_run.data.tags["optuna.state"] == "FAIL"
+    assert "no heartbeat" in dead_run.data.tags["nbnet.reason"]
+    parent = optuna.load_study(study_name=study_name, storage=storage).user_attrs["nbnet.parent_run_id"]
+    runs = {t.user_attrs["mlflow_run_id"]: t for t in trials if t is not dead}
+    runs[dead_run.info.run_id] = dead
+    assert len(runs) == len(trials), "each trial, the retry included, has its own run"
+    for run_id, t in runs.items():
+        r = client.get_run(run_id)
+        assert r.data.tags["mlflow.parentRunId"] == parent
+        assert r.info.status == {"COMPLETE": "FINISHED", "FAIL": "FAILED"}[t.state.name]
+    assert client.get_run(parent).info.status == "FINISHED"

@@ -67,6 +67,8 @@ case " $* " in *" --storage "*|*" --storage="*) ;; *)
 esac
 [ -n "${MLFLOW_TRACKING_URI:-}" ] || echo "start_workers: warning: MLFLOW_TRACKING_URI is not set: runs go to this machine's local store" >&2
 export NBNET_NUM_THREADS="${NBNET_NUM_THREADS:-$(( cores / N > 0 ? cores / N : 1 ))}"
+# MLflow prints a "View run" URL for every run it closes on a tracking server: not in worker logs.
+export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="${MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT:-true}"
 
 mkdir -p "$LOGDIR"
 groups=()
