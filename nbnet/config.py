@@ -418,6 +418,10 @@ def validate(cfg: ExperimentConfig) -> None:
         better = "higher" if natural == "maximize" else "lower"
         raise NbnetError(f"search.direction {s.direction!r} contradicts search.metric {s.metric!r} ({better} is better); "
                          f"set search.direction={natural} or auto")
+    depth_width = m.n_layers is not None or "model.n_layers" in s.space or "model.width" in s.space
+    if "model.hidden_layer_sizes" in s.space and depth_width:
+        raise NbnetError("search.space searches model.hidden_layer_sizes, but model.n_layers/width build the hidden "
+                         "sizes and would override it; search one or the other (--set model.n_layers=None --set model.width=None)")
     if s.n_trials < 1:
         raise NbnetError(f"search.n_trials must be >= 1, got {s.n_trials}")
     if s.n_startup_trials < 0 or s.n_warmup_steps < 0:

@@ -601,21 +601,24 @@ class Objective:
         trial.set_user_attr("pid", self.pid)
         if self.pid_started is not None:
             trial.set_user_attr("pid_started", self.pid_started)
+        values = suggest(trial, cfg.search.space)
         try:
-            tcfg = C.with_values(cfg, suggest(trial, cfg.search.space))
-        except NbnetError as e:  # an invalid combination, e.g. nesterov with momentum 0
-            trial.set_user_attr("fail_reason", str(e))
-            raise
+            tcfg, invalid = C.with_values(cfg, values), None
+        except NbnetError as e:  # an invalid combination, e.g. nesterov with momentum 0: a FAILED run says so
+            tcfg, invalid = cfg, e
+        params = C.to_flat_dict(tcfg) if invalid is None else {**C.to_flat_dict(cfg), **values}
         tags = tracking.standard_tags(data_hash=ctx.data.hash, seed=tcfg.train.seed, trial=trial.number, study=ctx.study_name)
         tags.update({"optuna.state": "RUNNING", "nbnet.kind": "trial"})
         clock = _Clock()
         with clock():
             run_id = tracking.start_run(ctx.experiment_id, run_name=f"trial-{trial.number}", parent_run_id=ctx.parent_run_id,
-                                        tags=tags, params=C.to_flat_dict(tcfg), uri=ctx.uri)
+                                        tags=tags, params=params, uri=ctx.uri)
         trial.set_user_attr("mlflow_run_id", run_id)
         status, state, reason = "FAILED", "FAIL", None
         metrics: dict = {}
         try:
+            if invalid is not None:
+                raise invalid
             key = report_key(tcfg, ctx.data.task)
             _, metrics = train_once(tcfg, run_id=run_id, callbacks=[PruningReport(trial, key)], uri=ctx.uri, data=ctx.data,
                                     tracking_offset=clock.seconds)

@@ -90,6 +90,7 @@ def test_depth_and_width_build_hidden_sizes():
     ("search.space.\"train.learning_rate\"={'type': 'float', 'low': 0, 'high': 1, 'log': True}", "log = true, which needs low > 0"),
     ("search.space.\"train.l2\".low=1", "low=1 > high"),
     ("search.space.\"train.momentum\".high=1", "has no 'train.momentum'"),
+    ("search.space.model.hidden_layer_sizes=[[8], [16]]", "would override it"),
 ])
 def test_override_errors_are_one_line(override, match):
     with pytest.raises(NbnetError, match=match) as info:

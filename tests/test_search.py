@@ -164,21 +164,26 @@ def test_a_study_of_another_experiment_is_refused(store, tmp_path):
         S.run_sweep(other, study_name="tiny", quiet=True, register=False)
 
 
-def test_diverging_trial_fails_with_reason_and_the_sweep_goes_on(store, tmp_path):
-    space = '"train.optimizer" = ["sgd"]\n"train.learning_rate" = [1000.0, 0.05]'
+def test_diverging_or_invalid_trials_fail_with_reason_and_the_sweep_goes_on(store, tmp_path):
+    space = '"train.optimizer" = ["sgd"]\n"train.learning_rate" = [1000.0, 0.05]\n"model.dropout" = [0.0, 1.5]'
     cfg = experiment(tmp_path, n_trials=3, space=space, pruner="none")
     study = optuna.create_study(study_name="tiny", storage=S.open_storage(S.default_storage("tiny")), direction="maximize")
-    study.enqueue_trial({"train.optimizer": "sgd", "train.learning_rate": 1000.0})
-    study.enqueue_trial({"train.optimizer": "sgd", "train.learning_rate": 0.05})
+    study.enqueue_trial({"train.optimizer": "sgd", "train.learning_rate": 1000.0, "model.dropout": 0.0})
+    study.enqueue_trial({"train.optimizer": "sgd", "train.learning_rate": 0.05, "model.dropout": 1.5})
+    study.enqueue_trial({"train.optimizer": "sgd", "train.learning_rate": 0.05, "model.dropout": 0.0})
     r = S.run_sweep(cfg, quiet=True, register=False)
     trials = journal_study("tiny", tmp_path).trials
-    assert [t.state.name for t in trials[:2]] == ["FAIL", "COMPLETE"]
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE"]
+    assert (r.n_failed, r.n_complete) == (2, 1)
     assert "diverged" in trials[0].user_attrs["fail_reason"]
-    assert r.n_failed >= 1 and r.n_complete >= 1 and len(trials) == 3
-    run = tracking.client(store).get_run(trials[0].user_attrs["mlflow_run_id"])
-    assert run.info.status == "FAILED"
-    assert run.data.tags["optuna.state"] == "FAIL" and "diverged" in run.data.tags["nbnet.reason"]
-    assert "cpu_seconds" in run.data.metrics  # costs are logged for failed trials too
+    assert "model.dropout must be in [0, 1)" in trials[1].user_attrs["fail_reason"]
+    c = tracking.client(store)
+    diverged, invalid = (c.get_run(t.user_attrs["mlflow_run_id"]) for t in trials[:2])
+    for run in (diverged, invalid):
+        assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert "diverged" in diverged.data.tags["nbnet.reason"]
+    assert "cpu_seconds" in diverged.data.metrics  # costs are logged for failed trials too
+    assert invalid.data.params["model.dropout"] == "1.5" and "dropout" in invalid.data.tags["nbnet.reason"]
 
 
 def test_pruned_trial_is_a_killed_run(store, tmp_path):
