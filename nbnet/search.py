@@ -94,7 +94,13 @@ _DATA_CACHE: dict = {}
 
 def _data_key(cfg: C.ExperimentConfig) -> str:
     d = cfg.data
-    return json.dumps([d.source, d.target, list(d.categorical), d.task, d.cleaning, d.val_fraction,
+    stamp = None
+    kind, _, arg = d.source.partition(":")
+    if kind in ("csv", "npz", "parquet"):  # a file edited in place is a different data set
+        with contextlib.suppress(OSError):
+            st = os.stat(arg)
+            stamp = (st.st_mtime_ns, st.st_size)
+    return json.dumps([d.source, stamp, d.target, list(d.categorical), d.task, d.cleaning, d.val_fraction,
                        d.test_fraction, d.split_seed, d.stratify], sort_keys=True, default=str)
 
 
@@ -271,6 +277,8 @@ def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, ur
     from . import viz
 
     tracking.log_dict(run_id, C.to_dict(cfg), CONFIG_ARTIFACT, uri=uri)
+    if data.cleaning_report:
+        tracking.log_dict(run_id, data.cleaning_report, "data/cleaning_report.json", uri=uri)
     tracking.log_figure(run_id, viz.learning_curve(est.history_, title=f"{cfg.name}"), "plots/learning_curve.png", uri=uri)
     if data.task == "classification":
         pred = est.predict(data.X_val)

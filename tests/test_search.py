@@ -357,3 +357,23 @@ def test_best_reports_the_best_trial(store, tmp_path):
     assert json.dumps(b, default=str)
     with pytest.raises(NbnetError, match="no study 'nope'"):
         S.best("nope")
+
+
+def test_cleaning_runs_before_the_split_and_its_report_is_logged(store, tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(100, 3))
+    X[:10] = X[10:20]  # 10 duplicate rows (same labels below)
+    X[50, 1] = np.nan
+    y = (X[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    f = tmp_path / "clean.toml"
+    f.write_text(f'[data]\nsource = "npz:{tmp_path / "d.npz"}"\ncleaning = {{ nan = "drop", drop_duplicates = true }}\n'
+                 '[model]\nhidden_layer_sizes = [4]\n[train]\nepochs = 2\n')
+    cfg = C.load_experiment(f)
+    data = S.prepare_data(cfg)
+    assert data.cleaning_report["duplicates_dropped"] == 10 and data.cleaning_report["nonfinite_rows_dropped"] == 1
+    assert len(data.y_train) + len(data.y_val) == 89
+    assert data.hash == __import__("nbnet.data.load", fromlist=["x"]).data_hash(X, y)  # the data as loaded
+    out = S.train_run(cfg)
+    report = tracking.client(store).download_artifacts(out["run_id"], "data/cleaning_report.json", str(tmp_path))
+    assert json.loads(Path(report).read_text())["rows_out"] == 89
