@@ -903,13 +903,13 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
         cfg = C.with_values(cfg, {"train.n_threads": max(1, default_threads() // workers)})
     study_name = study_name or cfg.name
     storage = storage or default_storage(study_name)
-    uri = uri or tracking.default_tracking_uri()
     direction = cfg.direction()
     t_start = time.perf_counter()
-    data = prepare_data(cfg)  # fail fast on bad data, before any run is created
+    data = prepare_data(cfg)  # fail fast on bad data, before any store or run is created
     if cfg.search.sampler == "grid":
         grid_space(cfg.search.space)
     make_sampler(cfg.search.sampler, cfg.search.space, seed=0, n_startup_trials=1)  # missing packages → error now
+    uri = uri or tracking.default_tracking_uri()
 
     storage_obj = open_storage(storage, uri=uri)
     study = _open_study(cfg, study_name, storage_obj, direction)
@@ -1137,6 +1137,9 @@ def rerun(run_id: str, *, uri: str | None = None, quiet: bool = False) -> dict:
     """Retrain run ``run_id`` from its recorded config and seed as a new run (tag
     ``nbnet.rerun_of``), refusing if the data's hash changed. Compares the new weights with the
     original model's, bit for bit, and the per-epoch loss history."""
+    if uri is None and not os.environ.get("MLFLOW_TRACKING_URI") and not (Path.cwd() / "mlruns" / "mlflow.db").is_file():
+        raise NbnetError(f"no tracking store here ({Path.cwd() / 'mlruns'}); run nbnet rerun from the project folder "
+                         "or set MLFLOW_TRACKING_URI")
     uri = uri or tracking.default_tracking_uri()
     c = tracking.client(uri)
     try:
@@ -1196,8 +1199,8 @@ def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool
     (:mod:`nbnet.checkpoint`, under mlruns/checkpoints). Re-running the same command after a
     crash resumes from it with the same final weights; the dead run is marked KILLED and the new
     one carries the whole per-epoch history (the restored epochs are replayed to it)."""
+    data = prepare_data(cfg)  # bad data fails before any store or run is created
     uri = uri or tracking.default_tracking_uri()
-    data = prepare_data(cfg)
     exp_id = tracking.ensure_experiment(cfg.name, uri)
     tags = tracking.standard_tags(data_hash=data.hash, seed=cfg.train.seed)
     tags["nbnet.kind"] = "train"

@@ -91,6 +91,8 @@ def test_resumed_sweep_runs_nothing_when_complete(project):
     (["sweep", "tiny.toml", "--sampler", "bayes"], "invalid choice: 'bayes'"),
     (["sweep", "tiny.toml", "--workers", "0"], "--workers must be at least 1"),
     (["best", "--study", "nope"], "no study 'nope'"),
+    (["train", "tiny.toml", "--set", "data.source=npz:missing.npz"], "missing.npz' not found"),
+    (["rerun", "0123456789abcdef0123456789abcdef"], "run '0123456789abcdef0123456789abcdef' not found"),
 ])
 def test_user_errors_are_one_line_exit_2_and_write_nothing(project, args, message):
     before = sorted(p.relative_to(project) for p in project.rglob("*"))
@@ -101,3 +103,9 @@ def test_user_errors_are_one_line_exit_2_and_write_nothing(project, args, messag
     assert message in lines[0]
     assert "Traceback" not in r.stderr and r.stdout == ""
     assert sorted(p.relative_to(project) for p in project.rglob("*")) == before  # nothing half-written
+
+
+def test_rerun_outside_a_project_says_where_it_looked(tmp_path):
+    r = nbnet("rerun", "0123456789abcdef", cwd=tmp_path)
+    assert r.returncode == 2 and "no tracking store here" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no store was created
