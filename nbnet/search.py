@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as C
-from . import tracking
+from . import interrupt, tracking
 from .errors import DivergedError, NbnetError
 
 COST_KEYS = ("compile_seconds", "train_seconds", "cpu_seconds", "tracking_seconds")
@@ -628,8 +628,8 @@ class Objective:
             if invalid is not None:
                 raise invalid
             key = report_key(tcfg, ctx.data.task)
-            _, metrics = train_once(tcfg, run_id=run_id, callbacks=[PruningReport(trial, key)], uri=ctx.uri, data=ctx.data,
-                                    tracking_offset=clock.seconds)
+            _, metrics = train_once(tcfg, run_id=run_id, callbacks=[PruningReport(trial, key), interrupt.check],
+                                    uri=ctx.uri, data=ctx.data, tracking_offset=clock.seconds)
             value = metrics.get(cfg.search.metric)
             if value is None or not math.isfinite(value):
                 raise NbnetError(f"{cfg.search.metric} is {value} for this trial; the model predicts nothing useful")
@@ -642,6 +642,7 @@ class Objective:
             raise
         except KeyboardInterrupt:
             status, state, reason = "KILLED", "FAIL", "interrupted"
+            _retry_later(trial)
             raise
         except DivergedError as e:
             reason = str(e)
@@ -686,8 +687,29 @@ def _fmt(v) -> str:
 
 
 # --- workers ----------------------------------------------------------------------------------
-def _worker_main(payload: dict, tickets, worker: int) -> None:
-    """Entry point of a (spawned) worker process; also called in-process for one worker."""
+def _retry_later(trial) -> None:
+    """An interrupted trial does not count towards n_trials: its parameters are enqueued to run
+    again when the sweep resumes (``retry_of``, as for a dead worker's trial)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna would log the interrupt with a traceback
+    with contextlib.suppress(Exception):
+        if trial.params:
+            trial.study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+
+
+def _worker_main(payload: dict, tickets, worker: int, stop=None) -> None:
+    """Entry point of a (spawned) worker process; also called in-process for one worker.
+    ``stop``: the sweep's shared stop event (:mod:`nbnet.interrupt`)."""
+    with interrupt.graceful(stop, announce=False):
+        try:
+            _worker_loop(payload, tickets, worker)
+        except KeyboardInterrupt:
+            if not interrupt.requested():  # e.g. a signal before the handlers were installed
+                raise
+
+
+def _worker_loop(payload: dict, tickets, worker: int) -> None:
     import logging
 
     import optuna
@@ -709,6 +731,8 @@ def _worker_main(payload: dict, tickets, worker: int) -> None:
     workers = payload["workers"]
 
     def take_ticket() -> bool:
+        if interrupt.requested():  # Ctrl-C / SIGTERM: no new trial
+            return False
         with tickets.get_lock():
             if tickets.value <= 0:
                 return False
@@ -736,9 +760,9 @@ def _worker_main(payload: dict, tickets, worker: int) -> None:
                        callbacks=[enough, after_trial])
 
 
-def _spawn_workers(payload: dict, n: int, tickets) -> list[int]:
+def _spawn_workers(payload: dict, n: int, tickets, stop=None) -> list[int]:
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(payload, tickets, i), name=f"nbnet-sweep-{i}") for i in range(n)]
+    procs = [ctx.Process(target=_worker_main, args=(payload, tickets, i, stop), name=f"nbnet-sweep-{i}") for i in range(n)]
     for p in procs:
         p.start()
     try:
@@ -960,13 +984,20 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
                        "experiment_id": exp_id, "parent_run_id": parent, "seed": (cfg.train.seed * 1_000_003 + n_existing) % 2**31,
                        "max_total": cfg.search.n_trials + counts["STALE"], "quiet": quiet, "workers": workers}
             tickets = mp.get_context("spawn").Value("i", remaining)
-            if workers == 1:
-                _worker_main(payload, tickets, 0)
-            else:
-                codes = _spawn_workers(payload, workers, tickets)
+            # the first Ctrl-C / SIGTERM stops every worker at its next epoch boundary (nbnet.interrupt)
+            with interrupt.graceful(mp.get_context("spawn").Event()) as stop:
+                if workers == 1:
+                    _worker_main(payload, tickets, 0, stop)
+                else:
+                    codes = _spawn_workers(payload, workers, tickets, stop)
+                if interrupt.requested():
+                    raise interrupt.Interrupted()
+            if workers > 1:
                 bad = [c for c in codes if c != 0]
                 if bad:
-                    raise NbnetError(f"{len(bad)} of {workers} sweep workers exited with errors (codes {bad}); see the messages above")
+                    how = "; ".join(f"killed by signal {-c}" if c < 0 else f"exit code {c}" for c in bad)
+                    raise NbnetError(f"{len(bad)} of {workers} sweep workers died ({how}); run the same command again "
+                                     "to finish the study")
         study = optuna_load(study_name, storage_obj)
         _finish(result, cfg, study, exp_id, parent, uri, register, n_existing)
         status = "FINISHED"
