@@ -1254,7 +1254,9 @@ def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool
         ck = checkpoint.Checkpoint(ck_path, every=checkpoint_every, fingerprint=data.hash, extra={"run_id": run_id})
     status = "FAILED"
     try:
-        est, metrics = train_once(cfg, run_id=run_id, uri=uri, data=data, callbacks=[ck] if ck else ())
+        with interrupt.graceful():  # Ctrl-C / SIGTERM: stop at the next epoch boundary, run KILLED
+            est, metrics = train_once(cfg, run_id=run_id, uri=uri, data=data,
+                                      callbacks=([ck] if ck else []) + [interrupt.check])
         if ck is not None and ck.resumed_from_epoch:
             replay = tracking.MetricLogger(run_id, uri=uri)
             for epoch, logs in checkpoint.history_logs(est, ck.resumed_from_epoch):

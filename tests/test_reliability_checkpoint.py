@@ -338,3 +338,37 @@ def test_killed_nbnet_train_resumes_with_the_same_result(tmp_path, monkeypatch):
     assert info.data.tags["nbnet.resumed_from_epoch"] == str(killed_at)
     assert c.get_run(dead).info.status == "KILLED"
     assert info.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_nbnet_train_cleanly_and_keeps_the_checkpoint(tmp_path):
+    import time
+
+    from nbnet import tracking
+
+    (tmp_path / "tiny.toml").write_text(TRAIN_TOML.replace("epochs = 300", "epochs = 2000"))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    ckpts = tmp_path / "mlruns" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, "-m", "nbnet", "train", "tiny.toml", "--checkpoint-every", "20"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (ckpts.is_dir() and any(ckpts.glob("*.ckpt"))):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "nbnet: interrupted", err
+    (ck,) = ckpts.glob("*.ckpt")
+    assert 20 <= nbnet.load(ck).n_epochs_ < 2000
+    c = tracking.client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = c.search_runs([c.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "KILLED"
+    assert max(m.step for m in c.get_metric_history(run.info.run_id, "loss")) < 2000
