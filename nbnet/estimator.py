@@ -35,7 +35,10 @@ _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 # --- input validation at the public boundary ---------------------------------------------------
 def check_X(X, *, n_features: int | None = None, allow_nan: bool = False, name: str = "X") -> np.ndarray:
-    """X as a 2-D float64 array, or an NbnetError saying what is wrong."""
+    """X as a 2-D float64 (or, left as it is, float32) array, or an NbnetError saying what is wrong.
+
+    A float32 X is neither copied nor widened: fit trains on the caller's array (memory budget,
+    issue 9)."""
     if hasattr(X, "toarray") and hasattr(X, "nnz"):  # scipy.sparse: np.asarray would make a 0-D object
         raise NbnetError(f"{name} is a sparse matrix; nbnet needs dense input: pass {name}.toarray()")
     try:
@@ -54,15 +57,18 @@ def check_X(X, *, n_features: int | None = None, allow_nan: bool = False, name: 
         raise NbnetError(f"{name} must be 2-D (n_samples, n_features), got {arr.ndim}-D{hint}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise NbnetError(f"{name} is empty (shape {arr.shape}); pass at least one sample and one feature")
-    arr = arr.astype(np.float64, copy=False)
-    bad = ~np.isfinite(arr)
-    if allow_nan:
-        bad &= ~np.isnan(arr)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
-        what = "inf" if allow_nan else "NaN or inf"
-        fix = "" if allow_nan else "; clean the data or set preprocessing impute"
-        raise NbnetError(f"{name} contains {what} (first at row {row}){fix}")
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float64, copy=False)
+    # one pass without a temporary the size of X; the element-wise look only when something is off
+    if not np.isfinite(arr.sum(dtype=np.float64)):
+        bad = ~np.isfinite(arr)
+        if allow_nan:
+            bad &= ~np.isnan(arr)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            what = "inf" if allow_nan else "NaN or inf"
+            fix = "" if allow_nan else "; clean the data or set preprocessing impute"
+            raise NbnetError(f"{name} contains {what} (first at row {row}){fix}")
     if n_features is not None and arr.shape[1] != n_features:
         raise NbnetError(f"{name} has {arr.shape[1]} features but the model was fitted with {n_features}")
     return arr
@@ -304,6 +310,7 @@ class _BaseMLP:
             X = check_X(X, allow_nan=bool(pre is not None and pre.allows_nan))
             self.n_features_in_ = X.shape[1]
             if pre is not None:
+                X = X.astype(np.float64, copy=False)
                 X = pre.fit(X, y, task="regression" if self._loss_name == "mse" else "classification").transform(X)
             self.preprocessor_ = pre
         else:
@@ -311,7 +318,7 @@ class _BaseMLP:
                 self._check_fitted()
             X = check_X(X, n_features=self.n_features_in_, allow_nan=bool(pre is not None and pre.allows_nan))
             if pre is not None:
-                X = pre.transform(X)
+                X = pre.transform(X.astype(np.float64, copy=False))
         with np.errstate(over="ignore"):
             out = np.ascontiguousarray(X, dtype=_DTYPES[self.dtype])
         if out.dtype != X.dtype and np.isinf(out).any():  # finite in float64, beyond float32's range

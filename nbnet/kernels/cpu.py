@@ -13,8 +13,10 @@ Conventions (shared with ``cuda.py``, which uses the same names and argument ord
 * Scalars inside hot loops are cast to the array dtype first: a float64 literal in a float32
   loop stops vectorisation (see PERF_NOTES.md).
 
-The thread budget is owned by :mod:`nbnet.kernels.threads`: these loops are serial and the GEMMs
-(``np.dot`` → BLAS) get the threads.
+The thread budget is owned by :mod:`nbnet.kernels.threads`. ``train_epoch`` and ``forward`` run
+fused kernels on numba's threads, each thread calling a single-threaded GEMM
+(:mod:`nbnet.kernels.blas`); the ``*_reference`` kernels (and dropout/augmentation, which use
+them) are serial loops whose GEMMs (``np.dot`` → BLAS) get the threads.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit, prange
+
+from . import blas
+from .blas import gemm
+from .threads import parallel_guard
 
 # --- name tables (codes are what the kernels see; names are what users type) -----------------
 ACT_IDENTITY, ACT_RELU, ACT_LEAKY_RELU, ACT_TANH, ACT_SIGMOID, ACT_ELU, ACT_SOFTPLUS = range(7)
@@ -229,12 +235,19 @@ def loss_grad(Z, Y, loss, dZ):
     log-sum-exp, so they stay finite for any logits. MSE averages over every element, as
     ``torch.nn.MSELoss`` does. Pass ``dZ`` with zero rows to compute the loss alone.
     """
-    B, k = Z.shape
+    return loss_grad_rows(Z, Y, loss, dZ, Z.shape[0])
+
+
+@njit(**_JIT)
+def loss_grad_rows(Z, Y, loss, dZ, B):
+    """``loss_grad`` of a block of rows of a batch of ``B`` rows: the gradient is of the mean
+    over all ``B``, so threads can each take a block of the batch."""
+    rows, k = Z.shape
     inv = Z.dtype.type(1.0 / B)
     want_grad = dZ.shape[0] > 0
     total = 0.0
     if loss == LOSS_SOFTMAX_CE:
-        for i in range(B):
+        for i in range(rows):
             z = Z[i]
             mx = z[0]
             for j in range(1, k):
@@ -251,7 +264,7 @@ def loss_grad(Z, Y, loss, dZ):
                 for j in range(k):
                     dZ[i, j] = (math.exp(z[j] - lse) * ysum - Y[i, j]) * inv
     elif loss == LOSS_SIGMOID_BCE:
-        for i in range(B):
+        for i in range(rows):
             for j in range(k):
                 z = Z[i, j]
                 y = Y[i, j]
@@ -265,7 +278,7 @@ def loss_grad(Z, Y, loss, dZ):
                     dZ[i, j] = (p - y) * inv
     else:  # LOSS_MSE
         scale = Z.dtype.type(2.0 / (B * k))
-        for i in range(B):
+        for i in range(rows):
             for j in range(k):
                 r = Z[i, j] - Y[i, j]
                 total += r * r / k
@@ -346,11 +359,17 @@ def sgd_step(params, grads, buf, lr, momentum, nesterov, weight_decay, t):
     at the first step ``t == 1``); ``g = g + mu*buf`` (Nesterov) or ``buf``; ``p -= lr*g``.
     Momentum 0 is plain SGD (and full-batch GD when the batch is the whole set)."""
     dt = params.dtype.type
-    lr_, mu, wd = dt(lr), dt(momentum), dt(weight_decay)
-    if momentum == 0.0:
+    sgd_apply(params, grads, buf, dt(lr), dt(momentum), dt(weight_decay), momentum == 0.0, nesterov, t == 1)
+
+
+@njit(**_JIT)
+def sgd_apply(params, grads, buf, lr_, mu, wd, plain, nesterov, first):
+    """The element loop of ``sgd_step`` with its scalars already in the array dtype; works on any
+    slice of the flat buffers (the fused epoch steps each block right after its gradient)."""
+    if plain:
         for i in range(params.shape[0]):
             params[i] -= lr_ * (grads[i] + wd * params[i])
-    elif t == 1:
+    elif first:
         for i in range(params.shape[0]):
             g = grads[i] + wd * params[i]
             buf[i] = g
@@ -371,18 +390,31 @@ def adam_step(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, decouple
     ``decoupled=False``: ``torch.optim.Adam`` (``g += wd*p``). ``decoupled=True``: AdamW
     (Loshchilov & Hutter 2019), ``p *= 1 - lr*wd`` before the step, as ``torch.optim.AdamW``.
     """
-    dt = params.dtype.type
-    b1, b2 = dt(beta1), dt(beta2)
-    omb1, omb2 = dt(1.0 - beta1), dt(1.0 - beta2)
-    step = dt(lr / (1.0 - beta1**t))
-    inv_bc2 = dt(1.0 / math.sqrt(1.0 - beta2**t))
-    eps_ = dt(eps)
+    c = adam_coefficients(lr, beta1, beta2, eps, weight_decay, decoupled, t).astype(params.dtype)
+    adam_apply(params, grads, m, v, c)
+
+
+@njit(**_JIT)
+def adam_coefficients(lr, beta1, beta2, eps, weight_decay, decoupled, t):
+    """The scalars of one Adam step, computed once in float64 (cast them to the array dtype):
+    ``[b1, b2, 1-b1, 1-b2, lr/(1-b1^t), 1/sqrt(1-b2^t), eps, decay, wd]``."""
+    c = np.empty(9)
+    c[0], c[1], c[2], c[3] = beta1, beta2, 1.0 - beta1, 1.0 - beta2
+    c[4] = lr / (1.0 - beta1**t)
+    c[5] = 1.0 / math.sqrt(1.0 - beta2**t)
+    c[6] = eps
     if decoupled:
-        decay = dt(1.0 - lr * weight_decay)
-        wd = dt(0.0)
+        c[7], c[8] = 1.0 - lr * weight_decay, 0.0
     else:
-        decay = dt(1.0)
-        wd = dt(weight_decay)
+        c[7], c[8] = 1.0, weight_decay
+    return c
+
+
+@njit(**_JIT)
+def adam_apply(params, grads, m, v, c):
+    """The element loop of ``adam_step`` given ``adam_coefficients`` in the array dtype; works on
+    any slice of the flat buffers."""
+    b1, b2, omb1, omb2, step, inv_bc2, eps_, decay, wd = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
     for i in range(params.shape[0]):
         g = grads[i] + wd * params[i]
         mi = b1 * m[i] + omb1 * g
@@ -412,7 +444,7 @@ def layer_views(flat, w_off, b_off, sizes, l):
 
 
 @njit(**_JIT)
-def forward(X, params, w_off, b_off, sizes, acts, loss, out):
+def forward_reference(X, params, w_off, b_off, sizes, acts, loss, out):
     """Network output for ``X`` (n, n_features) into ``out`` (n, n_outputs), in chunks.
 
     With ``loss >= 0`` the output transform of that loss is applied (probabilities); with
@@ -552,7 +584,7 @@ def forward_backward(bs, params, grads, w_off, b_off, sizes, acts, loss, l2, p_d
 
 
 @njit(**_JIT)
-def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats):
+def train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats):
     """One epoch: shuffle, then for every mini-batch forward, backward and optimizer step.
 
     X: (n, n_features), Y: (n, n_outputs) targets (one-hot or soft for classification);
@@ -602,12 +634,269 @@ def batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2):
                             np.zeros(1, np.uint64), A, masks, D0, D1, Yb) / n
 
 
-@njit(**_JIT)
 def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss):
     """Mean loss of the network over (X, Y), without gradients (validation)."""
     Z = np.empty((X.shape[0], sizes[-1]), params.dtype)
     forward(X, params, w_off, b_off, sizes, acts, -1, Z)
     return loss_grad(Z, Y, loss, np.empty((0, 1), params.dtype)) / X.shape[0]
+
+
+# --- fused, threaded kernels (the fast path) -----------------------------------------------------
+# One thread pool: numba's threads split every mini-batch into T parts and each part calls a
+# single-threaded GEMM (nbnet.kernels.blas) -- BLAS never starts threads of its own here.
+# Two parallel regions per mini-batch:
+#   rows:    thread t takes rows block t of the batch: gather, every layer's forward with bias and
+#            activation fused, the loss gradient, and the backward deltas dX (no barrier needed:
+#            row blocks are independent until the weight gradients).
+#   columns: thread t takes columns block t of every layer's W: dW = A.T @ D, db, the L2 term,
+#            the gradient-norm partial sum and, fused, the optimizer step of that block while it
+#            is still in the thread's cache.
+# Work is split by part index, never by which thread runs it, and partial sums are added in
+# part order: the same thread count gives bit-identical results.
+_COL_ALIGN = 16  # columns blocks start on 64-byte boundaries (float32): no false sharing
+
+
+@njit(**_JIT)
+def _part(n, parts, t, align):
+    """``[lo, hi)`` of part ``t`` of ``range(n)`` cut into ``parts``, cut points multiples of ``align``."""
+    step = (n + parts - 1) // parts
+    step = (step + align - 1) // align * align
+    lo = min(t * step, n)
+    return lo, min(lo + step, n)
+
+
+@njit(**_JIT)
+def _mat(buf, off, rows, cols):
+    return buf[off:off + rows * cols].reshape((rows, cols))
+
+
+@njit(**_JIT)
+def _rows_pass(t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf, off, Yb, tot):
+    """Rows block ``t``: gather, forward, loss gradient, backward deltas. ``tot[t]`` = loss sum."""
+    r0, r1 = _part(bs, T, t, 1)
+    if r1 <= r0:
+        tot[t] = 0.0
+        return
+    L = acts.shape[0]
+    A0 = _mat(Abuf, off[0], B, sizes[0])
+    for i in range(r0, r1):
+        r = idx[s + i]
+        A0[i] = X[r]
+        Yb[i] = Y[r]
+    one, zero = 1.0, 0.0
+    for l in range(L):
+        W, b = layer_views(params, w_off, b_off, sizes, l)
+        n_in, n_out = sizes[l], sizes[l + 1]
+        Ain = _mat(Abuf, off[l], B, n_in)
+        Aout = _mat(Abuf, off[l + 1], B, n_out)
+        gemm(False, False, r1 - r0, n_out, n_in, one, Ain[r0], n_in, W, n_out, zero, Aout[r0], n_out)
+        bias_activation(Aout[r0:r1], b, acts[l])
+    k = sizes[L]
+    DL = _mat(Dbuf, off[L], B, k)
+    tot[t] = loss_grad_rows(_mat(Abuf, off[L], B, k)[r0:r1], Yb[r0:r1], loss, DL[r0:r1], bs)
+    for l in range(L - 1, 0, -1):
+        W, b = layer_views(params, w_off, b_off, sizes, l)
+        n_in, n_out = sizes[l], sizes[l + 1]
+        Dout = _mat(Dbuf, off[l + 1], B, n_out)
+        Din = _mat(Dbuf, off[l], B, n_in)
+        gemm(False, True, r1 - r0, n_in, n_out, one, Dout[r0], n_out, W, n_out, zero, Din[r0], n_in)
+        activation_grad(_mat(Abuf, off[l], B, n_in)[r0:r1], Din[r0:r1], acts[l - 1])
+
+
+@njit(**_JIT)
+def _step_block(p, g, m, v, kind, c, plain, nesterov, first):
+    if kind == OPT_SGD:
+        sgd_apply(p, g, m, c[0], c[1], c[2], plain, nesterov, first)
+    else:
+        adam_apply(p, g, m, v, c)
+
+
+@njit(**_JIT)
+def _cols_pass(t, T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, l2, step, kind, c,
+               plain, nesterov, first, ss):
+    """Columns block ``t`` of every layer: weight and bias gradients (+ L2), their squared norm
+    into ``ss[t, l]`` and, when ``step``, the optimizer step of the block."""
+    L = sizes.shape[0] - 1
+    l2_ = params.dtype.type(l2)
+    for l in range(L):
+        n_in, n_out = sizes[l], sizes[l + 1]
+        c0, c1 = _part(n_out, T, t, _COL_ALIGN)
+        if c1 <= c0:
+            ss[t, l] = 0.0
+            continue
+        w0, b0 = w_off[l], b_off[l]
+        Al = _mat(Abuf, off[l], B, n_in)
+        Dl = _mat(Dbuf, off[l + 1], B, n_out)
+        gemm(True, False, n_in, c1 - c0, bs, 1.0, Al[0], n_in, Dl[0, c0:], n_out, 0.0, grads[w0 + c0:], n_out)
+        db = grads[b0 + c0:b0 + c1]
+        db[:] = 0
+        for i in range(bs):
+            db += Dl[i, c0:c1]
+        acc = sum_squares(db)
+        if step:
+            _step_block(params[b0 + c0:b0 + c1], db, m[b0 + c0:b0 + c1], v[b0 + c0:b0 + c1], kind, c, plain,
+                        nesterov, first)
+        for i in range(n_in):
+            o0, o1 = w0 + i * n_out + c0, w0 + i * n_out + c1
+            g = grads[o0:o1]
+            if l2 > 0:
+                p = params[o0:o1]
+                for j in range(g.shape[0]):
+                    g[j] += l2_ * p[j]
+            acc += sum_squares(g)
+            if step:
+                _step_block(params[o0:o1], g, m[o0:o1], v[o0:o1], kind, c, plain, nesterov, first)
+        ss[t, l] = acc
+
+
+@njit(parallel=True, **_JIT)
+def _batch_parallel(phase, T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
+                    off, Yb, tot, l2, step, kind, c, plain, nesterov, first, ss):
+    """One parallel region over the T parts: ``phase`` 0 runs ``_rows_pass``, 1 ``_cols_pass``
+    (one parallel function rather than two: each costs seconds of cold compile)."""
+    for t in prange(T):
+        if phase == 0:
+            _rows_pass(np.int64(t), T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf, off,
+                       Yb, tot)
+        else:
+            _cols_pass(np.int64(t), T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, l2, step,
+                       kind, c, plain, nesterov, first, ss)
+
+
+@njit(**_JIT)
+def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats, T):
+    """``train_epoch`` on numba's threads with the single-threaded GEMM of ``nbnet.kernels.blas``,
+    each mini-batch cut into ``T`` parts (pass ``numba.get_num_threads()``; results depend on ``T``
+    only in the last bits of float sums, and not at all from run to run).
+
+    Same arguments and results as ``train_epoch_reference``; no dropout or augmentation (the
+    dispatcher ``train_epoch`` sends those to the reference). X, Y, params, grads, m, v share
+    one dtype and are C-contiguous.
+    """
+    n = X.shape[0]
+    L = acts.shape[0]
+    B = min(opt[OPT_BATCH], n)
+    kind, nesterov = opt[OPT_KIND], opt[OPT_NESTEROV] != 0
+    clip = hp[HP_CLIP]
+    fuse_step = not clip > 0
+    dt = params.dtype
+    off = np.zeros(L + 2, np.int64)
+    for l in range(L + 1):
+        off[l + 1] = off[l] + B * sizes[l]
+    Abuf = np.empty(off[L + 1], dt)
+    Dbuf = np.empty(off[L + 1], dt)
+    Yb = np.empty((B, sizes[L]), dt)
+    idx = np.arange(n)
+    if opt[OPT_SHUFFLE]:
+        shuffle(idx, state)
+    tot = np.zeros(T)
+    ss = np.zeros((T, L))
+    layer_ss = np.zeros(L)
+    total = 0.0
+    n_batches = 0
+    c = np.zeros(9, dt)
+    mom = hp[HP_MOMENTUM]
+    plain = mom == 0.0
+    l2 = hp[HP_L2]
+    for s in range(0, n, B):
+        bs = min(s + B, n) - s
+        opt[OPT_STEP] += 1
+        step_t = opt[OPT_STEP]
+        _batch_parallel(np.int64(0), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
+                        off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+        for t in range(T):
+            total += tot[t]
+        if kind == OPT_SGD:
+            c[0], c[1], c[2] = hp[HP_LR], mom, hp[HP_WD]
+        else:
+            c[:] = adam_coefficients(hp[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS], hp[HP_WD],
+                                     kind == OPT_ADAMW, step_t)
+        _batch_parallel(np.int64(1), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
+                        off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+        for t in range(T):
+            for l in range(L):
+                layer_ss[l] += ss[t, l]
+        if not fuse_step:
+            clip_grad_norm(grads, clip)
+            optimizer_step(params, grads, m, v, kind, hp, nesterov, step_t)
+        n_batches += 1
+    stats[0] = total / n
+    for l in range(L):
+        stats[1 + l] = math.sqrt(layer_ss[l] / n_batches)
+
+
+@njit(**_JIT)
+def _forward_rows(ci, chunk, X, params, w_off, b_off, sizes, acts, loss, out):
+    """Rows ``[ci*chunk, (ci+1)*chunk)`` of ``forward`` through every layer."""
+    n = X.shape[0]
+    L = acts.shape[0]
+    r0 = ci * chunk
+    r1 = min(r0 + chunk, n)
+    rows = r1 - r0
+    width = 1
+    for l in range(1, L):
+        width = max(width, sizes[l])
+    bufs = np.empty((2, rows * width), params.dtype)
+    inp = X[r0:r1]
+    for l in range(L):
+        W, b = layer_views(params, w_off, b_off, sizes, l)
+        n_in, n_out = sizes[l], sizes[l + 1]
+        dst = out[r0:r1] if l == L - 1 else bufs[l % 2, :rows * n_out].reshape((rows, n_out))
+        gemm(False, False, rows, n_out, n_in, 1.0, inp[0], n_in, W, n_out, 0.0, dst[0], n_out)
+        bias_activation(dst, b, acts[l])
+        inp = dst
+    if loss >= 0:
+        output_transform(out[r0:r1], loss)
+
+
+@njit(parallel=True, **_JIT)
+def forward_fused(X, params, w_off, b_off, sizes, acts, loss, out):
+    """``forward`` on numba's threads: blocks of 256 rows in parallel, each through every layer
+    with the single-threaded GEMM. X, params and out share one dtype and are C-contiguous."""
+    chunk = 256
+    for ci in prange((X.shape[0] + chunk - 1) // chunk):
+        _forward_rows(np.int64(ci), chunk, X, params, w_off, b_off, sizes, acts, loss, out)
+
+
+def _fusable(arrays) -> bool:
+    dt = arrays[0].dtype
+    return blas.available() and dt in (np.float32, np.float64) and all(
+        a.dtype == dt and a.flags.c_contiguous for a in arrays)
+
+
+def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats):
+    """One epoch: shuffle, then for every mini-batch forward, backward and optimizer step.
+
+    X: (n, n_features), Y: (n, n_outputs) targets (one-hot or soft for classification);
+    params/grads/m/v: flat buffers; hp: float64[N_HP]; opt: int64[N_OPT], whose ``OPT_STEP``
+    (the optimizer step count) is advanced in place; state: RNG state.
+    Writes ``stats[0]`` = mean data loss over the epoch and ``stats[1 + l]`` = RMS over the
+    batches of layer ``l``'s gradient norm (before clipping).
+
+    Runs ``train_epoch_fused`` (threaded, fused) when a GEMM library is loaded and there is no
+    dropout or augmentation, else ``train_epoch_reference`` (serial loops, ``np.dot``).
+    """
+    if (hp[HP_DROPOUT] == 0 and hp[HP_NOISE] == 0 and hp[HP_MIXUP] == 0 and opt[OPT_IMG_H] == 0
+            and X.shape[0] > 0 and _fusable((X, Y, params, grads, m, v))):
+        with parallel_guard(), blas.single_threaded():
+            train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats,
+                              np.int64(get_num_threads()))
+    else:
+        train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats)
+
+
+def forward(X, params, w_off, b_off, sizes, acts, loss, out):
+    """Network output for ``X`` (n, n_features) into ``out`` (n, n_outputs).
+
+    With ``loss >= 0`` the output transform of that loss is applied (probabilities); with
+    ``loss == -1`` the raw logits are returned. Threaded (``forward_fused``) when a GEMM library
+    is loaded, else ``forward_reference``.
+    """
+    if X.shape[0] > 0 and _fusable((X, params, out)):
+        with parallel_guard(), blas.single_threaded():
+            forward_fused(X, params, w_off, b_off, sizes, acts, loss, out)
+    else:
+        forward_reference(X, params, w_off, b_off, sizes, acts, loss, out)
 
 
 # --- host/device transfer (identity on the CPU; the CUDA backend copies) -----------------------

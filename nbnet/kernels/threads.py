@@ -1,18 +1,70 @@
 """The one place that owns the thread budget.
 
 Two thread pools on the same cores (numba's and BLAS's) spin against each other: measured 40×
-slower here (PERF_NOTES.md). nbnet's CPU kernels run their element-wise loops serially and give
-every thread to BLAS, which does the GEMMs. ``thread_budget(n)`` sets that for the duration of a
-fit or predict; ``n`` defaults to ``NBNET_NUM_THREADS``, then ``NUMBA_NUM_THREADS``, then the
-number of cores.
+slower here (PERF_NOTES.md). So exactly one pool works at a time:
+
+* the fused kernels (``train_epoch_fused``, ``forward_fused``) run on **numba's** threads and call
+  a single-threaded GEMM inside each thread's block (``nbnet.kernels.blas``);
+* the reference kernels (dropout, augmentation, no GEMM library) run serial numba loops and give
+  the threads to **BLAS** through ``np.dot``.
+
+``thread_budget(n)`` sets both limits for the duration of a fit or predict; ``n`` defaults to
+``NBNET_NUM_THREADS``, then ``NUMBA_NUM_THREADS``, then the number of cores.
+
+Threading layer: numba's ``tbb`` layer (PyPI ``tbb``) is chosen when present: it survives
+``fork`` and concurrent calls from several Python threads (a server calling ``predict``). With
+``workqueue`` two threads entering a parallel kernel at once abort the process and with GNU
+``omp`` a forked child dies, so without tbb the fused kernels are entered one call at a time
+(``parallel_guard``) and sweep workers must be spawned, not forked. ``NUMBA_THREADING_LAYER``
+set by the user wins.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import glob
 import os
+import sys
+import threading
+
+import numba
 
 from ..errors import NbnetError
+
+
+def _setup_threading_layer() -> str:
+    """Make numba's tbb layer loadable (PyPI's libtbb lives in ``<prefix>/lib``, which is not on
+    the loader path of numba's extension) and select it. Returns the layer asked for."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return numba.config.THREADING_LAYER
+    try:
+        from numba.np.ufunc import tbbpool  # noqa: F401
+    except ImportError:
+        libs = []
+        for d in dict.fromkeys((os.path.join(sys.prefix, "lib"), os.path.join(sys.base_prefix, "lib"))):
+            libs += sorted(glob.glob(os.path.join(d, "libtbb.so.1[2-9]*")))
+        for path in libs:
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                from numba.np.ufunc import tbbpool  # noqa: F401, F811
+                break
+            except (OSError, ImportError):
+                continue
+        else:
+            return numba.config.THREADING_LAYER
+    numba.config.THREADING_LAYER = "tbb"
+    return "tbb"
+
+
+LAYER = _setup_threading_layer()
+_ENTRY_LOCK = threading.Lock()
+
+
+def parallel_guard():
+    """Context for entering a numba-parallel kernel: nothing with tbb, a process-wide lock with a
+    layer that cannot be entered from two threads at once."""
+    return contextlib.nullcontext() if LAYER == "tbb" else _ENTRY_LOCK
 
 
 def default_threads() -> int:
@@ -31,7 +83,8 @@ def default_threads() -> int:
 
 @contextlib.contextmanager
 def thread_budget(n_threads: int | None = None):
-    """BLAS gets ``n_threads`` threads; numba's loops are serial. Yields the thread count."""
+    """``n_threads`` for numba's pool (fused kernels) and for BLAS (reference kernels' ``np.dot``);
+    only one of them runs at a time. Yields the thread count."""
     from threadpoolctl import threadpool_limits
 
     if n_threads is None:
@@ -42,5 +95,10 @@ def thread_budget(n_threads: int | None = None):
         raise NbnetError(f"n_threads must be a positive int or None (all cores), got {n_threads!r}") from None
     if not 1 <= n <= 4096:
         raise NbnetError(f"n_threads must be between 1 and 4096, got {n}")
-    with threadpool_limits(limits=n, user_api="blas"):
-        yield n
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # per calling thread
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield n
+    finally:
+        numba.set_num_threads(before)

@@ -1,0 +1,197 @@
+"""The fused, threaded CPU kernels (the fast path) against the reference kernels.
+
+``train_epoch_fused``/``forward_fused`` split every mini-batch into T parts on numba's threads and
+call a single-threaded GEMM (nbnet.kernels.blas); ``*_reference`` are the serial ``np.dot``
+kernels that the gradient checks and the optimizer tests pin to NumPy/torch. T is a partition
+count, not a core count, so T = 3 runs fine on 2 cores and exercises uneven blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from nbnet import optim
+from nbnet.kernels import blas
+from nbnet.kernels import cpu as K
+from nbnet.model import Layout
+
+pytestmark = pytest.mark.skipif(not blas.available(), reason="no GEMM library (MKL or SciPy's OpenBLAS) loaded")
+
+
+def _problem(n_in, hidden, n_out, act, loss, n, dtype, seed):
+    rng = np.random.default_rng(seed)
+    lay = Layout.build(n_in, hidden, n_out, act)
+    params = (rng.normal(size=lay.n_params) * 0.5).astype(dtype)
+    X = rng.normal(size=(n, n_in)).astype(dtype)
+    if loss == "cross_entropy":
+        Y = np.eye(n_out)[rng.integers(0, n_out, n)]
+    elif loss == "binary_cross_entropy":
+        Y = rng.integers(0, 2, (n, n_out)).astype(float)
+    else:
+        Y = rng.normal(size=(n, n_out))
+    return lay, params, X, Y.astype(dtype)
+
+
+def _hp(**kw):
+    base = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l2=0.0, momentum=0.0,
+                clip_norm=None, dropout=0.0, noise=0.0, mixup=0.0)
+    base.update(kw)
+    return optim.hyper_vector(**base)
+
+
+def _opt(kind, batch, nesterov=False, step=0):
+    o = np.zeros(K.N_OPT, np.int64)
+    o[K.OPT_KIND], o[K.OPT_NESTEROV], o[K.OPT_BATCH], o[K.OPT_STEP], o[K.OPT_SHUFFLE] = kind, nesterov, batch, step, 1
+    return o
+
+
+def _run(fn, lay, params, X, Y, loss, hp, opt, epochs=2, T=None):
+    p = params.copy()
+    g, m, v = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    state = K.seed_state(3)
+    stats = np.zeros(1 + lay.n_layers)
+    args = (X, Y, p, g, m, v, *lay.kernel_args(), K.LOSSES[loss], hp, opt, state)
+    for _ in range(epochs):
+        if T is None:
+            fn(*args, stats)
+        else:
+            fn(*args, stats, np.int64(T))
+    return p, m, v, stats, opt
+
+
+CASES = [  # (hidden, activation, loss, optimizer kind, hyperparameters, batch)
+    ((17, 3), "tanh", "cross_entropy", K.OPT_SGD, dict(momentum=0.9, nesterov=True, weight_decay=0.01, l2=0.02), 5),
+    ((33,), "relu", "cross_entropy", K.OPT_ADAM, dict(weight_decay=0.01), 8),
+    ((20, 40), "leaky_relu", "binary_cross_entropy", K.OPT_ADAMW, dict(weight_decay=0.05, l2=0.01), 7),
+    ((9,), "sigmoid", "mse", K.OPT_SGD, dict(), 64),  # batch > n: full batch
+    ((), "identity", "mse", K.OPT_ADAM, dict(clip_norm=0.3), 6),  # no hidden layer, clipping (unfused step)
+    ((18, 17), "elu", "cross_entropy", K.OPT_SGD, dict(momentum=0.5), 1),  # batch of one row
+]
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_fused_epoch_matches_reference_float64(case, T):
+    hidden, act, loss, kind, kw, batch = CASES[case]
+    kw = dict(kw)
+    nesterov = kw.pop("nesterov", False)
+    lay, params, X, Y = _problem(6, hidden, 3, act, loss, 37, np.float64, case)
+    hp = _hp(**kw)
+    want = _run(K.train_epoch_reference, lay, params, X, Y, loss, hp, _opt(kind, batch, nesterov, step=2))
+    got = _run(K.train_epoch_fused, lay, params, X, Y, loss, hp, _opt(kind, batch, nesterov, step=2), T=T)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-10, atol=1e-12)  # weights
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-10, atol=1e-12)  # momentum / first moment
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(got[3], want[3], rtol=1e-10)  # loss and per-layer gradient norms
+    assert got[4][K.OPT_STEP] == want[4][K.OPT_STEP]
+
+
+def test_fused_epoch_float32_close_to_float64_reference():
+    lay, params, X, Y = _problem(40, (64, 32), 5, "relu", "cross_entropy", 300, np.float64, 9)
+    hp = _hp(lr=1e-3)
+    want = _run(K.train_epoch_reference, lay, params, X, Y, "cross_entropy", hp, _opt(K.OPT_ADAM, 32))
+    f32 = [a.astype(np.float32) for a in (params, X, Y)]
+    got = _run(K.train_epoch, lay, *f32, "cross_entropy", hp, _opt(K.OPT_ADAM, 32))
+    np.testing.assert_allclose(got[0], want[0], rtol=0, atol=2e-4)
+    assert got[3][0] == pytest.approx(want[3][0], rel=1e-4)
+
+
+def test_same_thread_count_gives_identical_weights():
+    lay, params, X, Y = _problem(30, (48, 24), 4, "relu", "cross_entropy", 200, np.float32, 5)
+    runs = [_run(K.train_epoch_fused, lay, params, X, Y, "cross_entropy", _hp(), _opt(K.OPT_ADAM, 16), T=2)[0]
+            for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy", "mse", None])
+def test_forward_fused_matches_reference(dtype, loss):
+    # 700 rows: three 256-row blocks, the last one partial
+    lay, params, X, _ = _problem(13, (31, 7), 4, "tanh", loss or "mse", 700, dtype, 2)
+    code = -1 if loss is None else K.LOSSES[loss]
+    want, got = np.empty((700, 4), dtype), np.empty((700, 4), dtype)
+    K.forward_reference(X, params, *lay.kernel_args(), code, want)
+    K.forward(X, params, *lay.kernel_args(), code, got)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_dispatch_falls_back_for_dropout_and_odd_layouts():
+    lay, params, X, Y = _problem(6, (8,), 3, "relu", "cross_entropy", 20, np.float64, 1)
+    hp = _hp(dropout=0.3)
+    want = _run(K.train_epoch_reference, lay, params, X, Y, "cross_entropy", hp, _opt(K.OPT_ADAM, 4))
+    got = _run(K.train_epoch, lay, params, X, Y, "cross_entropy", hp, _opt(K.OPT_ADAM, 4))
+    np.testing.assert_array_equal(got[0], want[0])  # dropout takes the reference path, same RNG stream
+    Xf = np.asfortranarray(X)  # not C-contiguous: reference path, same numbers
+    a, b = np.empty((20, 3)), np.empty((20, 3))
+    K.forward(Xf, params, *lay.kernel_args(), 0, a)
+    K.forward_reference(X, params, *lay.kernel_args(), 0, b)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_predict_from_several_python_threads():
+    """A server calls predict from several threads at once: the threading layer must survive it."""
+    lay, params, X, _ = _problem(50, (64,), 3, "relu", "mse", 2000, np.float32, 4)
+    want = np.empty((2000, 3), np.float32)
+    K.forward_reference(X, params, *lay.kernel_args(), 0, want)
+    outs = [np.zeros((2000, 3), np.float32) for _ in range(4)]
+
+    def work(out):
+        for _ in range(5):
+            K.forward(X, params, *lay.kernel_args(), 0, out)
+
+    threads = [threading.Thread(target=work, args=(o,)) for o in outs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for o in outs:
+        np.testing.assert_allclose(o, want, rtol=2e-5, atol=2e-6)
+
+
+def test_gemm_transposes_and_leading_dimensions():
+    from numba import njit
+
+    from nbnet.kernels.blas import gemm
+
+    @njit
+    def run(ta, tb, A, B, C, m, n, k, lda, ldb, ldc):
+        gemm(ta, tb, m, n, k, 1.0, A, lda, B, ldb, 0.0, C, ldc)
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        A = rng.normal(size=(9, 20)).astype(dtype)
+        B = rng.normal(size=(11, 20)).astype(dtype)
+        C = np.zeros((9, 15), dtype)
+        # C[:, 2:9] = A[:, 3:8] @ B[1:6, 4:11]: sub-blocks through pointers and leading dimensions
+        run(False, False, A[0, 3:], B[1, 4:], C[0, 2:], 9, 7, 5, 20, 20, 15)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(C[:, 2:9], A[:, 3:8] @ B[1:6, 4:11], rtol=tol, atol=tol)
+        assert not C[:, :2].any() and not C[:, 9:].any()
+        D = np.zeros((20, 11), dtype)
+        run(True, True, A, B, D, 20, 11, 9, 20, 20, 11)  # A.T @ B[:, :9].T
+        np.testing.assert_allclose(D, A.T @ B[:, :9].T, rtol=tol, atol=tol)
+
+
+@pytest.mark.slow
+def test_second_process_loads_the_fused_kernels_from_cache(tmp_path):
+    """cache=True holds: the GEMM is bound by symbol name, not by a pointer baked into the code."""
+    code = (
+        "import numpy as np, nbnet\n"
+        "from nbnet.kernels import cpu as K\n"
+        "X = np.random.default_rng(0).normal(size=(64, 5)).astype(np.float32); y = np.arange(64) % 2\n"
+        "nbnet.MLPClassifier((8,), epochs=1, batch_size=16).fit(X, y)\n"
+        "print(sum(K.train_epoch_fused.stats.cache_misses.values()), sum(K.train_epoch_fused.stats.cache_hits.values()))\n"
+    )
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "Cannot cache" not in first.stderr, first.stderr
+    assert second.stdout.split() == ["0", "1"], second.stdout
