@@ -7,13 +7,22 @@ Adam). FLOPs per sample count 2 per multiply-add in the forward, weight-gradient
 input-gradient GEMMs (no input gradient for the first layer).
 
     python scripts/bench_scaling.py                  # all four tables, a few minutes
-    python scripts/bench_scaling.py --only threads   # width | batch | n | threads
+    python scripts/bench_scaling.py --only threads   # width | batch | n | threads | startup
+
+``startup`` runs ``import nbnet`` + a one-epoch fit in fresh processes: first with an empty
+numba cache directory (cold: everything compiles), then twice more with that cache (warm). It
+reports wall and CPU seconds (CPU time is what compiling costs when the machine is shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -62,13 +71,37 @@ def row(label, n, sizes, sec) -> str:
 HEAD = "| {} | epoch ms | samples/s | GFLOP/s |\n|---:|---:|---:|---:|"
 
 
+_STARTUP = """
+import time, json
+t0, c0 = time.perf_counter(), time.process_time()
+import numpy as np
+import nbnet
+t1 = time.perf_counter()
+X = np.random.default_rng(0).standard_normal((256, 784), dtype=np.float32); y = np.arange(256) % 10
+clf = nbnet.MLPClassifier((256, 128), epochs=1, batch_size=32).fit(X, y)
+print(json.dumps(dict(import_s=t1 - t0, total_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
+                      compile_s=clf.compile_seconds_)))
+"""
+
+
+def startup() -> list[dict]:
+    """Cold (empty cache) then two warm runs, each a fresh process."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix="nbnet-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for label in ("cold", "warm", "warm"):
+            r = subprocess.run([sys.executable, "-c", _STARTUP], env=env, capture_output=True, text=True, check=True)
+            out.append(dict(label=label, **json.loads(r.stdout.strip().splitlines()[-1])))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", choices=("width", "batch", "n", "threads"), action="append")
+    ap.add_argument("--only", choices=("width", "batch", "n", "threads", "startup"), action="append")
     ap.add_argument("--n", type=int, default=15_000, help="samples for the width/batch/threads tables")
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args(argv)
-    todo = a.only or ["width", "batch", "n", "threads"]
+    todo = a.only or ["width", "batch", "n", "threads", "startup"]
     rng = np.random.default_rng(0)
     X, Y = data(a.n, rng)
     print(f"GEMM library: {blas.LIBRARY}; best of {a.reps} epochs; {a.n} samples unless stated\n")
@@ -101,6 +134,13 @@ def main(argv=None) -> int:
             s1 = epoch_seconds(X, Y, (256, 128), b, a.reps, threads=1)
             s2 = epoch_seconds(X, Y, (256, 128), b, a.reps, threads=2)
             print(f"| {b} | {a.n / s1 / 1e3:.1f} k | {a.n / s2 / 1e3:.1f} k | {s1 / s2:.2f}× |", flush=True)
+        print()
+    if "startup" in todo:
+        print("Start-up: `import nbnet` to the end of a one-epoch fit (256 samples), fresh processes\n")
+        print("| run | import s | import + first epoch s | of which compile/cache load s | CPU s |\n|---|---:|---:|---:|---:|")
+        for r in startup():
+            print(f"| {r['label']} | {r['import_s']:.2f} | {r['total_s']:.2f} | {r['compile_s']:.2f} | {r['cpu_s']:.2f} |",
+                  flush=True)
     return 0
 
 
