@@ -8,15 +8,17 @@ compared with a tolerance.
 
 from __future__ import annotations
 
+import os
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import reference as R
 from nbnet.kernels import cpu as K
 from nbnet.model import Layout
 
-SETTINGS = settings(max_examples=120, deadline=None)
+# NBNET_HYPOTHESIS_EXAMPLES=5000 for a long hunt; the default keeps the suite fast
+SETTINGS = settings(max_examples=int(os.environ.get("NBNET_HYPOTHESIS_EXAMPLES", 120)), deadline=None)
 
 
 # --- random problems -----------------------------------------------------------------------------
@@ -105,13 +107,16 @@ def test_sgd_epoch_matches_sequential_reference_steps(p, batch, clip):
     total = 0.0
     for s in range(0, n, batch):
         e = min(s + batch, n)
-        value, g = R.network_gradient(X[s:e], Y[s:e], lay.views(ref), p["act"], p["loss"], p["l2"])
+        with np.errstate(over="ignore", invalid="ignore"):  # diverging draws are assumed away below
+            value, g = R.network_gradient(X[s:e], Y[s:e], lay.views(ref), p["act"], p["loss"], p["l2"])
         total += value * (e - s)
         flat = np.concatenate([x.ravel() for x in g])
         if clip > 0:
             norm, clipped = R.clip_grad_norm(flat, clip)
             flat = clipped if norm > clip else flat
         ref = ref - lr * flat
+    # SGD at lr 0.05 on batches of 1 can genuinely blow up; that is not a kernel disagreement
+    assume(np.all(np.abs(ref) < 1e4) and abs(total) < 1e6)  # (NaN fails these too)
     assert opt[K.OPT_STEP] == -(-n // batch)
     np.testing.assert_allclose(stats[0], total / n, **tol(dtype, total / n))
     np.testing.assert_allclose(params, ref, **tol(dtype, ref))
