@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -227,7 +228,8 @@ except ImportError:
     EXTRA = ["training_stats"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("NBNET_HYPOTHESIS_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.sampled_from(FIELDS + ["params." + p for p in PARAMS] + EXTRA),
        value=json_values)
 def test_fuzzed_meta_never_raises_raw(tmp_path, good, key, value):
@@ -292,3 +294,43 @@ def test_foreign_files(tmp_path):
     assert_refused(tmp_path / "future.nbnet", "upgrade nbnet")
     craft(tmp_path / "strver.nbnet", {"format": "nbnet-model", "format_version": "1"}, {})
     assert_refused(tmp_path / "strver.nbnet", "format version")
+
+
+@pytest.fixture(scope="module")
+def good_prep(tmp_path_factory):
+    """A model that carries a fitted preprocessor (impute, scale, select_k) and its arrays."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 5))
+    X[3, 1] = np.nan
+    y = X[:, 0] > 0
+    path = tmp_path_factory.mktemp("prep") / "p.nbnet"
+    MLPClassifier((4,), epochs=1, seed=0, n_threads=1,
+                  preprocessing={"impute": "median", "scale": "standard", "select_k": 3}).fit(X, y).save(path)
+    meta, arrays = read_bundle(path)
+    return path, meta, arrays, X
+
+
+PREP_KEYS = ["format", "n_features_in", "n_features_out", "version", "task", "spec", "spec.impute", "spec.scale",
+             "spec.select_k", "spec.pca", "spec.impute_value", "report"]
+ARRAY_DAMAGE = [lambda a: a[:-1], lambda a: a.astype(np.int8), lambda a: a.reshape(1, -1), lambda a: a[:0],
+                lambda a: np.concatenate([a, a]), lambda a: a.astype(np.complex128), lambda a: np.full_like(a, np.nan)]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::numpy.exceptions.ComplexWarning")  # crafted numbers
+@settings(max_examples=int(os.environ.get("NBNET_HYPOTHESIS_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(PREP_KEYS), value=json_values, member=st.none() | st.sampled_from(
+    ["prep.columns", "prep.center", "prep.scale", "prep.fill", "prep.scores"]), damage=st.sampled_from(ARRAY_DAMAGE))
+def test_fuzzed_preprocessor_state_never_raises_raw(tmp_path, good_prep, key, value, member, damage):
+    path0, meta, arrays, X = good_prep
+    meta = json.loads(json.dumps(meta))
+    prep = meta["preprocessor"]
+    if key.startswith("spec."):
+        prep["spec"][key[5:]] = value
+    else:
+        prep[key] = value
+    arrays = dict(arrays)
+    if member is not None and member in arrays:
+        arrays[member] = np.ascontiguousarray(damage(arrays[member]))
+    path = rewrite(tmp_path / "fuzz.nbnet", meta, arrays)
+    check_loads_or_refuses(path, X, None, strict=False)
