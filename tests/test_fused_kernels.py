@@ -195,3 +195,25 @@ def test_second_process_loads_the_fused_kernels_from_cache(tmp_path):
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert "Cannot cache" not in first.stderr, first.stderr
     assert second.stdout.split() == ["0", "1"], second.stdout
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_fused_kernels_write_nothing_outside_their_arrays(T):
+    """The GEMM writes through raw pointers: canaries around every caller array must survive."""
+    lay, params, X, Y = _problem(23, (37, 19), 5, "relu", "cross_entropy", 61, np.float32, 8)
+    pad = 64
+
+    def padded(a):
+        big = np.full(a.size + 2 * pad, 7.0, a.dtype)
+        big[pad:-pad] = a.ravel()
+        return big, big[pad:-pad].reshape(a.shape)
+
+    (bp, p), (bg, g), (bm, m), (bv, v) = (padded(a) for a in (params, np.zeros_like(params), np.zeros_like(params),
+                                                               np.zeros_like(params)))
+    for batch in (1, 7, 16, 61):
+        K.train_epoch_fused(X, Y, p, g, m, v, *lay.kernel_args(), K.LOSS_SOFTMAX_CE, _hp(), _opt(K.OPT_ADAM, batch),
+                            K.seed_state(0), np.zeros(1 + lay.n_layers), np.int64(T))
+    bo, out = padded(np.zeros((61, 5), np.float32))
+    K.forward_fused(X, p, *lay.kernel_args(), 0, out)
+    for big in (bp, bg, bm, bv, bo):
+        assert (big[:pad] == 7.0).all() and (big[-pad:] == 7.0).all()

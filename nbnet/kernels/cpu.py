@@ -648,9 +648,10 @@ def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss):
 #   rows:    thread t takes rows block t of the batch: gather, every layer's forward with bias and
 #            activation fused, the loss gradient, and the backward deltas dX (no barrier needed:
 #            row blocks are independent until the weight gradients).
-#   columns: thread t takes columns block t of every layer's W: dW = A.T @ D, db, the L2 term,
-#            the gradient-norm partial sum and, fused, the optimizer step of that block while it
-#            is still in the thread's cache.
+#   params:  thread t takes rows block t of every layer's W (contiguous in the flat buffer):
+#            dW = A.T @ D for those rows, the L2 term, the gradient-norm partial sum and, fused,
+#            the optimizer step of that block while it is still in the thread's cache; and a
+#            columns block of every bias.
 # Work is split by part index, never by which thread runs it, and partial sums are added in
 # part order: the same thread count gives bit-identical results.
 _COL_ALIGN = 16  # columns blocks start on 64-byte boundaries (float32): no false sharing
@@ -714,30 +715,21 @@ def _step_block(p, g, m, v, kind, c, plain, nesterov, first):
 @njit(**_JIT)
 def _cols_pass(t, T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, l2, step, kind, c,
                plain, nesterov, first, ss):
-    """Columns block ``t`` of every layer: weight and bias gradients (+ L2), their squared norm
-    into ``ss[t, l]`` and, when ``step``, the optimizer step of the block."""
+    """Part ``t`` of every layer's parameters: rows block ``t`` of ``W`` (contiguous in the flat
+    buffer) and columns block ``t`` of ``b``. Writes their gradients (+ L2), the squared norm into
+    ``ss[t, l]`` and, when ``step``, applies the optimizer step to the block while it is hot."""
     L = sizes.shape[0] - 1
     l2_ = params.dtype.type(l2)
     for l in range(L):
         n_in, n_out = sizes[l], sizes[l + 1]
-        c0, c1 = _part(n_out, T, t, _COL_ALIGN)
-        if c1 <= c0:
-            ss[t, l] = 0.0
-            continue
         w0, b0 = w_off[l], b_off[l]
         Al = _mat(Abuf, off[l], B, n_in)
         Dl = _mat(Dbuf, off[l + 1], B, n_out)
-        gemm(True, False, n_in, c1 - c0, bs, 1.0, Al[0], n_in, Dl[0, c0:], n_out, 0.0, grads[w0 + c0:], n_out)
-        db = grads[b0 + c0:b0 + c1]
-        db[:] = 0
-        for i in range(bs):
-            db += Dl[i, c0:c1]
-        acc = sum_squares(db)
-        if step:
-            _step_block(params[b0 + c0:b0 + c1], db, m[b0 + c0:b0 + c1], v[b0 + c0:b0 + c1], kind, c, plain,
-                        nesterov, first)
-        for i in range(n_in):
-            o0, o1 = w0 + i * n_out + c0, w0 + i * n_out + c1
+        acc = 0.0
+        r0, r1 = _part(n_in, T, t, 1)
+        if r1 > r0:  # dW[r0:r1] = A[:, r0:r1].T @ D
+            gemm(True, False, r1 - r0, n_out, bs, 1.0, Al[0, r0:], n_in, Dl[0], n_out, 0.0, grads[w0 + r0 * n_out:], n_out)
+            o0, o1 = w0 + r0 * n_out, w0 + r1 * n_out
             g = grads[o0:o1]
             if l2 > 0:
                 p = params[o0:o1]
@@ -746,6 +738,16 @@ def _cols_pass(t, T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf
             acc += sum_squares(g)
             if step:
                 _step_block(params[o0:o1], g, m[o0:o1], v[o0:o1], kind, c, plain, nesterov, first)
+        c0, c1 = _part(n_out, T, t, _COL_ALIGN)
+        if c1 > c0:  # db[c0:c1] = column sums of D
+            db = grads[b0 + c0:b0 + c1]
+            db[:] = 0
+            for i in range(bs):
+                db += Dl[i, c0:c1]
+            acc += sum_squares(db)
+            if step:
+                _step_block(params[b0 + c0:b0 + c1], db, m[b0 + c0:b0 + c1], v[b0 + c0:b0 + c1], kind, c, plain,
+                            nesterov, first)
         ss[t, l] = acc
 
 
@@ -802,8 +804,11 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         bs = min(s + B, n) - s
         opt[OPT_STEP] += 1
         step_t = opt[OPT_STEP]
-        _batch_parallel(np.int64(0), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
-                        off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+        if T == 1:  # on the calling thread: the GEMM library may use its own threads (see train_epoch)
+            _rows_pass(np.int64(0), T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf, off, Yb, tot)
+        else:
+            _batch_parallel(np.int64(0), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
+                            Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
         for t in range(T):
             total += tot[t]
         if kind == OPT_SGD:
@@ -811,8 +816,12 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         else:
             c[:] = adam_coefficients(hp[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS], hp[HP_WD],
                                      kind == OPT_ADAMW, step_t)
-        _batch_parallel(np.int64(1), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
-                        off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+        if T == 1:
+            _cols_pass(np.int64(0), T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, l2, fuse_step, kind, c,
+                       plain, nesterov, step_t == 1, ss)
+        else:
+            _batch_parallel(np.int64(1), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
+                            Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
         for t in range(T):
             for l in range(L):
                 layer_ss[l] += ss[t, l]
