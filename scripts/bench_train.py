@@ -7,7 +7,7 @@ held-out test set of 10 000. For each batch size: one warm-up epoch, then ``--ep
 epochs; samples/s = timed samples / timed seconds (shuffle, gather, forward, backward and step
 all included). Each framework runs in its own child process (torch and numba in one process
 oversubscribe the cores), the runs are alternated over ``--rounds`` rounds and the best round
-counts. The child reports peak RSS (``getrusage``) and its RSS after imports, before the data.
+counts. The child reports peak RSS (``VmHWM``) and its RSS after imports, before the data.
 Torch starts from nbnet's initialisation scheme (He normal) unless ``--torch-init default``:
 with torch's own (smaller) init this data reaches higher 4-epoch accuracy, which would compare
 initialisations rather than training.
@@ -78,9 +78,13 @@ def _rss_now_mib() -> float:
 
 
 def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """VmHWM: this process's own high-water mark (getrusage's ru_maxrss survives exec on Linux, so
+    a child would report its parent's peak if that was higher)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def child_nbnet(a, load):
