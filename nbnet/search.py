@@ -396,7 +396,9 @@ def open_storage(storage: str, *, uri: str | None = None):
             raise NbnetError(f"cannot open Optuna storage {storage!r}: {msg}") from None
     path = Path(storage[len("journal:"):] if storage.startswith("journal:") else storage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+    from ._flock import journal_lock  # a SIGKILLed worker leaves no stale lock behind
+
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path))))
 
 
 # --- scale-out over an RDB (issue 8) ----------------------------------------------------------
@@ -573,7 +575,10 @@ def _pid_started(pid: int) -> float | None:
     try:
         import psutil
 
-        return psutil.Process(pid).create_time()
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by init: dead
+            return None
+        return proc.create_time()
     except Exception:
         return None
 

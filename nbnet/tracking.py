@@ -333,7 +333,16 @@ def _pid_alive(pid) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        import psutil
+    except ImportError:
+        return True
+    try:  # a killed process stays a zombie until init reaps it (seconds in some containers)
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
 
 
 # --- metrics -------------------------------------------------------------------------------------

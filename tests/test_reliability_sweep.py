@@ -54,9 +54,10 @@ def template_db(tmp_path_factory) -> Path:
 class Sweep:
     """A project folder with the default embedded stores (mlruns/), and `nbnet sweep` in it."""
 
-    def __init__(self, folder: Path, template: Path, *, trials: int, epochs: int = 400):
+    def __init__(self, folder: Path, template: Path, *, trials: int, epochs: int = 600):
         self.folder = folder
         self.trials = trials
+        self.epochs = epochs
         (folder / "tiny.toml").write_text(TOML.format(trials=trials, epochs=epochs))
         (folder / "mlruns").mkdir()
         shutil.copyfile(template, folder / "mlruns" / "mlflow.db")
@@ -90,8 +91,8 @@ class Sweep:
 
     def wait_mid_trial(self, proc, *, after_finished: int = 1, timeout: float = 600):
         """Poll the study until ``after_finished`` trials are done and another one is RUNNING with its
-        MLflow run open and only its first epochs reported (so the blow lands mid-training, not as it
-        finishes); return that trial."""
+        MLflow run open and at most half its epochs reported (so the blow lands mid-training, not as
+        it finishes); return that trial."""
         deadline = time.monotonic() + timeout
         while True:
             assert proc.poll() is None, "the sweep ended before the moment to strike: " + proc.stderr.read()
@@ -101,7 +102,7 @@ class Sweep:
                 trials = study.get_trials(deepcopy=False)
                 done = [t for t in trials if t.state.is_finished()]
                 running = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs
-                           and len(t.intermediate_values) <= 20]
+                           and len(t.intermediate_values) <= self.epochs // 2]
                 if len(done) >= after_finished and running:
                     return running[0]
             time.sleep(0.05)
@@ -156,11 +157,10 @@ def test_kill_one_worker_mid_trial_then_resume(tmp_path, template_db):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    # the other worker finished the rest; the sweep says what happened. (Had the victim held the
-    # Optuna journal's lock file, Optuna warns and breaks the lock after its 30 s grace period.)
+    # the other worker finished the rest (with no stall: the journal lock died with the victim);
+    # the sweep says what happened, in one line
     assert proc.returncode == 2, err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("nbnet: error:") and "killed by signal 9" in last and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "killed by signal 9" in err, err
     dead_run = tracking.client(sw.uri).get_run(victim.user_attrs["mlflow_run_id"])
     assert dead_run.info.status == "RUNNING"  # nobody could close it: the process is gone
 
@@ -217,7 +217,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_the_study_resumes(tmp_path, templat
     assert not [t.number for t in trials if t.state.name == "RUNNING"]
     stopped = study.trials[victim.number]
     assert stopped.state.name == "FAIL" and stopped.user_attrs["fail_reason"] == "interrupted"
-    assert len(stopped.intermediate_values) < 400  # it stopped at an epoch boundary, not at the end
+    assert len(stopped.intermediate_values) < sw.epochs  # it stopped at an epoch boundary, not at the end
     run = tracking.client(sw.uri).get_run(stopped.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["nbnet.reason"] == "interrupted"
     runs = sw.runs()
