@@ -7,7 +7,6 @@ Commands with specific user errors get them from ``USER_ERRORS`` when they exist
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
