@@ -76,34 +76,35 @@ def _rows(what, t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, Ab
 
 @njit(cache=True)
 def _cols(what, t, T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, c):
+    """The split of ``_cols_pass``: rows block t of every W (contiguous), columns block t of b."""
     if what == SYNC or what == GATHER:
         return
     L = sizes.shape[0] - 1
     for l in range(L):
         n_in, n_out = sizes[l], sizes[l + 1]
-        c0, c1 = K._part(n_out, T, t, K._COL_ALIGN)
-        if c1 <= c0:
-            continue
         w0, b0 = w_off[l], b_off[l]
         Al = K._mat(Abuf, off[l], B, n_in)
         Dl = K._mat(Dbuf, off[l + 1], B, n_out)
+        r0, r1 = K._part(n_in, T, t, 1)
+        o0, o1 = w0 + r0 * n_out, w0 + r1 * n_out
+        c0, c1 = K._part(n_out, T, t, K._COL_ALIGN)
         if what == GEMM:
-            gemm(True, False, n_in, c1 - c0, bs, 1.0, Al[0], n_in, Dl[0, c0:], n_out, 0.0, grads[w0 + c0:], n_out)
-            continue
-        db = grads[b0 + c0:b0 + c1]
-        if what == ELEM:
-            db[:] = 0
-            for i in range(bs):
-                db += Dl[i, c0:c1]
-            acc = K.sum_squares(db)
-            for i in range(n_in):
-                o = w0 + i * n_out
-                acc += K.sum_squares(grads[o + c0:o + c1])
+            if r1 > r0:
+                gemm(True, False, r1 - r0, n_out, bs, 1.0, Al[0, r0:], n_in, Dl[0], n_out, 0.0, grads[o0:], n_out)
+        elif what == ELEM:
+            acc = K.sum_squares(grads[o0:o1])
+            if c1 > c0:
+                db = grads[b0 + c0:b0 + c1]
+                db[:] = 0
+                for i in range(bs):
+                    db += Dl[i, c0:c1]
+                acc += K.sum_squares(db)
         else:
-            K.adam_apply(params[b0 + c0:b0 + c1], db, m[b0 + c0:b0 + c1], v[b0 + c0:b0 + c1], c)
-            for i in range(n_in):
-                o0, o1 = w0 + i * n_out + c0, w0 + i * n_out + c1
+            if r1 > r0:
                 K.adam_apply(params[o0:o1], grads[o0:o1], m[o0:o1], v[o0:o1], c)
+            if c1 > c0:
+                K.adam_apply(params[b0 + c0:b0 + c1], grads[b0 + c0:b0 + c1], m[b0 + c0:b0 + c1],
+                             v[b0 + c0:b0 + c1], c)
 
 
 @njit(parallel=True, cache=True)
