@@ -804,11 +804,8 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         bs = min(s + B, n) - s
         opt[OPT_STEP] += 1
         step_t = opt[OPT_STEP]
-        if T == 1:  # on the calling thread: the GEMM library may use its own threads (see train_epoch)
-            _rows_pass(np.int64(0), T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf, off, Yb, tot)
-        else:
-            _batch_parallel(np.int64(0), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
-                            Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+        _batch_parallel(np.int64(0), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
+                        Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
         for t in range(T):
             total += tot[t]
         if kind == OPT_SGD:
@@ -816,12 +813,8 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         else:
             c[:] = adam_coefficients(hp[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS], hp[HP_WD],
                                      kind == OPT_ADAMW, step_t)
-        if T == 1:
-            _cols_pass(np.int64(0), T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, l2, fuse_step, kind, c,
-                       plain, nesterov, step_t == 1, ss)
-        else:
-            _batch_parallel(np.int64(1), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
-                            Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+        _batch_parallel(np.int64(1), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
+                        Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
         for t in range(T):
             for l in range(L):
                 layer_ss[l] += ss[t, l]
