@@ -459,11 +459,12 @@ _PTX_SCRIPT = textwrap.dedent(
     """
     import sys, types
     from numba import cuda, float32, float64, int64, uint64
-    try:
-        from numba.cuda.cudadrv import nvvm
+    try:  # both NVVM (IR -> PTX) and NVRTC (supported architectures) must be loadable
+        from numba.cuda.cudadrv import nvrtc, nvvm
         nvvm.NVVM()
+        nvrtc.get_supported_ccs()
     except Exception as e:
-        print("no NVVM:", type(e).__name__); sys.exit(3)
+        print("no NVVM/NVRTC:", type(e).__name__, str(e).splitlines()[0][:200]); sys.exit(3)
     import numba.cuda.dispatcher as disp
     if hasattr(disp, "get_current_device"):  # device functions ask for the GPU's compute capability
         disp.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
@@ -505,6 +506,6 @@ def test_every_kernel_compiles_for_the_gpu():
     r = subprocess.run([sys.executable, "-c", _PTX_SCRIPT], capture_output=True, text=True, env=env, cwd=REPO,
                        timeout=600)
     if r.returncode == 3:
-        pytest.skip(f"NVVM is not installed ({r.stdout.strip()}); pip install nvidia-nvvm nvidia-cuda-nvrtc to run this")
+        pytest.skip(f"NVVM/NVRTC is not installed ({r.stdout.strip()}); pip install nvidia-nvvm nvidia-cuda-nvrtc to run this")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert "all compiled" in r.stdout
