@@ -25,7 +25,7 @@ from . import __version__
 from . import optim
 from .errors import DivergedError, NbnetError
 from .io import read_bundle, write_bundle
-from .kernels import backend
+from .kernels import backend, cache_misses, compile_lock
 from .kernels import cpu as K
 from .kernels.threads import thread_budget
 from .model import Layout, check_weights, init_params
@@ -336,6 +336,8 @@ class _BaseMLP:
         self.history_ = {"loss": [], "val_loss": [], f"val_{self._score_name}": [], "grad_norm": [], "epoch_time": []}
         self.n_epochs_ = 0
         self.compile_seconds_ = 0.0
+        self.compile_wait_seconds_ = 0.0  # waiting for another process to compile (kernels.compile_lock)
+        self.kernels_compiled_ = 0  # kernels compiled (not loaded from numba's cache) by this fit
         self._es_state = None  # early stopping ((best val_loss, params, epoch), wait); checkpointed
 
     def fit(self, X, y, validation_data=None, callbacks=None):
@@ -407,7 +409,18 @@ class _BaseMLP:
         key = (K_.__name__, np.dtype(dtype).str)
         if key in _COMPILED:
             return 0.0
-        t0 = time.perf_counter()
+        with compile_lock() as lock:  # several processes starting at once: one compiles, the rest load
+            misses = cache_misses(K_)
+            t0 = time.perf_counter()
+            self._warm_up(K_, dtype)
+            seconds = time.perf_counter() - t0
+            self.kernels_compiled_ += cache_misses(K_) - misses
+        _COMPILED.add(key)
+        self.compile_wait_seconds_ += lock.waited
+        return seconds
+
+    @staticmethod
+    def _warm_up(K_, dtype) -> None:
         lay = Layout.build(2, (2,), 2, "relu")
         X = np.zeros((3, 2), dtype)
         Y = np.zeros((3, 2), dtype)
@@ -420,8 +433,6 @@ class _BaseMLP:
                        K.LOSS_SOFTMAX_CE, hp, opt, K.seed_state(0), np.zeros(1 + lay.n_layers))
         K_.forward(dev(X), dev(p), *lay.kernel_args(), K.LOSS_SOFTMAX_CE, dev(np.zeros((3, 2), dtype)))
         K_.eval_loss(dev(X), dev(Y), dev(p), *lay.kernel_args(), K.LOSS_SOFTMAX_CE)
-        _COMPILED.add(key)
-        return time.perf_counter() - t0
 
     def _train(self, X, Y, val, n_epochs, cfg, callbacks, restore_best):
         K_ = backend(self._device())
@@ -634,7 +645,8 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         est._rng = arrays["rng"].astype(np.uint64).copy()
         est.n_epochs_ = int(meta["n_epochs"])
         est.history_ = {k: _none_to_nan(v) for k, v in meta["history"].items()}
-        est.compile_seconds_ = 0.0
+        est.compile_seconds_ = est.compile_wait_seconds_ = 0.0
+        est.kernels_compiled_ = 0
         est.preprocessor_ = None
         est.training_stats_ = meta.get("training_stats")
         est.config_ = meta.get("config")

@@ -64,7 +64,8 @@ from . import config as C
 from . import interrupt, tracking
 from .errors import DivergedError, NbnetError
 
-COST_KEYS = ("compile_seconds", "train_seconds", "cpu_seconds", "tracking_seconds")
+COST_KEYS = ("compile_seconds", "train_seconds", "cpu_seconds", "tracking_seconds", "compile_wait_seconds",
+             "kernels_compiled")
 CONFIG_ARTIFACT = "config.json"
 
 
@@ -238,8 +239,11 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
     finally:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         compile_s = float(getattr(est, "compile_seconds_", 0.0))
+        wait_s = float(getattr(est, "compile_wait_seconds_", 0.0))  # another worker was compiling
         in_fit = logger.seconds if logger else 0.0
-        cost = {"compile_seconds": compile_s, "train_seconds": max(0.0, wall - compile_s - in_fit), "cpu_seconds": cpu}
+        cost = {"compile_seconds": compile_s, "train_seconds": max(0.0, wall - compile_s - wait_s - in_fit),
+                "cpu_seconds": cpu, "compile_wait_seconds": wait_s,
+                "kernels_compiled": float(getattr(est, "kernels_compiled_", 0))}
         if logger:
             step = int(getattr(est, "n_epochs_", 0))
             for k, v in cost.items():

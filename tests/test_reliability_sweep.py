@@ -246,3 +246,19 @@ def test_four_workers_on_the_embedded_store(tmp_path, template_db):
         assert sorted(m.step for m in losses) == list(range(1, 21)), run.info.run_name
         assert {"val_accuracy", "val_loss", "train_seconds"} <= set(run.data.metrics)
     assert {t.user_attrs["pid"] for t in study.trials} and len({t.user_attrs["pid"] for t in study.trials}) > 1
+
+
+def test_two_cold_workers_compile_once(tmp_path, template_db):
+    """Two workers starting on an empty numba cache: one compiles the kernels (under
+    kernels.compile_lock) and writes the cache, the other waits and loads it (issue 9)."""
+    sweep = Sweep(tmp_path, template_db, trials=4, epochs=3)
+    sweep.env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
+    r = sweep.run(workers=2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = tracking.client(sweep.uri)
+    runs = [x for x in c.search_runs([c.get_experiment_by_name("tiny").experiment_id])
+            if x.data.tags.get("nbnet.kind") == "trial"]
+    assert len(runs) == 4
+    compiled = [x.data.metrics["kernels_compiled"] for x in runs]
+    assert len({x.data.tags["nbnet.pid"] for x in runs}) == 2  # both workers trained
+    assert sum(1 for k in compiled if k > 0) == 1, compiled  # exactly one trial compiled, the rest loaded

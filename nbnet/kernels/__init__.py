@@ -60,3 +60,66 @@ def _require_cuda() -> None:
             "'auto', or set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels on the (slow) simulator"
         )
     del cuda
+
+
+def _cache_dir() -> str:
+    """Where numba caches nbnet's CPU kernels (``NUMBA_CACHE_DIR``, else next to the sources),
+    or the temporary folder when that is not writable."""
+    import os
+    import tempfile
+
+    import numba
+
+    d = numba.config.CACHE_DIR or os.path.join(os.path.dirname(__file__), "__pycache__")
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError:
+        return tempfile.gettempdir()
+    return d if os.access(d, os.W_OK) else tempfile.gettempdir()
+
+
+class compile_lock:
+    """Exclusive ``flock`` around the first compile of a process, so that of several processes
+    starting at once (sweep workers) one compiles and writes numba's cache and the others then
+    load it, instead of each compiling the same kernels. The kernel drops the lock if the process
+    dies. ``waited`` is the seconds spent waiting for another process."""
+
+    def __enter__(self):
+        import os
+        import time
+
+        self._fd = None
+        self.waited = 0.0
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover  (Windows: no lock, each process compiles)
+            return self
+        fd = os.open(os.path.join(_cache_dir(), "nbnet-compile.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+        t0 = time.perf_counter()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.waited = time.perf_counter() - t0
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+        return False
+
+
+def cache_misses(module: ModuleType) -> int:
+    """How many compiled functions of a CPU kernel module were compiled in this process rather
+    than loaded from numba's on-disk cache (0 on other backends)."""
+    import numba
+
+    return sum(sum(d.stats.cache_misses.values()) for d in vars(module).values()
+               if isinstance(d, numba.core.registry.CPUDispatcher))
