@@ -1,6 +1,6 @@
 """Experiment files: TOML → frozen dataclasses, ``--set key=value`` overrides, search spaces.
 
-An experiment file has five tables; every key is optional and defaults to the value commented
+An experiment file has six tables; every key is optional and defaults to the value commented
 below (nanoGPT-style: the dataclasses *are* the documentation)::
 
     [data]          where the data comes from, how it is split and preprocessed
@@ -9,6 +9,7 @@ below (nanoGPT-style: the dataclasses *are* the documentation)::
     [search]        the Optuna sweep: sampler, pruner, trial count, metric and direction
     [search.space]  one entry per searched value, keyed by its dotted config path:
                     "train.learning_rate" = {type = "float", low = 1e-4, high = 1e-1, log = true}
+    [monitor]       drift and performance thresholds of nbnet monitor / nbnet promote (psi, ks, tolerance)
 
 Overrides use the same dotted paths and Python literals (a bare word is taken as a string)::
 
@@ -137,12 +138,22 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Thresholds of ``nbnet monitor`` (and the default tolerance of ``nbnet promote``)."""
+
+    psi: float = 0.25  # a feature drifted when its PSI against the training bins exceeds this (0.1-0.25: moderate)
+    ks: float = 0.2  # ... or its KS statistic against the training CDF exceeds this
+    tolerance: float = 0.02  # the metric may be this much worse (in its units) than recorded / than the champion
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"  # the experiment file's name; the MLflow experiment and registered model name
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def estimator_kwargs(self) -> dict:
         """Keyword arguments of MLPClassifier/MLPRegressor (``image_shape`` is the caller's)."""
@@ -159,7 +170,8 @@ class ExperimentConfig:
         return metric_direction(self.search.metric)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": SearchConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "search": SearchConfig,
+            "monitor": MonitorConfig}
 
 
 def metric_direction(metric: str) -> str:
@@ -365,9 +377,19 @@ def from_dict(raw: dict, name: str = "experiment") -> ExperimentConfig:
         model=_section(ModelConfig, raw.get("model", {}), "model"),
         train=_section(TrainConfig, raw.get("train", {}), "train"),
         search=replace(_section(SearchConfig, search, "search"), space=_check_space(space)),
+        monitor=monitor_config(raw.get("monitor", {})),
     )
     validate(cfg)
     return cfg
+
+
+def monitor_config(raw: dict) -> MonitorConfig:
+    """A validated [monitor] table (thresholds are numbers >= 0)."""
+    m = _section(MonitorConfig, raw, "monitor")
+    for f in fields(m):
+        if not getattr(m, f.name) >= 0:
+            raise NbnetError(f"monitor.{f.name} must be a number >= 0, got {getattr(m, f.name)}")
+    return m
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -621,7 +643,7 @@ def with_values(cfg: ExperimentConfig, values: dict) -> ExperimentConfig:
 
 
 __all__ = [
-    "DataConfig", "ModelConfig", "TrainConfig", "ParamSpec", "SearchConfig", "ExperimentConfig",
+    "DataConfig", "ModelConfig", "TrainConfig", "ParamSpec", "SearchConfig", "MonitorConfig", "ExperimentConfig",
     "load_experiment", "apply_overrides", "parse_override", "from_dict", "to_dict", "to_json",
     "to_flat_dict", "with_values", "find_experiment", "metric_direction",
 ]
