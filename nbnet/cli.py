@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_search_commands(sub)
     _add_model_commands(sub)
+    _add_deploy_commands(sub)
     # Subcommands register themselves here: sub.add_parser(...).set_defaults(func=cmd_...)
     return parser
 
@@ -193,7 +194,7 @@ def _add_model_commands(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from .tracking import predict_file
+    from .serve import predict_file
 
     n = predict_file(args.model, args.input, args.output, proba=args.proba, chunk_rows=args.chunk_rows)
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
@@ -201,9 +202,28 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from .tracking import serve_ui
+    from .serve import serve_ui
 
     return serve_ui(args.host, args.port)
+
+
+# --- deployment (issue 6): serve ------------------------------------------------------------------
+def _add_deploy_commands(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over REST with MLflow's scoring server (/ping, /invocations)",
+                       description="Serve MODEL (models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/model or a local "
+                                   ".nbnet file) with `mlflow models serve`: POST /invocations takes dataframe_split, "
+                                   "dataframe_records, instances, inputs (JSON) or CSV; Ctrl-C stops it.")
+    p.add_argument("model", metavar="MODEL_URI")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve_model
+
+    return serve_model(args.model, args.host, args.port, args.workers)
 
 
 def _quiet_logs() -> None:

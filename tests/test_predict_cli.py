@@ -80,9 +80,10 @@ def test_chunking_does_not_change_results(champion, tmp_path, capsys):
     src = tmp_path / "in.csv"
     table.to_csv(src, index=False)
     outs = []
-    for rows in (1, 7, 5000):
+    for rows, chunks in ((1, "1,003 chunks"), (7, "144 chunks"), (5000, "1 chunk\n")):
         out = tmp_path / f"out{rows}.csv"
-        assert run(["predict", f"runs:/{run_id}/model", src, "-o", out, "--chunk-rows", rows], capsys)[0] == 0
+        code, _, err = run(["predict", f"runs:/{run_id}/model", src, "-o", out, "--chunk-rows", rows], capsys)
+        assert code == 0 and chunks in err, err  # the file was read chunk_rows rows at a time
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] == outs[2]
 

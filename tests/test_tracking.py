@@ -345,8 +345,9 @@ def test_ui_command_and_its_user_errors(store, capsys, monkeypatch):
     import sys
 
     from nbnet.cli import main
+    from nbnet.serve import ui_command
 
-    cmd, env = tracking.ui_command("127.0.0.1", 5123, store)
+    cmd, env = ui_command("127.0.0.1", 5123, store)
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
     assert cmd[cmd.index("--backend-store-uri") + 1] == store and cmd[cmd.index("--port") + 1] == "5123"
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1"

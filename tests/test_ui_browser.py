@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from nbnet import MLPClassifier, tracking
+from nbnet.serve import group_alive
 
 pytestmark = pytest.mark.slow
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")
@@ -93,7 +94,7 @@ def ui(chromium, store, tmp_path):
         proc.wait(timeout=60)
         log.close()
         if "pgid" in found:
-            assert not tracking.group_alive(found["pgid"]), "mlflow server processes outlived nbnet ui"
+            assert not group_alive(found["pgid"]), "mlflow server processes outlived nbnet ui"
             with socket.socket() as s:
                 assert s.connect_ex(("127.0.0.1", port)) != 0, "the UI port still answers"
 

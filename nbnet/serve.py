@@ -1,0 +1,424 @@
+"""Deployment: offline batch prediction (``nbnet predict``), online serving (``nbnet serve``) and
+the MLflow UI (``nbnet ui``).
+
+Both servers are MLflow's own (``mlflow models serve``: FastAPI under uvicorn; ``mlflow
+server``). :func:`run_server` starts one in its own process group with the venv's bin folder
+first on PATH (both start uvicorn by name), waits until it answers a readiness URL (polled,
+with a deadline), turns SIGTERM/SIGHUP into Ctrl-C, and stops the whole group on every exit.
+
+Example
+-------
+>>> predict_file("models:/digits@champion", "new.parquet", "pred.csv", proba=True)   # doctest: +SKIP
+>>> serve_model("models:/digits@champion", port=5001)   # blocks; Ctrl-C stops it  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import NbnetError
+from .tracking import default_tracking_uri, load_model
+
+# --- batch prediction (nbnet predict) -------------------------------------------------------------
+_OUTPUT_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
+
+
+class _Progress:
+    """A one-line progress display on stderr: rows done (and % when the total is known); the final
+    line also counts the chunks."""
+
+    def __init__(self, total: int | None, stream=None):
+        self.total, self.stream = total, stream or sys.stderr
+        self.done, self.chunks, self.t0, self.last = 0, 0, time.perf_counter(), 0.0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = 0.2 if self.tty else 5.0  # a redrawn line on a terminal, sparse lines in a log
+
+    def update(self, n: int, final: bool = False) -> None:
+        self.done += n
+        if n:
+            self.chunks += 1
+        now = time.perf_counter()
+        if not final and now - self.last < self.every:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
+        line = f"predict: {self.done:,} rows{pct}, {rate:,.0f} rows/s"
+        if final:  # how many pieces the input was read in (chunk_rows at a time)
+            line += f", {self.chunks:,} chunk{'s' if self.chunks != 1 else ''}"
+        self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
+        self.stream.flush()
+
+
+def _input_rows(path: Path) -> int | None:
+    """Row count when it is cheap to know (Parquet metadata, an NPZ header); None for CSV."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        if path.suffix.lower() == ".npz":
+            with np.load(path, mmap_mode="r", allow_pickle=False) as z:
+                return int(z["X"].shape[0]) if "X" in z.files else None
+    except Exception:  # the reader proper reports a broken file with a clear message
+        return None
+    return None
+
+
+def _file_columns(path: Path) -> list[str]:
+    import pyarrow as pa
+
+    from .data.load import _table_error
+
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    try:
+        if parquet:
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        import pyarrow.csv as pcsv
+
+        with pcsv.open_csv(path) as r:
+            return list(r.schema.names)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # ragged rows, junk bytes: one line
+        raise _table_error(path, "parquet" if parquet else "csv", e) from None
+
+
+def _output_frame(est, X: np.ndarray, proba: bool) -> pd.DataFrame:
+    pred = est.predict(X)
+    cols = {"prediction": pred} if np.ndim(pred) == 1 else {f"prediction_{j}": pred[:, j] for j in range(pred.shape[1])}
+    if proba:
+        P = est.predict_proba(X)
+        cols.update({f"proba_{c}": P[:, j] for j, c in enumerate(est.classes_)})
+    return pd.DataFrame(cols)
+
+
+def predict_file(model: str, input_path, output_path, *, proba: bool = False, chunk_rows: int = 100_000,
+                 progress=None) -> int:
+    """Predict every row of ``input_path`` (.csv, .parquet or .npz) with ``model`` (an MLflow URI
+    or a local nbnet file) and write ``output_path`` (.csv, .parquet or .npz by extension):
+    column ``prediction`` (``prediction_j`` for several outputs) and, with ``proba``, one
+    ``proba_<class>`` column per class. The input is read ``chunk_rows`` rows at a time; the output
+    appears atomically (a temporary file renamed at the end), so a failure leaves no partial
+    file. Returns the number of rows written."""
+    from .data.load import iter_feature_chunks
+    from .io import atomic_write
+
+    inp, out = Path(input_path), Path(output_path)
+    kind = _OUTPUT_KINDS.get(out.suffix.lower())
+    if kind is None:
+        raise NbnetError(f"output {str(out)!r} must end in .csv, .parquet or .npz")
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise NbnetError(f"--chunk-rows must be a positive integer, got {chunk_rows!r}")
+    if not inp.is_file():
+        raise NbnetError(f"input file {str(inp)!r} not found; check the path")
+    if out.resolve() == inp.resolve():
+        raise NbnetError("the output file would overwrite the input; choose another -o path")
+    est, (names, cats) = load_model(model)
+    if proba and not hasattr(est, "predict_proba"):
+        raise NbnetError("--proba needs a classifier; this model is a regressor")
+    n_feat = est.n_features_in_
+    generic = names is None or (not cats and names == [f"x{j}" for j in range(n_feat)])
+    if generic and inp.suffix.lower() != ".npz":
+        # the model does not know its column names: take the file's columns in order
+        cols = _file_columns(inp)
+        if names is None or not set(names) <= set(cols):
+            if len(cols) != n_feat:
+                raise NbnetError(f"{inp.name} has {len(cols)} columns but the model takes {n_feat} features "
+                                 "(and stores no column names to pick them by)")
+            names = cols
+    if names is None:
+        names = [f"x{j}" for j in range(n_feat)]
+    bar = _Progress(_input_rows(inp), stream=progress)
+    chunks = iter_feature_chunks(inp, chunk_rows, feature_names=names, categories=cats)
+    rows = 0
+
+    def frames():
+        nonlocal rows
+        for X, _ in chunks:
+            df = _output_frame(est, X, proba)
+            rows += len(df)
+            bar.update(len(df))
+            yield df
+
+    def write(f):
+        if kind == "csv":
+            first = True
+            for df in frames():
+                f.write(df.to_csv(index=False, header=first).encode())
+                first = False
+            if first:
+                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
+        elif kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            writer = None
+            try:
+                for df in frames():
+                    table = pa.Table.from_pandas(df, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(f, table.schema)
+                    writer.write_table(table.cast(writer.schema))
+            finally:
+                if writer is not None:
+                    writer.close()
+            if writer is None:
+                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
+        else:  # npz cannot be appended to: gather the (small) outputs, then write once
+            parts = list(frames())
+            if not parts:
+                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
+            df = pd.concat(parts, ignore_index=True)
+            arrays = {}
+            pred_cols = [c for c in df.columns if c.startswith("prediction")]
+            arrays["prediction"] = df[pred_cols[0]].to_numpy() if len(pred_cols) == 1 else df[pred_cols].to_numpy()
+            if proba:
+                arrays["proba"] = df[[c for c in df.columns if c.startswith("proba_")]].to_numpy()
+                arrays["classes"] = np.asarray(est.classes_)
+            if arrays["prediction"].dtype.kind in "OU":
+                arrays = {k: (v.astype(str) if v.dtype.kind in "OU" else v) for k, v in arrays.items()}
+            np.savez(f, **arrays)
+
+    try:
+        atomic_write(out, write)
+    except OSError as e:
+        raise NbnetError(f"could not write {str(out)!r}: {e.strerror or e}") from None
+    bar.update(0, final=True)
+    return rows
+
+
+# --- servers in their own process group (nbnet ui, nbnet serve) ----------------------------------
+def group_alive(pgid: int) -> bool:
+    """Whether a process group still has a live (non-zombie) member."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        for d in proc.iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _check_port(host: str, port) -> None:
+    """A bad or taken port is a one-line user error before anything starts, not a server traceback."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise NbnetError(f"--port must be in 1..65535, got {port!r}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise NbnetError(f"cannot listen on {host}:{port} ({e.strerror}); pick another with --port") from None
+
+
+def _server_env() -> dict:
+    env = dict(os.environ)
+    # mlflow starts uvicorn (and helpers) by name: the venv's bin must come first on PATH
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM to the whole group (server, uvicorn, workers, helpers); SIGKILL what is left after
+    ``grace`` seconds; reap the leader."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling the stragglers' exit
+    if group_alive(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_server(cmd: list[str], env: dict, *, ready_url: str, what: str, banner, ready_timeout: float = 120.0,
+               stream=None) -> int:
+    """Run ``cmd`` in its own process group until it exits, Ctrl-C, SIGTERM or SIGHUP; returns its
+    exit status (0 after a signal).
+
+    ``ready_url`` is polled (2 s per request, every 0.25 s, for at most ``ready_timeout`` s) until
+    it answers 200; then ``banner(pgid)`` is printed on ``stream``. The group is stopped as a whole
+    on every way out, so no uvicorn worker outlives nbnet.
+    """
+    stream = stream or sys.stdout
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:  # wait for the server to answer before printing its address
+            if proc.poll() is not None:
+                raise NbnetError(f"{what} exited with status {proc.returncode} before it was ready; "
+                                 "see its messages above")
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise NbnetError(f"{what} did not answer on {ready_url} within {ready_timeout:.0f} s")
+            time.sleep(0.25)  # polling interval while the server starts
+        print(banner(proc.pid), file=stream, flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop_group(proc)
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+# --- the MLflow UI (nbnet ui) ----------------------------------------------------------------------
+def ui_command(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None) -> tuple[list[str], dict]:
+    """The ``mlflow server`` command line and environment that serve the project's store."""
+    from .tracking import artifact_root
+
+    uri = uri or default_tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    root = artifact_root(uri)
+    if root is not None:  # artifacts uploaded through this server land beside the database too
+        cmd += ["--artifacts-destination", Path(root).as_uri()]
+    env = _server_env()
+    env.pop("MLFLOW_TRACKING_URI", None)  # the server is the store's owner, not a client of itself
+    # the GenAI job runner (uvicorn + seven task consumers) serves nothing nbnet logs
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return cmd, env
+
+
+def serve_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, *, ready_timeout: float = 120.0,
+             stream=None) -> int:
+    """Run the MLflow UI for the project's store until Ctrl-C or SIGTERM; returns its exit status.
+
+    ``mlflow server`` spawns several processes (uvicorn, a job runner, task consumers), so it runs
+    in its own process group, which is stopped as a whole when nbnet ui exits.
+    """
+    stream = stream or sys.stdout
+    uri = uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):  # already a tracking server: it serves its own UI
+        print(f"MLflow UI: {uri}  (MLFLOW_TRACKING_URI is a tracking server; open it in a browser)", file=stream)
+        return 0
+    _check_port(host, port)
+    cmd, env = ui_command(host, port, uri)
+    url = _base_url(host, port)
+    return run_server(cmd, env, ready_url=f"{url}/health", what="mlflow server", ready_timeout=ready_timeout,
+                      stream=stream, banner=lambda pgid: f"MLflow UI for {uri}: {url}  (process group {pgid}; "
+                                                         "Ctrl-C stops it)")
+
+
+# --- online serving (nbnet serve) ------------------------------------------------------------------
+_MLFLOW_URI = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+def _pyfunc_from_file(path: Path, dst: Path) -> Path:
+    """Wrap a local nbnet file as an MLflow pyfunc model folder at ``dst``: the same "models from
+    code" model ``tracking.log_model`` logs (code file, the nbnet file, the ``proba`` param), so
+    ``mlflow models serve`` can serve it without a tracking store.
+
+    An nbnet file stores no column names, so the signature has no input schema: the request's
+    columns are taken in order (n_features_in_ of them), as ``nbnet predict`` takes a bare
+    file's. A model logged to MLflow keeps its names and categories: serve its URI instead."""
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    from . import tracking
+    from .io import load
+
+    est = load(path)
+    n = est.n_features_in_
+    example = pd.DataFrame(np.zeros((1, n)), columns=[f"x{j}" for j in range(n)])
+    params = ParamSchema([ParamSpec("proba", "boolean", False)]) if hasattr(est, "predict_proba") else None
+    with tracking._quiet():
+        mlflow.pyfunc.save_model(str(dst), python_model=str(tracking._PYFUNC_CODE), artifacts={"model": str(path)},
+                                 model_config={"feature_names": None, "categories": {}},
+                                 signature=ModelSignature(inputs=None, params=params), input_example=example,
+                                 pip_requirements=tracking._pip_requirements())
+    return dst
+
+
+def model_dir(model: str, dst, tracking_uri: str | None = None) -> Path:
+    """A local MLflow pyfunc folder for ``model`` under ``dst``: an MLflow URI of an nbnet model
+    (``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``) is downloaded from
+    the tracking store; a local ``.nbnet`` file is wrapped (:func:`_pyfunc_from_file`)."""
+    from . import tracking
+
+    s, dst = str(model), Path(dst)
+    if s.startswith(_MLFLOW_URI):
+        nbnet_file, _ = tracking.download_model(s, dst=str(dst), tracking_uri=tracking_uri)
+        return Path(nbnet_file).parent.parent  # <model>/artifacts/model.nbnet → <model>
+    if Path(s).is_file():
+        return _pyfunc_from_file(Path(s), dst / "model")
+    raise NbnetError(f"model {s!r} is neither an MLflow model URI (models:/NAME@champion, models:/NAME/VERSION, "
+                     "runs:/RUN_ID/model) nor an existing .nbnet file")
+
+
+def serve_command(model_path, host: str = "127.0.0.1", port: int = 5001, workers: int = 1) -> tuple[list[str], dict]:
+    """The ``mlflow models serve`` command line and environment for a local pyfunc folder: the
+    current interpreter (``--env-manager local``: nbnet must be importable, and is)."""
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_path), "--env-manager", "local",
+           "-h", host, "-p", str(port), "-w", str(workers)]
+    env = _server_env()
+    env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO chatter; uvicorn's access lines stay
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # it copies the folder once to read MLmodel
+    return cmd, env
+
+
+def serve_model(model: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1, *,
+                tracking_uri: str | None = None, ready_timeout: float = 180.0, stream=None) -> int:
+    """Serve ``model`` over MLflow's scoring protocol until Ctrl-C or SIGTERM; returns the server's
+    exit status (0 after a signal).
+
+    ``GET /ping`` answers 200 once the model is loaded; ``POST /invocations`` takes JSON
+    (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``; optional
+    ``"params": {"proba": true}`` for class probabilities) or CSV (``Content-Type: text/csv``) and
+    answers ``{"predictions": [...]}``; a malformed request gets a 400 with a message. The model
+    is fetched (or wrapped) once into a temporary folder that is removed on exit.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise NbnetError(f"--workers must be a positive integer, got {workers!r}")
+    _check_port(host, port)  # before the download: a taken port fails in a second
+    stream = stream or sys.stdout
+    url = _base_url(host, port)
+    with tempfile.TemporaryDirectory(prefix="nbnet-serve-") as tmp:
+        path = model_dir(model, tmp, tracking_uri)
+        cmd, env = serve_command(path, host, port, workers)
+        return run_server(cmd, env, ready_url=f"{url}/ping", what="mlflow models serve", ready_timeout=ready_timeout,
+                          stream=stream, banner=lambda pgid: f"serving {model} at {url}/invocations  "
+                                                             f"(process group {pgid}; Ctrl-C stops it)")
