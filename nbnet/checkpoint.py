@@ -140,11 +140,13 @@ class Checkpoint:
         self.resumed_from_epoch = 0
         self.writes = 0
         self._est = None
+        self._fd: int | None = None
 
     # --- callback protocol ----------------------------------------------------------------------
     def on_train_begin(self, estimator) -> None:
         self._est = estimator
         self.resumed_from_epoch = 0
+        self._lock()
         self._remove_stale_temporaries()
         if self.resume and self.path.exists():
             self.restore(estimator)
@@ -160,6 +162,40 @@ class Checkpoint:
         self._est = None
         if self.delete_on_success:
             self.path.unlink(missing_ok=True)
+        self._unlock()
+
+    def on_exception(self, estimator, exc: BaseException) -> None:
+        """The fit failed or was interrupted: keep the checkpoint for the resume, release the lock."""
+        self._est = None
+        self._unlock()
+
+    def _lock(self) -> None:
+        """Exclusive ``flock`` on the hidden file ``.<name>.lock`` next to the checkpoint, for the
+        fit: two fits writing one checkpoint (e.g. the same ``nbnet train`` started twice) would
+        overwrite each other's state. The kernel drops the lock when the process dies, so a killed
+        fit never blocks its resume (its empty lock file is reused)."""
+        self._unlock()  # this object's earlier fit, if it raised
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover  (Windows)
+            return
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        if not folder.is_dir():
+            raise NbnetError(f"checkpoint folder {str(folder)!r} does not exist; create it first")
+        fd = os.open(folder / f".{self.path.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise NbnetError(f"checkpoint {str(self.path)!r} is in use by another running fit; wait for it to "
+                             "finish or give this one another checkpoint path") from None
+        self._fd, self._lock_path = fd, folder / f".{self.path.name}.lock"
+
+    def _unlock(self) -> None:
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            Path(self._lock_path).unlink(missing_ok=True)  # while still holding it
+            os.close(fd)  # closing the file releases the flock
 
     # --- state ------------------------------------------------------------------------------------
     def save(self, estimator) -> None:
@@ -220,7 +256,5 @@ class Checkpoint:
     def _remove_stale_temporaries(self) -> None:
         """Temporary files of an earlier process killed in the middle of a write."""
         folder = self.path.parent if str(self.path.parent) else Path(".")
-        if not folder.is_dir():
-            raise NbnetError(f"checkpoint folder {str(folder)!r} does not exist; create it first")
         for tmp in folder.glob(f".{self.path.name}.*.tmp"):
             tmp.unlink(missing_ok=True)

@@ -352,7 +352,9 @@ class _BaseMLP:
             (stratified for classifiers).
         callbacks : list of ``callable(epoch, logs) -> bool | None`` or objects with
             ``on_epoch_end(epoch, logs)``; returning True stops training. ``logs`` holds
-            ``loss``, ``val_loss``, ``val_accuracy``/``val_r2``, ``epoch_time``, ``grad_norm_{l}``.
+            ``loss``, ``val_loss``, ``val_accuracy``/``val_r2``, ``epoch_time``, ``grad_norm_{l}``;
+            the callbacks share one copy, so one may add values for those after it
+            (:class:`nbnet.viz.ActivationStats` adds ``act_mean_{l}``... before the logger).
         """
         cfg = self._resolved()
         X = check_X(X, allow_nan=True) if self.preprocessing else check_X(X)
@@ -368,13 +370,19 @@ class _BaseMLP:
             val = (Xv, self._encode(_check_y(yv, Xv.shape[0])))
         self._init_state(Xt.shape[1], cfg)
         callbacks = list(callbacks or [])
-        for cb in callbacks:  # e.g. nbnet.checkpoint.Checkpoint restores a killed fit's state here
-            if hasattr(cb, "on_train_begin"):
-                cb.on_train_begin(self)
-        remaining = self.epochs - self.n_epochs_
-        if self.early_stopping and self._es_state is not None and self._es_state[1] >= self.patience:
-            remaining = 0  # resumed after early stopping had already triggered
-        self._train(Xt, self._encode(y), val, remaining, cfg, callbacks, restore_best=self.early_stopping)
+        try:
+            for cb in callbacks:  # e.g. nbnet.checkpoint.Checkpoint restores a killed fit's state here
+                if hasattr(cb, "on_train_begin"):
+                    cb.on_train_begin(self)
+            remaining = self.epochs - self.n_epochs_
+            if self.early_stopping and self._es_state is not None and self._es_state[1] >= self.patience:
+                remaining = 0  # resumed after early stopping had already triggered
+            self._train(Xt, self._encode(y), val, remaining, cfg, callbacks, restore_best=self.early_stopping)
+        except BaseException as e:
+            for cb in callbacks:  # e.g. a Checkpoint releases its lock (and keeps its file)
+                if hasattr(cb, "on_exception"):
+                    cb.on_exception(self, e)
+            raise
         for cb in callbacks:
             if hasattr(cb, "on_train_end"):
                 cb.on_train_end(self)
@@ -499,10 +507,11 @@ class _BaseMLP:
                             wait += 1
                             stop = wait >= self.patience
                         self._es_state = (best, wait)
+                    shared = dict(logs)  # one copy for all: a callback may add values for the later ones
                     for cb in callbacks:
                         fn = getattr(cb, "on_epoch_end", None) or (cb if callable(cb) else None)
                         if fn is not None:  # an object may implement only on_train_begin/end
-                            stop = bool(fn(epoch, dict(logs))) or stop
+                            stop = bool(fn(epoch, shared)) or stop
                     if stop:
                         break
             finally:

@@ -372,3 +372,25 @@ def test_ctrl_c_stops_nbnet_train_cleanly_and_keeps_the_checkpoint(tmp_path):
     (run,) = c.search_runs([c.get_experiment_by_name("tiny").experiment_id])
     assert run.info.status == "KILLED"
     assert max(m.step for m in c.get_metric_history(run.info.run_id, "loss")) < 2000
+
+
+def test_one_checkpoint_one_fit_at_a_time(tmp_path):
+    """Two fits writing one checkpoint would overwrite each other's state: the second is refused
+    while the first runs, and may start once the first has ended (normally or by an exception)."""
+    X, y = data()
+    path = tmp_path / "c.ckpt"
+    refused = []
+
+    def second_fit(epoch, logs):
+        if epoch == 1:
+            with pytest.raises(NbnetError, match="in use by another running fit") as e:
+                MLPClassifier(**BASE).fit(X, y, callbacks=[Checkpoint(path)])
+            refused.append(str(e.value))
+
+    MLPClassifier(**BASE).fit(X, y, callbacks=[Checkpoint(path, delete_on_success=False), second_fit])
+    assert len(refused) == 1 and "\n" not in refused[0]
+    with pytest.raises(Crash):  # the lock is released when a fit raises, and the checkpoint kept
+        MLPClassifier(**dict(BASE, epochs=9)).fit(X, y, callbacks=[Checkpoint(path), crash_at(8)])
+    est = MLPClassifier(**dict(BASE, epochs=9)).fit(X, y, callbacks=[ck := Checkpoint(path)])
+    assert ck.resumed_from_epoch == 8 and est.n_epochs_ == 9
+    assert [p.name for p in tmp_path.iterdir()] == []  # no lock file left behind
