@@ -595,6 +595,7 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
     columns; default: the estimator's ``feature_names_in_``/``categories_``, else the example's
     DataFrame columns, else ``x0, x1, ...``.
     """
+    from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model, infer_signature
 
     uri = uri or default_tracking_uri()
@@ -614,23 +615,26 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
     # experiment (the default one), not the run's.
     logged = _retrying(c.create_logged_model, run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
                        params=dict(run.data.params), tags={"nbnet.estimator": type(estimator).__name__})
+    # What Model.log does, minus its check that the input example serves (it loads the model back
+    # and predicts: ~0.1 s a trial; tests/test_tracking.py loads and serves logged models instead).
     with tempfile.TemporaryDirectory(prefix="nbnet-model-") as tmp:
-        path = Path(tmp, MODEL_FILE)
+        path, local = Path(tmp, MODEL_FILE), Path(tmp, MODEL_NAME)
         estimator.save(path)
+        meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                     model_id=logged.model_id)
         with _global_uri(uri), _quiet():
-            Model.log(
-                artifact_path=None,
-                name=MODEL_NAME,
-                flavor=mlflow.pyfunc,
-                run_id=run_id,
-                model_id=logged.model_id,
+            mlflow.pyfunc.save_model(
+                path=str(local),
                 python_model=str(_PYFUNC_CODE),
                 artifacts={"model": str(path)},
                 model_config=config,
                 signature=signature,
                 input_example=example,
                 pip_requirements=_pip_requirements(),
+                mlflow_model=meta,
             )
+        _retrying(c.log_outputs, run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        _retrying(c.log_model_artifacts, logged.model_id, str(local))
         _retrying(c.finalize_logged_model, logged.model_id, "READY")
     set_tags(run_id, {"nbnet.model_id": logged.model_id}, uri=uri)
     return f"runs:/{run_id}/{MODEL_NAME}"
@@ -690,7 +694,8 @@ def register_champion(name: str, run_id: str, metric_key: str, direction: str,
 
     Every version gets tags ``nbnet.metric_key``, ``nbnet.metric`` and ``nbnet.promoted``; the
     alias history is kept as version tags: ``champion.since`` (and ``champion.replaced``) on the
-    new champion, ``champion.until`` and ``champion.replaced_by`` on the one it displaced.
+    new champion, ``champion.until`` and ``champion.replaced_by`` on the one it displaced, and
+    as the model's ``champion.stack``/``champion.history`` tags (see :mod:`nbnet.registry`).
     Returns ``(version, promoted)``.
     """
     if direction not in ("maximize", "minimize"):
@@ -700,19 +705,9 @@ def register_champion(name: str, run_id: str, metric_key: str, direction: str,
     new = _metric_of(c, run_id, metric_key)
     if new is None:
         raise NbnetError(f"run {run_id} has no finite metric {metric_key!r}; cannot compare it with the champion")
-    try:
-        c.create_registered_model(name)
-    except MlflowException as e:
-        if e.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    model_id = c.get_run(run_id).data.tags.get("nbnet.model_id")
-    with _global_uri(uri):  # the SQL registry resolves models:/<model_id> through the global URI
-        if model_id:
-            mv = _retrying(c.create_model_version, name, f"models:/{model_id}", run_id=run_id,
-                           model_id=model_id, await_creation_for=0)
-        else:  # a model logged by other means: let MLflow resolve runs:/<id>/model
-            mv = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", name, await_registration_for=0)
-    version = str(mv.version)
+    from . import registry  # the alias history lives there (promote/rollback use it too)
+
+    version = str(registry.create_version(name, run_id, uri).version)
     try:
         old = c.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
@@ -724,15 +719,9 @@ def register_champion(name: str, run_id: str, metric_key: str, direction: str,
         better = new > old_metric if direction == "maximize" else new < old_metric
         promoted = bool(better)
         why = f"{metric_key} {new:.6g} vs champion v{old.version} {old_metric:.6g} ({direction})"
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for k, v in {"nbnet.metric_key": metric_key, "nbnet.metric": repr(new), "nbnet.direction": direction,
                  "nbnet.promoted": str(promoted).lower(), "nbnet.promotion_reason": why}.items():
         c.set_model_version_tag(name, version, k, v)
-    if promoted:
-        c.set_registered_model_alias(name, CHAMPION, version)
-        c.set_model_version_tag(name, version, "champion.since", now)
-        if old is not None:
-            c.set_model_version_tag(name, version, "champion.replaced", str(old.version))
-            c.set_model_version_tag(name, str(old.version), "champion.until", now)
-            c.set_model_version_tag(name, str(old.version), "champion.replaced_by", version)
+    if promoted:  # alias, champion.* version tags and the champion.stack/history of the model
+        registry.move_champion(name, int(version), action="register", reason=why, uri=uri, old=old)
     return int(version), promoted

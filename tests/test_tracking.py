@@ -190,6 +190,16 @@ def test_log_model_is_models_from_code_without_pickles(store, logged, iris_clf):
     info = mlflow.models.get_model_info(uri)
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["x0", "x1", "x2", "x3"]
     assert info.signature.params is not None  # proba
+    assert "serving_input_example.json" in files  # what the scoring server's docs page shows
+    # the model is the run's output and a READY LoggedModel in the run's experiment (MLflow 3's UI)
+    from mlflow.entities import LoggedModelStatus
+
+    c = mlflow.MlflowClient()
+    run = c.get_run(run_id)
+    (out,) = run.outputs.model_outputs
+    lm = c.get_logged_model(out.model_id)
+    assert lm.status == LoggedModelStatus.READY and lm.experiment_id == run.info.experiment_id
+    assert info.model_id == out.model_id == run.data.tags["nbnet.model_id"]
 
 
 @pytest.mark.parametrize("kind", ["runs", "local"])
