@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as C
-from . import interrupt, tracking
+from . import interrupt, resources, tracking
 from .errors import DivergedError, NbnetError
 
 COST_KEYS = ("compile_seconds", "train_seconds", "cpu_seconds", "tracking_seconds", "compile_wait_seconds",
@@ -626,7 +626,7 @@ class Objective:
         params = C.to_flat_dict(tcfg) if invalid is None else {**C.to_flat_dict(cfg), **values}
         tags = tracking.standard_tags(data_hash=ctx.data.hash, seed=tcfg.train.seed, trial=trial.number, study=ctx.study_name)
         tags.update({"optuna.state": "RUNNING", "nbnet.kind": "trial"})
-        clock = _Clock()
+        clock, usage = _Clock(), resources.TrialUsage()
         with clock():
             run_id = tracking.start_run(ctx.experiment_id, run_name=f"trial-{trial.number}", parent_run_id=ctx.parent_run_id,
                                         tags=tags, params=params, uri=ctx.uri)
@@ -672,6 +672,7 @@ class Objective:
                 tracking.set_tags(run_id, end_tags, uri=ctx.uri)
                 if "tracking_seconds" not in metrics:  # pruned/failed: the costs train_once logged + ours
                     tracking.log_metrics(run_id, {"tracking_seconds": clock.seconds}, uri=ctx.uri)
+                tracking.log_metrics(run_id, usage.metrics(), uri=ctx.uri)  # system/cpu_percent, peak_rss_mb
                 tracking.end_run(run_id, status, uri=ctx.uri)
 
 
@@ -994,7 +995,7 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
                        "max_total": cfg.search.n_trials + counts["STALE"], "quiet": quiet, "workers": workers}
             tickets = mp.get_context("spawn").Value("i", remaining)
             # the first Ctrl-C / SIGTERM stops every worker at its next epoch boundary (nbnet.interrupt)
-            with interrupt.graceful(mp.get_context("spawn").Event()) as stop:
+            with interrupt.graceful(mp.get_context("spawn").Event()) as stop, resources.SystemMetrics(parent, uri=uri):
                 if workers == 1:
                     _worker_main(payload, tickets, 0, stop)
                 else:
@@ -1263,7 +1264,8 @@ def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool
         ck = checkpoint.Checkpoint(ck_path, every=checkpoint_every, fingerprint=data.hash, extra={"run_id": run_id})
     status = "FAILED"
     try:
-        with interrupt.graceful():  # Ctrl-C / SIGTERM: stop at the next epoch boundary, run KILLED
+        # Ctrl-C / SIGTERM: stop at the next epoch boundary, run KILLED; system metrics sampled meanwhile
+        with interrupt.graceful(), resources.SystemMetrics(run_id, uri=uri):
             est, metrics = train_once(cfg, run_id=run_id, uri=uri, data=data,
                                       callbacks=([ck] if ck else []) + [interrupt.check])
         if ck is not None and ck.resumed_from_epoch:
