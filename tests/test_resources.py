@@ -104,3 +104,18 @@ def test_trial_usage_measures_cpu_and_the_peak_of_this_trial():
     b = second.metrics()
     if second.peak_is_per_trial:  # Linux: the next trial does not inherit the previous peak
         assert b["system/peak_rss_mb"] < a["system/peak_rss_mb"] - 150
+
+
+def test_gpu_metrics_when_a_gpu_is_present(tmp_path, empty_store_db):  # noqa: F811
+    pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (the cuda extra) is not installed")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        pytest.skip(f"no NVIDIA GPU here (NVML: {e})")
+    uri = fresh_store(tmp_path, empty_store_db)
+    run = tracking.start_run(tracking.ensure_experiment("gpu", uri), run_name="gpu", uri=uri)
+    with resources.SystemMetrics(run, uri=uri, interval=3600):
+        pass
+    tracking.end_run(run, uri=uri)
+    m = tracking.client(uri).get_run(run).data.metrics
+    assert "system/gpu_0_memory_usage_megabytes" in m and "system/gpu_0_utilization_percentage" in m, sorted(m)
