@@ -10,6 +10,9 @@ trial (run creation, batched metrics, config, plots, the pyfunc model) plus the 
 
     tracking share = (Σ trial tracking_seconds + sweep_tracking_seconds) / (wall × workers)
 
+Every run trains the same trials: a seeded random draw of the space is queued in the study
+before it starts (see ``enqueue_same_trials``), so rates with 1 and 2 workers compare.
+
 Cases (the shipped experiment files):
   digits     experiments/digits.toml (1797 × 64, 30 epochs): sub-second trials, where the fixed
              per-run cost of tracking (run, plots, pyfunc model: about 0.6 s) is most visible
@@ -40,6 +43,27 @@ CASES = {  # name: (experiment file, overrides, default trials)
 }
 
 
+def enqueue_same_trials(cfg, n: int, uri: str) -> None:
+    """Queue the same n parameter sets (a seeded random draw of the space) for every run, so that
+    1 and 2 workers train the same trials and their rates compare (each worker's own sampler
+    would otherwise draw different networks)."""
+    import optuna
+
+    from nbnet import search
+
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    params = []
+    for _ in range(n):
+        t = probe.ask()
+        search.suggest(t, cfg.search.space)
+        params.append(t.params)
+        probe.tell(t, 0.0)
+    storage = search.open_storage(search.default_storage(cfg.name), uri=uri)
+    study = optuna.create_study(study_name=cfg.name, storage=storage, direction=cfg.direction())
+    for p in params:
+        study.enqueue_trial(p)
+
+
 def run_case(case: str, trials: int | None, workers: int) -> dict:
     from nbnet import config, search, tracking
 
@@ -53,6 +77,7 @@ def run_case(case: str, trials: int | None, workers: int) -> dict:
         tracking.ensure_experiment(cfg.name, uri)  # store creation is one-off, not per-sweep cost
         search._DATA_CACHE.clear()
         search.prepare_data(cfg)  # the data load, too (workers load their own copy; that is counted)
+        enqueue_same_trials(cfg, trials, uri)
         t0 = time.perf_counter()
         r = search.run_sweep(cfg, trials=trials, workers=workers, quiet=True, uri=uri)
         wall = time.perf_counter() - t0
