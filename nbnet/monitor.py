@@ -30,7 +30,8 @@ Thresholds (``psi``, ``ks``, ``tolerance``) come from, in order: the command-lin
 was trained with (stored in the model), and the defaults of :class:`nbnet.config.MonitorConfig`.
 
 Every check is an MLflow run in the experiment ``<registered model name>-monitoring`` (kept apart
-from the training runs, so the sweep's table stays comparable): params (thresholds, model URI,
+from the training runs, so the sweep's table stays comparable; for a run that is not registered,
+``<its experiment>-monitoring``, for a local file ``<file stem>-monitoring``): params (thresholds, model URI,
 version, run, data path, rows and hash), metrics (``psi/<feature>``, ``ks/<feature>``,
 ``psi_max``, ``ks_max``, ``drifted_features``, the metric on the new data, the recorded one and
 the drop), ``monitor/report.json`` and ``monitor/drift.csv``, and tags ``nbnet.verdict``
@@ -406,7 +407,7 @@ class _NoTags:
 def _log_run(rep: Report, ref, tcol, uri: str) -> None:
     from . import tracking
 
-    exp_name = f"{ref.name or _run_experiment(ref, uri) or 'nbnet'}-monitoring"
+    exp_name = f"{ref.name or _run_experiment(ref, uri) or Path(rep.model_uri).stem or 'nbnet'}-monitoring"
     exp = tracking.ensure_experiment(exp_name, uri)
     params = {"monitor.psi": rep.thresholds["psi"], "monitor.ks": rep.thresholds["ks"],
               "monitor.tolerance": rep.thresholds["tolerance"], "monitor.thresholds_from": rep.thresholds["source"],

@@ -244,3 +244,9 @@ def test_model_without_training_statistics_is_a_user_error(store, tmp_path, caps
     t.to_csv(tmp_path / "d.csv", index=False)
     code, _, err = run(["monitor", path, tmp_path / "d.csv"], capsys)
     assert code == 2 and "stores no training statistics" in err and err.count("\n") == 1
+    # a local model file with statistics is checked too (drift only: it has no recorded metric)
+    clf.set_params(preprocessing={"scale": "standard"}).fit(t[COLS].to_numpy(), t["label"].to_numpy())
+    clf.save(tmp_path / "local.nbnet")
+    code, out, err = run(["monitor", tmp_path / "local.nbnet", tmp_path / "d.csv", "--target", "label"], capsys)
+    assert code == 0, err
+    assert "no recorded validation value to compare" in out and "experiment local-monitoring" in out
