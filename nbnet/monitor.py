@@ -16,7 +16,8 @@
     non-missing values, evaluated at the stored bin edges (where the training CDF is known
     exactly). It is the KS statistic of the two samples binned at the training deciles — equal
     to ``scipy.stats.ks_2samp`` of the bin indices — and a lower bound of the statistic of the
-    raw samples, below it by at most about one bin's mass (0.1).
+    raw samples, below it by at most the largest share of either sample in one bin (0.1 for
+    the training deciles of a continuous feature).
 
   Both are noisy on small samples: with ``m`` new rows, PSI of data from the training
   distribution itself is about ``9 / m`` (10 bins), and KS about ``1 / sqrt(m)``.
@@ -293,8 +294,9 @@ class Report:
         elif m.get("recorded") is None:
             lines.append(f"metric: {m['key']} {_fmt(m['new'])} on the new data (no recorded validation value to compare)")
         else:
+            gap = f"worse by {_fmt(m['drop'])}" if m["drop"] is None or m["drop"] >= 0 else f"better by {_fmt(-m['drop'])}"
             lines.append(f"metric: {m['key']} {_fmt(m['new'])} on the new data vs {_fmt(m['recorded'])} recorded "
-                         f"(worse by {_fmt(m['drop'])}, tolerance {t['tolerance']:g})" + ("  FAIL" if m["failed"] else ""))
+                         f"({gap}, tolerance {t['tolerance']:g})" + ("  FAIL" if m["failed"] else ""))
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"verdict: {self.verdict.upper()}" + (f" ({'; '.join(self.reasons)})" if self.reasons else ""))
         if self.rollback:
