@@ -250,3 +250,27 @@ def test_model_without_training_statistics_is_a_user_error(store, tmp_path, caps
     code, out, err = run(["monitor", tmp_path / "local.nbnet", tmp_path / "d.csv", "--target", "label"], capsys)
     assert code == 0, err
     assert "no recorded validation value to compare" in out and "experiment local-monitoring" in out
+
+
+def test_regression_metric_is_minimized(store, tmp_path, capsys):
+    """For an error metric (val_rmse, minimize) the check fails when the error grows."""
+    from nbnet import MLPRegressor
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 3))
+    y = X @ np.array([1.0, 2.0, -1.0]) + 0.1 * rng.normal(size=300)
+    reg = MLPRegressor((8,), epochs=30, learning_rate=0.01, seed=0, preprocessing={"scale": "standard"}).fit(X, y)
+    run_id = tracking.start_run(tracking.ensure_experiment("regr"), run_name="fit")
+    tracking.log_model(run_id, reg, pd.DataFrame(X[:5], columns=["p", "q", "r"]))
+    rmse = float(np.sqrt(np.mean((reg.predict(X) - y) ** 2)))
+    tracking.log_metrics(run_id, {"val_rmse": rmse})
+    tracking.end_run(run_id)
+    assert tracking.register_champion("regr", run_id, "val_rmse", "minimize") == (1, True)
+    table = pd.DataFrame(X, columns=["p", "q", "r"])
+    table.assign(t=y).to_csv(tmp_path / "same.csv", index=False)
+    table.assign(t=y + 1.0).to_csv(tmp_path / "offset.csv", index=False)  # same inputs, the target moved
+    code, out, _ = run(["monitor", "models:/regr@champion", tmp_path / "same.csv", "--target", "t", "--json"], capsys)
+    m = json.loads(out)["metric"]
+    assert code == 0 and m["direction"] == "minimize" and m["new"] == pytest.approx(rmse, rel=1e-6)
+    code, out, _ = run(["monitor", "models:/regr@champion", tmp_path / "offset.csv", "--target", "t"], capsys)
+    assert code == 1 and "0 of 3 features" in out and "val_rmse" in out and "FAIL" in out
