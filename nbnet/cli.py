@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_commands(sub)
     _add_lifecycle_commands(sub)
     _add_deploy_commands(sub)
+    _add_viz_commands(sub)
     # Subcommands register themselves here: sub.add_parser(...).set_defaults(func=cmd_...)
     return parser
 
@@ -328,6 +329,31 @@ def cmd_update(args) -> int:
         print(f"run {r['run_id']} (no held-out rows: no validation metric)")
     print(f"registered: {r['model_uri']}  (alias challenger: {r['alias_uri']}; champion unchanged)")
     print(f"promote it through the gate:  {r['promote_command']}")
+    return 0
+
+
+# --- visualisation (issue 6): plot ----------------------------------------------------------------
+def _add_viz_commands(sub) -> None:
+    p = sub.add_parser("plot", help="write a run's figures (loss, gradient norms, activations, confusion, ROC) as PNGs",
+                       description="Draw RUN_ID's figures from its MLflow metrics and plots/evaluation.json (no "
+                                   "retraining): loss curves, per-layer gradient norms, per-layer activation statistics, "
+                                   "confusion matrix and ROC (classification) or predicted-vs-true (regression), and "
+                                   "the summary panel. For a sweep's parent run, its best trial is drawn and the "
+                                   "study's figures are copied. Store: MLFLOW_TRACKING_URI or ./mlruns.")
+    p.add_argument("run_id", metavar="RUN_ID", help="a trial's, nbnet train's or a sweep's parent run id")
+    p.add_argument("-o", "--output", metavar="DIR", help="folder for the PNGs (default: ./plots/RUN_ID)")
+    p.set_defaults(func=cmd_plot)
+
+
+def cmd_plot(args) -> int:
+    _headless()
+    from .plots import plot_run
+
+    paths, notes = plot_run(args.run_id, args.output)
+    for note in notes:
+        print(f"nbnet: {note}", file=sys.stderr)
+    for path in paths:
+        print(path)
     return 0
 
 

@@ -28,11 +28,12 @@
 * **Tracking.** One MLflow parent run per study (reopened on resume); one child run per trial
   with an explicit ``parent_run_id``, closed FINISHED / FAILED / KILLED (pruned) with the Optuna
   state as tag ``optuna.state``. Each child logs the flattened resolved config, per-epoch metrics
-  (batched), final validation/test metrics, cost metrics (``compile_seconds``,
-  ``train_seconds``, ``cpu_seconds``, ``tracking_seconds``), ``config.json``, learning-curve and
-  confusion-matrix PNGs and the model (pyfunc from code). The parent gets the best trial's
-  params and metric, summed costs, Optuna figures and ``trials.csv``; the best model is then
-  registered under the experiment's name and becomes ``champion`` if it beats the current one.
+  (batched; with per-layer activation statistics), final validation/test metrics, cost metrics
+  (``compile_seconds``, ``train_seconds``, ``cpu_seconds``, ``tracking_seconds``), ``config.json``,
+  ``plots/evaluation.json`` and ``plots/summary.png`` (:mod:`nbnet.plots`) and the model (pyfunc
+  from code). The parent gets the best trial's params and metric, summed costs, Optuna figures
+  and ``trials.csv``; the best model is then registered under the experiment's name and becomes
+  ``champion`` if it beats the current one.
 
 Example
 -------
@@ -231,7 +232,8 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
     est.config_ = C.to_dict(cfg)
     clock = _Clock()
     logger = tracking.MetricLogger(run_id, uri=uri) if run_id else None
-    cbs = ([logger] if logger else []) + list(callbacks)
+    from .viz import ActivationStats  # act_mean/std/dead_{l} per epoch, added to logs before the logger sees them
+    cbs = ([ActivationStats(data.X_val), logger] if logger else []) + list(callbacks)
     cost: dict = {}
     t0, c0 = time.perf_counter(), time.process_time()
     try:
@@ -277,22 +279,13 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
 
 
 def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, uri: str | None) -> str:
-    """config.json, learning curve, confusion matrix (classification) and the model."""
-    from . import viz
+    """config.json, plots/evaluation.json + plots/summary.png (nbnet.plots) and the model."""
+    from . import plots
 
     tracking.log_dict(run_id, C.to_dict(cfg), CONFIG_ARTIFACT, uri=uri)
     if data.cleaning_report:
         tracking.log_dict(run_id, data.cleaning_report, "data/cleaning_report.json", uri=uri)
-    tracking.log_figure(run_id, viz.learning_curve(est.history_, title=f"{cfg.name}"), "plots/learning_curve.png", uri=uri)
-    if data.task == "classification":
-        pred = est.predict(data.X_val)
-        classes = est.classes_
-        idx_t = np.searchsorted(classes, data.y_val)
-        idx_p = np.searchsorted(classes, pred)
-        cm = np.zeros((len(classes), len(classes)), np.int64)
-        np.add.at(cm, (idx_t, idx_p), 1)
-        fig = viz.confusion_matrix(cm, classes, title="validation split")
-        tracking.log_figure(run_id, fig, "plots/confusion_matrix.png", uri=uri)
+    plots.log_run_plots(run_id, est, data.X_val, data.y_val, data.task, uri, title=cfg.name)
     est.feature_names_in_ = list(data.dataset.feature_names)
     est.categories_ = dict(data.dataset.categories or {})
     return tracking.log_model(run_id, est, data.X_val[:5], uri=uri)

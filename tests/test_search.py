@@ -122,7 +122,8 @@ def test_sweep_tracks_every_trial_as_a_child_run(store, tmp_path):
         assert [h.step for h in c.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
         assert len(c.get_metric_history(run.info.run_id, "grad_norm_0")) == 3
         arts = {a.path for a in c.list_artifacts(run.info.run_id)} | {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
-        assert {"config.json", "plots/learning_curve.png", "plots/confusion_matrix.png"} <= arts
+        assert {"config.json", "plots/evaluation.json", "plots/summary.png"} <= arts
+        assert len(c.get_metric_history(run.info.run_id, "act_dead_0")) == 3  # activation statistics per epoch
     # the model of a trial loads and predicts like the pyfunc model
     best = c.get_run(r.best_run_id)
     est = __import__("nbnet").load(f"runs:/{r.best_run_id}/model")
