@@ -111,7 +111,7 @@ def test_callback_samples_a_fixed_subset_and_uses_the_preprocessing(blobs, max_r
     cb = viz.ActivationStats(Xbig * 10 + 3, **({"max_rows": max_rows} if max_rows else {}))
     clf = MLPClassifier((5,), epochs=1, seed=0, dtype="float64", preprocessing={"scale": "standard"})
     clf.fit(X * 10 + 3, y, callbacks=[cb])
-    k = max_rows or 256  # the default keeps the cost per epoch small (README: visualisation)
+    k = max_rows or 128  # the default keeps the cost per epoch small (README: visualisation)
     assert cb._Xt.shape == (k, 5)
     rows = np.sort(np.random.default_rng(0).choice(720, k, replace=False))  # drawn once, seeded
     np.testing.assert_array_equal(cb._Xt, clf._prepare_X((Xbig * 10 + 3)[rows], fit=False))
