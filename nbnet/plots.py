@@ -222,8 +222,8 @@ def plot_run(run_id: str, out_dir=None, *, uri: str | None = None) -> tuple[list
                          "nbnet sweep")
     ev = _download_json(c, rid, EVAL_ARTIFACT)
     if ev is None:
-        notes.append(f"run {rid} has no {EVAL_ARTIFACT} (logged by nbnet since issue 6): no confusion matrix, ROC "
-                     "or predicted-vs-true plot")
+        notes.append(f"run {rid} has no {EVAL_ARTIFACT} (a pruned or failed trial, or a run logged before nbnet wrote "
+                     "it): no confusion matrix, ROC or predicted-vs-true plot")
     out = Path(out_dir) if out_dir is not None else Path("plots") / run_id
     if out.exists() and not out.is_dir():
         raise NbnetError(f"output {str(out)!r} is a file; pass a folder with -o")

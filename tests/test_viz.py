@@ -138,6 +138,24 @@ def test_activation_history_survives_the_model_file(blobs, tmp_path):
     assert again.history_["act_dead"] == clf.history_["act_dead"]
 
 
+def test_callback_after_a_checkpoint_resume_keeps_one_entry_per_epoch(blobs, tmp_path):
+    """A fit resumed from a checkpoint written without the callback: the restored epochs get NaN,
+    the new ones statistics, and the lists stay aligned with the epochs."""
+    from nbnet.checkpoint import Checkpoint
+
+    X, y = blobs
+
+    def stop_after_2(epoch, logs):
+        return epoch == 2
+
+    ck = tmp_path / "fit.ckpt"
+    MLPClassifier((4,), epochs=4, seed=0).fit(X, y, callbacks=[Checkpoint(ck, delete_on_success=False), stop_after_2])
+    clf = MLPClassifier((4,), epochs=4, seed=0).fit(X, y, callbacks=[Checkpoint(ck), viz.ActivationStats(X)])
+    std = [v[0] for v in clf.history_["act_std"]]
+    assert len(std) == len(clf.history_["loss"]) == 4
+    assert [math.isnan(v) for v in std] == [True, True, False, False]
+
+
 # --- ROC and evaluation data ------------------------------------------------------------------------
 def test_roc_points_match_scikit_learn_with_ties():
     from sklearn.metrics import roc_auc_score, roc_curve
@@ -332,6 +350,20 @@ def test_plot_refuses_unknown_runs_and_runs_without_metrics(store, tmp_path, cap
     code, out, err = cli(["plot", bare, "-o", tmp_path / "x"], capsys)
     assert code == 2 and err.count("\n") == 1 and "no per-epoch metrics" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_plot_of_a_run_without_evaluation_data_draws_the_curves_and_says_so(store, tmp_path, blobs, capsys):
+    """A pruned or failed trial stops before its artifacts: the per-epoch metrics still plot."""
+    X, y = blobs
+    run = tracking.start_run(tracking.ensure_experiment("pruned"), run_name="trial-7")
+    with tracking.MetricLogger(run) as logger:
+        MLPClassifier((5, 3), epochs=3, seed=0).fit(X, y, validation_data=(X[:40], y[:40]),
+                                                  callbacks=[viz.ActivationStats(X[:40]), logger])
+    tracking.end_run(run, "KILLED")
+    code, out, err = cli(["plot", run, "-o", tmp_path / "k"], capsys)
+    assert code == 0, err
+    assert [Path(p).name for p in out.split()] == ["loss.png", "grad_norms.png", "activations.png", "summary.png"]
+    assert "no plots/evaluation.json" in err and err.count("\n") == 1
 
 
 def test_plot_without_a_store_says_where_to_run_it(tmp_path, monkeypatch, capsys):
