@@ -85,7 +85,8 @@ def config_checkpoint_path(name: str, config: dict, data_hash: str, root=None) -
 
 def history_logs(estimator, upto: int) -> list[tuple[int, dict]]:
     """``(epoch, logs)`` of epochs 1..upto rebuilt from ``history_``, with the keys the training
-    loop reports live (``loss``, ``grad_norm_l``, ``val_loss``, ``val_<score>``, ``epoch_time``):
+    loop reports live (``loss``, ``grad_norm_l``, ``val_loss``, ``val_<score>``, ``epoch_time``,
+    and ``act_*_l`` where activation statistics were recorded):
     a resumed run replays them to its tracker so its curves start at epoch 1."""
     h = estimator.history_
     score_key = f"val_{estimator._score_name}"
@@ -99,6 +100,11 @@ def history_logs(estimator, upto: int) -> list[tuple[int, dict]]:
             if v is not None and np.isfinite(v):
                 logs[key] = v
         logs["epoch_time"] = h["epoch_time"][i]
+        for key in ("act_mean", "act_std", "act_dead"):  # nbnet.viz.ActivationStats, when it ran
+            rows = h.get(key, [])
+            for j, v in enumerate(rows[i] if i < len(rows) and rows[i] is not None else ()):
+                if v is not None and np.isfinite(v):
+                    logs[f"{key}_{j}"] = v
         out.append((i + 1, logs))
     return out
 

@@ -394,3 +394,19 @@ def test_one_checkpoint_one_fit_at_a_time(tmp_path):
     est = MLPClassifier(**dict(BASE, epochs=9)).fit(X, y, callbacks=[ck := Checkpoint(path)])
     assert ck.resumed_from_epoch == 8 and est.n_epochs_ == 9
     assert [p.name for p in tmp_path.iterdir()] == []  # no lock file left behind
+
+
+def test_history_logs_replay_activation_statistics():
+    """A resumed run replays the restored epochs to its tracker, activation statistics included."""
+    from nbnet.checkpoint import history_logs
+    from nbnet.viz import ActivationStats
+
+    X, y = data()
+    est = MLPClassifier(**dict(BASE, epochs=4)).fit(X, y, callbacks=[ActivationStats(X, every=2)])
+    logs = dict(history_logs(est, 4))
+    assert sorted(logs) == [1, 2, 3, 4]
+    for epoch in (1, 3):  # every=2: epochs 1 and 3 have statistics, 2 and 4 do not
+        for j in range(2):
+            assert logs[epoch][f"act_dead_{j}"] == est.history_["act_dead"][epoch - 1][j]
+            assert logs[epoch][f"act_mean_{j}"] == est.history_["act_mean"][epoch - 1][j]
+    assert not any(k.startswith("act_") for k in logs[2]) and logs[4]["loss"] == est.history_["loss"][3]
