@@ -1127,8 +1127,6 @@ def list_studies(root: Path | None = None) -> list[tuple[str, Path]]:
 
 def best(study_name: str | None = None, storage: str | None = None) -> dict:
     """The best trial of a study: number, value, metric, params, run id and model URIs."""
-    import optuna
-
     if study_name is None:
         studies = list_studies()
         if not studies:
