@@ -404,6 +404,31 @@ class _BaseMLP:
         self._train(Xt, self._encode(y), None, 1, cfg, None, restore_best=False)
         return self
 
+    def fit_preprocessing(self, X, y):
+        """Fit only this estimator's ``preprocessing`` on (X, y); return ``(preprocessor, Xt)``:
+        the fitted :class:`nbnet.data.prep.Preprocessor` (None without preprocessing) and X
+        transformed, in the model's dtype. With :meth:`use_preprocessor` this lets many fits on
+        the same data (a sweep's trials) fit the preprocessing once: ``est.set_params(
+        preprocessing=None).fit(Xt, y)`` then ``est.use_preprocessor(pre, spec)`` gives the same
+        model as ``fit(X, y)`` with ``preprocessing=spec``."""
+        X = check_X(X, allow_nan=True) if self.preprocessing else check_X(X)
+        Xt = self._prepare_X(X, fit=True, y=_check_y(y, X.shape[0]))
+        return self.preprocessor_, Xt
+
+    def use_preprocessor(self, pre, spec) -> "_BaseMLP":
+        """Put a fitted preprocessor (from :meth:`fit_preprocessing`) in front of a model that
+        was trained on its output, so that ``predict`` takes raw X and ``save`` keeps it;
+        ``spec`` becomes the ``preprocessing`` parameter again."""
+        self._check_fitted()
+        if pre is not None and pre.n_features_out_ != self.n_features_in_:
+            raise NbnetError(f"the preprocessor gives {pre.n_features_out_} features and the model takes "
+                             f"{self.n_features_in_}; it was not trained on this preprocessor's output")
+        self.preprocessing = spec
+        self.preprocessor_ = pre
+        if pre is not None:
+            self.n_features_in_ = pre.n_features_in_
+        return self
+
     def _holdout(self, X, y):
         from .data.split import train_val_split
 

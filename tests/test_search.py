@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 import pytest
 
+import nbnet
 from nbnet import config as C
 from nbnet import search as S
 from nbnet import tracking
@@ -378,3 +379,24 @@ def test_cleaning_runs_before_the_split_and_its_report_is_logged(store, tmp_path
     out = S.train_run(cfg)
     report = tracking.client(store).download_artifacts(out["run_id"], "data/cleaning_report.json", str(tmp_path))
     assert json.loads(Path(report).read_text())["rows_out"] == 89
+
+
+@pytest.mark.parametrize("pre", ["{'scale': 'standard'}", "{'scale': 'robust', 'select_k': 6, 'pca': 4}", "{}"])
+def test_trials_fit_the_preprocessing_once_and_get_the_same_model(tmp_path, pre):
+    """train_once fits the preprocessing once per data set and reuses it for later trials; the
+    model equals one fitted with the preprocessing inside fit, and takes raw X."""
+    cfg = experiment(tmp_path, overrides=[f"data.preprocessing={pre}"])
+    data = S.prepare_data(cfg)
+    S._PREP_CACHE.clear()
+    est, _ = S.train_once(cfg, data=data)
+    (cached,) = S._PREP_CACHE.values()
+    est2, _ = S.train_once(C.with_values(cfg, {"train.learning_rate": 0.02}), data=data)
+    assert list(S._PREP_CACHE.values()) == [cached]  # the second trial reused it
+    ref = S.build_estimator(cfg, data).fit(data.X_train, data.y_train, validation_data=(data.X_val, data.y_val))
+    for a, b in zip(est.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert est.get_params() == ref.get_params() and est.n_features_in_ == ref.n_features_in_ == data.X_train.shape[1]
+    np.testing.assert_array_equal(est.predict_proba(data.X_val), ref.predict_proba(data.X_val))
+    est.save(tmp_path / "m.nbnet")
+    np.testing.assert_array_equal(nbnet.load(tmp_path / "m.nbnet").predict(data.X_val), ref.predict(data.X_val))
+    assert est2.preprocessor_ is est.preprocessor_ and cached[0] is est.preprocessor_
