@@ -152,6 +152,7 @@ def load_labelled(data, spec, target: str | None, est, *, require_target: bool =
     ``(X, y or None, target column or None)``. The target is ``target`` if given (it must exist),
     else the training config's ``data.target`` (NPZ: ``y``) when the file has it."""
     from .data.load import read_features
+    from .tracking import input_columns
 
     path = Path(str(data).split(":", 1)[1] if re.match(r"^(csv|parquet|npz):", str(data)) else str(data))
     if not path.is_file():
@@ -172,16 +173,7 @@ def load_labelled(data, spec, target: str | None, est, *, require_target: bool =
     if target is None and require_target:
         raise NbnetError(f"{path.name} needs labels: pass --target COLUMN (the label column)")
     n_feat = est.n_features_in_
-    generic = names is None or (not cats and names == [f"x{j}" for j in range(n_feat)])
-    if generic and not npz:  # the model does not know its column names: the file's, in order
-        feat_cols = [c for c in cols if c != target]
-        if names is None or not set(names) <= set(feat_cols):
-            if len(feat_cols) != n_feat:
-                raise NbnetError(f"{path.name} has {len(feat_cols)} feature columns but the model takes {n_feat} "
-                                 "(and stores no column names to pick them by)")
-            names = feat_cols
-    if names is None:
-        names = [f"x{j}" for j in range(n_feat)]
+    names = input_columns(est, names, cats, None if npz else [c for c in cols if c != target], path.name)
     X, y = read_features(path, feature_names=names, categories=cats, target=target)
     if len(X) == 0:
         raise NbnetError(f"{path.name} holds no rows")

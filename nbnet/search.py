@@ -1275,26 +1275,15 @@ def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool
                 tracking.end_run(dead, "KILLED", uri=uri)
     if checkpoint_every is not None:
         ck = checkpoint.Checkpoint(ck_path, every=checkpoint_every, fingerprint=data.hash, extra={"run_id": run_id})
-    status = "FAILED"
-    try:
+    with tracking.closing(run_id, uri):
         # Ctrl-C / SIGTERM: stop at the next epoch boundary, run KILLED; system metrics sampled meanwhile
         with interrupt.graceful(), resources.SystemMetrics(run_id, uri=uri):
             est, metrics = train_once(cfg, run_id=run_id, uri=uri, data=data,
                                       callbacks=([ck] if ck else []) + [interrupt.check])
         if ck is not None and ck.resumed_from_epoch:
-            replay = tracking.MetricLogger(run_id, uri=uri)
-            for epoch, logs in checkpoint.history_logs(est, ck.resumed_from_epoch):
-                replay(epoch, logs)
-            replay.flush()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except NbnetError as e:
-        tracking.set_tags(run_id, {"nbnet.reason": str(e)}, uri=uri)
-        raise
-    finally:
-        tracking.end_run(run_id, status, uri=uri)
+            with tracking.MetricLogger(run_id, uri=uri) as replay:
+                for epoch, logs in checkpoint.history_logs(est, ck.resumed_from_epoch):
+                    replay(epoch, logs)
     out = {"run_id": run_id, "experiment_id": exp_id, "metrics": metrics, "model_uri": f"runs:/{run_id}/{tracking.MODEL_NAME}",
            "registered": None, "champion": False, "resumed_from_epoch": ck.resumed_from_epoch if ck is not None else 0}
     if register:

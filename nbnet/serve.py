@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import NbnetError
-from .tracking import default_tracking_uri, load_model
+from .tracking import default_tracking_uri, input_columns, load_model
 
 # --- batch prediction (nbnet predict) -------------------------------------------------------------
 _OUTPUT_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
@@ -129,18 +129,7 @@ def predict_file(model: str, input_path, output_path, *, proba: bool = False, ch
     est, (names, cats) = load_model(model)
     if proba and not hasattr(est, "predict_proba"):
         raise NbnetError("--proba needs a classifier; this model is a regressor")
-    n_feat = est.n_features_in_
-    generic = names is None or (not cats and names == [f"x{j}" for j in range(n_feat)])
-    if generic and inp.suffix.lower() != ".npz":
-        # the model does not know its column names: take the file's columns in order
-        cols = _file_columns(inp)
-        if names is None or not set(names) <= set(cols):
-            if len(cols) != n_feat:
-                raise NbnetError(f"{inp.name} has {len(cols)} columns but the model takes {n_feat} features "
-                                 "(and stores no column names to pick them by)")
-            names = cols
-    if names is None:
-        names = [f"x{j}" for j in range(n_feat)]
+    names = input_columns(est, names, cats, None if inp.suffix.lower() == ".npz" else _file_columns(inp), inp.name)
     bar = _Progress(_input_rows(inp), stream=progress)
     chunks = iter_feature_chunks(inp, chunk_rows, feature_names=names, categories=cats)
     rows = 0

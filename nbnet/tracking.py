@@ -258,15 +258,26 @@ def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> No
 @contextlib.contextmanager
 def run(experiment_id: str, *, run_name: str, parent_run_id: str | None = None, tags=None,
         params=None, uri: str | None = None):
-    """``with run(...) as run_id:`` — FINISHED on success, KILLED on Ctrl-C, FAILED otherwise."""
+    """``with run(...) as run_id:`` — a new run, closed as :func:`closing` does."""
     run_id = start_run(experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags,
                        params=params, uri=uri)
+    with closing(run_id, uri):
+        yield run_id
+
+
+@contextlib.contextmanager
+def closing(run_id: str, uri: str | None = None):
+    """Ends ``run_id`` with the block: FINISHED on success, KILLED on Ctrl-C/SIGTERM, FAILED
+    otherwise, with a user error's one line as the ``nbnet.reason`` tag."""
     status = "FAILED"
     try:
         yield run_id
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except NbnetError as e:
+        set_tags(run_id, {"nbnet.reason": str(e)}, uri=uri)
         raise
     finally:
         end_run(run_id, status, uri=uri)
@@ -482,6 +493,21 @@ def feature_spec(estimator, model_config: dict | None = None) -> tuple[list[str]
     if names is None and model_config:
         names, cats = model_config.get("feature_names"), model_config.get("categories")
     return (None if names is None else [str(n) for n in names]), dict(cats or {})
+
+
+def input_columns(estimator, names: list[str] | None, categories: dict, file_columns: list[str] | None,
+                  label: str) -> list[str]:
+    """The raw columns to read for ``estimator``: its own ``names``, or, for a model that stores
+    none (``x0, x1, ...``), the file's feature columns in order (``file_columns``; None where the
+    file has no column names, e.g. NPZ). ``label`` names the file in the error."""
+    n = estimator.n_features_in_
+    generic = names is None or (not categories and names == [f"x{j}" for j in range(n)])
+    if generic and file_columns is not None and (names is None or not set(names) <= set(file_columns)):
+        if len(file_columns) != n:
+            raise NbnetError(f"{label} has {len(file_columns)} feature columns but the model takes {n} "
+                             "(and stores no column names to pick them by)")
+        names = list(file_columns)
+    return names if names is not None else [f"x{j}" for j in range(n)]
 
 
 def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_features: int) -> np.ndarray:

@@ -98,10 +98,8 @@ def update(model_uri: str, data, *, target: str | None = None, epochs: int = 10,
     tags = tracking.standard_tags(data_hash=dh, seed=est.seed)
     tags.update({"nbnet.kind": "update", "nbnet.updated_from": f"models:/{ref.name}/{ref.version}"})
     run_id = tracking.start_run(exp, run_name=f"update-v{ref.version}", tags=tags, params=params, uri=uri)
-    logger = tracking.MetricLogger(run_id, uri=uri)
-    status = "FAILED"
     final: dict = {}
-    try:
+    with tracking.closing(run_id, uri), tracking.MetricLogger(run_id, uri=uri) as logger:
         with interrupt.graceful():
             for epoch in range(1, epochs + 1):
                 t0 = time.perf_counter()
@@ -126,16 +124,6 @@ def update(model_uri: str, data, *, target: str | None = None, epochs: int = 10,
             logger.log(k, v, epochs)
         logger.flush()
         tracking.log_model(run_id, est, Xtr[:5], uri=uri, feature_names=names, categories=cats)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except NbnetError as e:
-        tracking.set_tags(run_id, {"nbnet.reason": str(e)}, uri=uri)
-        raise
-    finally:
-        logger.flush()
-        tracking.end_run(run_id, status, uri=uri)
 
     new = registry.create_version(ref.name, run_id, uri)
     version = int(new.version)
