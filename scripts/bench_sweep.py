@@ -15,12 +15,12 @@ before it starts (see ``enqueue_same_trials``), so rates with 1 and 2 workers co
 
 Cases (the shipped experiment files):
   digits     experiments/digits.toml (1797 × 64, 30 epochs): sub-second trials, where the fixed
-             per-run cost of tracking (run, plots, pyfunc model: about 0.6 s) is most visible
-  synthetic  experiments/synthetic.toml (60 000 × 784, 10 classes) cut to 2 epochs: trials of
-             tens of seconds, the size the ≤ 3 % target is meant for
+             per-run cost of tracking (run, metrics, panel, pyfunc model) is most visible
+  synthetic  experiments/synthetic.toml (60 000 × 784, 10 classes, 10 epochs): trials of
+             seconds, the benchmark-sized sweep
 
 Usage:
-  python scripts/bench_sweep.py                       # both cases, 1 and 2 workers (10 / 4 trials)
+  python scripts/bench_sweep.py                       # both cases, 1 and 2 workers (30 / 12 trials)
   python scripts/bench_sweep.py --case digits --trials 20 --workers 1
 Writes a Markdown table to stdout and JSON to bench_out/sweep.json.
 """
@@ -38,8 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {  # name: (experiment file, overrides, default trials)
-    "digits": ("digits", ["search.sampler=random", "search.pruner=none"], 10),
-    "synthetic": ("synthetic", ["search.sampler=random", "search.pruner=none", "train.epochs=2"], 4),
+    "digits": ("digits", ["search.sampler=random", "search.pruner=none"], 30),
+    "synthetic": ("synthetic", ["search.sampler=random", "search.pruner=none"], 12),
 }
 
 
@@ -102,7 +102,7 @@ def run_case(case: str, trials: int | None, workers: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
-    ap.add_argument("--trials", type=int, help="trials per run (default: 10 for digits, 4 for synthetic)")
+    ap.add_argument("--trials", type=int, help="trials per run (default: 30 for digits, 12 for synthetic)")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "sweep.json"))
     args = ap.parse_args()
