@@ -336,8 +336,8 @@ def check(model_uri: str, data, *, target: str | None = None, psi: float | None 
     pre = getattr(est, "preprocessor_", None)
     stats = getattr(pre, "stats_", None) if pre is not None else None
     if not stats or "counts" not in stats:
-        raise NbnetError(f"{model_uri} stores no training statistics to compare with (it was trained without "
-                         "preprocessing); retrain it with [data] preprocessing set, e.g. { scale = \"standard\" }")
+        raise NbnetError(f"{model_uri} stores no training statistics to compare with (a model fitted by hand "
+                         "without preprocessing); train it with nbnet train/sweep, or fit with preprocessing set")
     th = thresholds(est, psi=psi, ks=ks, tolerance=tolerance, experiment=experiment)
     X, y, tcol = load_labelled(data, spec, target, est)
     names = spec[0] if spec[0] is not None and len(spec[0]) == X.shape[1] else [f"x{j}" for j in range(X.shape[1])]

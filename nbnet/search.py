@@ -285,15 +285,21 @@ _PREP_CACHE: dict = {}
 
 
 def _preprocessed(est, data: Data) -> tuple:
-    """``(fitted preprocessor or None, X_train, X_val)`` in the model's dtype, for ``est``'s
-    preprocessing on ``data``: fitted once per data set, spec and dtype and reused by every later
-    trial of the process (fitting the statistics and scaling of 54 000 × 784 takes seconds, more
-    than a short trial's training). The result equals fitting inside ``est.fit``."""
+    """``(fitted preprocessor, X_train, X_val)`` in the model's dtype, for ``est``'s preprocessing
+    on ``data``: fitted once per data set, spec and dtype and reused by every later trial of the
+    process (fitting the statistics and scaling of 54 000 × 784 takes seconds, more than a short
+    trial's training). The result equals fitting inside ``est.fit``; without preprocessing it is
+    a pass-through that records the training statistics, so every tracked model can be monitored
+    for drift."""
     key = (data.hash, json.dumps(est.preprocessing, sort_keys=True, default=str), est.dtype, type(est).__name__)
     hit = _PREP_CACHE.get(key)
     if hit is None:
         pre, Xt = est.fit_preprocessing(data.X_train, data.y_train)
-        Xv = data.X_val if pre is None else pre.transform(np.asarray(data.X_val, np.float64))
+        if pre is None:  # no preprocessing: a pass-through one still keeps the training statistics (nbnet monitor)
+            from .data.prep import Preprocessor
+
+            pre = Preprocessor.from_spec({}).fit(np.asarray(data.X_train, np.float64))
+        Xv = pre.transform(np.asarray(data.X_val, np.float64))
         hit = (pre, Xt, np.ascontiguousarray(Xv, Xt.dtype))
         _PREP_CACHE.clear()  # one data set at a time
         _PREP_CACHE[key] = hit

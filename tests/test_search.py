@@ -400,3 +400,4 @@ def test_trials_fit_the_preprocessing_once_and_get_the_same_model(tmp_path, pre)
     est.save(tmp_path / "m.nbnet")
     np.testing.assert_array_equal(nbnet.load(tmp_path / "m.nbnet").predict(data.X_val), ref.predict(data.X_val))
     assert est2.preprocessor_ is est.preprocessor_ and cached[0] is est.preprocessor_
+    assert est.preprocessor_.stats_["mean"].shape == (data.X_train.shape[1],)  # for nbnet monitor, always
