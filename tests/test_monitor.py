@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tables import COLS, make_table
+
 from nbnet import config as C
 from nbnet import monitor, registry, search, tracking
 from nbnet.cli import main
 from nbnet.data.prep import N_BINS, feature_stats
 
-COLS = list("abcd")
 
 
 # --- the statistics ---------------------------------------------------------------------------
@@ -102,14 +103,6 @@ def test_metric_keys_are_mlflow_safe():
 
 
 # --- end to end on a real store ------------------------------------------------------------------
-W = np.random.default_rng(0).normal(size=(4, 3))
-
-
-def make_table(n: int, seed: int, shift=0.0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4))
-    y = (X @ W).argmax(1)
-    return pd.DataFrame(X + shift, columns=COLS).assign(label=y)
 
 
 @pytest.fixture(scope="module")

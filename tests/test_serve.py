@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.request
 
@@ -18,17 +14,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from servers import cli_server, free_port
 from test_predict_cli import COLS, champion, store  # noqa: F401 (fixtures)
 
 import nbnet
 from nbnet.cli import main
 from nbnet.serve import group_alive, model_dir
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body, content_type: str = "application/json"):
@@ -46,33 +37,12 @@ def _post(url: str, body, content_type: str = "application/json"):
 @pytest.fixture
 def server(champion, tmp_path):  # noqa: F811
     """``nbnet serve models:/iris@champion --workers 2`` as a real process; yields (URL, process, pgid)."""
-    port = _free_port()
-    log = open(tmp_path / "serve.stderr", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "nbnet", "serve", "models:/iris@champion", "--port", str(port),
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-    ready, found = threading.Event(), {}
-
-    def drain():  # keep reading so the server never blocks on a full pipe
-        for line in proc.stdout:
-            m = re.search(r"serving \S+ at (http://\S+)/invocations\s+\(process group (\d+)", line)
-            if m and not ready.is_set():
-                found["url"], found["pgid"] = m.group(1), int(m.group(2))
-                ready.set()
-        ready.set()  # the process ended
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        assert ready.wait(timeout=240), "nbnet serve did not report its URL within 240 s"
-        assert "url" in found, f"nbnet serve exited ({proc.poll()}): {(tmp_path / 'serve.stderr').read_text()[-2000:]}"
-        assert found["url"] == f"http://127.0.0.1:{port}"
-        yield found["url"], proc, found["pgid"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            if "pgid" in found:
-                os.killpg(found["pgid"], signal.SIGKILL)
-        proc.wait(timeout=60)
-        log.close()
+    port = free_port()
+    with cli_server(["serve", "models:/iris@champion", "--port", str(port), "--workers", "2"],
+                    r"serving \S+ at (http://\S+)/invocations\s+\(process group (\d+)", tmp_path / "serve.stderr") as (
+            url, proc, pgid):
+        assert url == f"http://127.0.0.1:{port}"
+        yield url, proc, pgid
 
 
 @pytest.mark.slow
@@ -139,10 +109,10 @@ def test_serve_user_errors_are_one_line(champion, tmp_path, capsys):  # noqa: F8
             (["models:/iris@champion", "--port", 0], "--port must be in 1..65535"),
             (["models:/iris@champion", "--port", 70000], "--port must be in 1..65535"),
             (["models:/iris@champion", "--workers", 0], "--workers must be a positive integer"),
-            (["models:/no-such-model@champion", "--port", _free_port()], "could not fetch model"),
-            ([f"runs:/{run_id}/nothing-here", "--port", _free_port()], "could not fetch model"),
-            ([tmp_path / "missing.nbnet", "--port", _free_port()], "neither an MLflow model URI"),
-            ([junk, "--port", _free_port()], "corrupt or truncated"),
+            (["models:/no-such-model@champion", "--port", free_port()], "could not fetch model"),
+            ([f"runs:/{run_id}/nothing-here", "--port", free_port()], "could not fetch model"),
+            ([tmp_path / "missing.nbnet", "--port", free_port()], "neither an MLflow model URI"),
+            ([junk, "--port", free_port()], "corrupt or truncated"),
         ]
         for argv, msg in cases:
             code = main(["serve", *map(str, argv)])

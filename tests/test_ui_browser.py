@@ -4,16 +4,14 @@ Chromium (Debian's, driven by Playwright) finding the experiment, the trial runs
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from servers import cli_server, free_port
 
 from nbnet import MLPClassifier, tracking
 from nbnet.serve import group_alive
@@ -25,12 +23,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 EXPERIMENT = "digits-ui-e2e"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -67,36 +59,17 @@ def chromium():
 @pytest.fixture
 def ui(chromium, store, tmp_path):
     """``nbnet ui`` in its own process group; yields (base URL, the server's process group)."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, MLFLOW_TRACKING_URI=store["uri"])
-    log = open(tmp_path / "ui.stderr", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "nbnet", "ui", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-    ready, found = threading.Event(), {}
-
-    def drain():  # keep reading so the server never blocks on a full pipe
-        for line in proc.stdout:
-            m = re.search(r"MLflow UI for .*: (http://\S+)\s+\(process group (\d+)", line)
-            if m and not ready.is_set():
-                found["url"], found["pgid"] = m.group(1), int(m.group(2))
-                ready.set()
-        ready.set()  # the process ended
-
-    threading.Thread(target=drain, daemon=True).start()
-    try:
-        assert ready.wait(timeout=180), "nbnet ui did not report its URL within 180 s"
-        assert "url" in found, f"nbnet ui exited ({proc.poll()}): {(tmp_path / 'ui.stderr').read_text()[-2000:]}"
-        assert found["url"] == f"http://127.0.0.1:{port}"
-        yield found["url"], found["pgid"]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # nbnet ui stops the server's group, then exits
-        proc.wait(timeout=60)
-        log.close()
-        if "pgid" in found:
-            assert not group_alive(found["pgid"]), "mlflow server processes outlived nbnet ui"
-            with socket.socket() as s:
-                assert s.connect_ex(("127.0.0.1", port)) != 0, "the UI port still answers"
+    with cli_server(["ui", "--port", str(port)], r"MLflow UI for .*: (http://\S+)\s+\(process group (\d+)",
+                    tmp_path / "ui.stderr", env=env, timeout=180) as (url, proc, pgid):
+        assert url == f"http://127.0.0.1:{port}"
+        yield url, pgid
+        os.killpg(proc.pid, signal.SIGTERM)  # nbnet ui stops the server's group, then exits
+        assert proc.wait(timeout=60) == 0
+    assert not group_alive(pgid), "mlflow server processes outlived nbnet ui"
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the UI port still answers"
 
 
 def test_ui_shows_experiment_trials_and_metric(chromium, store, ui, tmp_path):

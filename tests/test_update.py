@@ -7,20 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tables import COLS, make_table
+
 from nbnet import MLPClassifier, registry, tracking
 from nbnet.cli import main
 from nbnet.monitor import score
 
-COLS = list("abcd")
-W = np.random.default_rng(0).normal(size=(4, 3))
 SHIFT = np.array([2.0, 0.0, -1.5, 0.0])
-
-
-def make_table(n: int, seed: int, shift=0.0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4))
-    y = (X @ W).argmax(1)
-    return pd.DataFrame(X + shift, columns=COLS).assign(label=y)
 
 
 @pytest.fixture(scope="module")
