@@ -680,10 +680,12 @@ def _rows_pass(t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, los
         return
     L = acts.shape[0]
     A0 = _mat(Abuf, off[0], B, sizes[0])
-    for i in range(r0, r1):
-        r = idx[s + i]
-        A0[i] = X[r]
-        Yb[i] = Y[r]
+    for i in range(r0, r1):  # element loops: a row assignment (A0[i] = X[r]) compiles numba's
+        r = idx[s + i]           # shape-mismatch message formatting, ~1.5 s of every cold start
+        for j in range(X.shape[1]):
+            A0[i, j] = X[r, j]
+        for j in range(Y.shape[1]):
+            Yb[i, j] = Y[r, j]
     one, zero = 1.0, 0.0
     for l in range(L):
         W, b = layer_views(params, w_off, b_off, sizes, l)
@@ -811,8 +813,10 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         if kind == OPT_SGD:
             c[0], c[1], c[2] = hp[HP_LR], mom, hp[HP_WD]
         else:
-            c[:] = adam_coefficients(hp[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS], hp[HP_WD],
+            coef = adam_coefficients(hp[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS], hp[HP_WD],
                                      kind == OPT_ADAMW, step_t)
+            for j in range(coef.shape[0]):
+                c[j] = coef[j]
         _batch_parallel(np.int64(1), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
                         Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
         for t in range(T):
