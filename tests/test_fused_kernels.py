@@ -60,8 +60,8 @@ def _run(fn, lay, params, X, Y, loss, hp, opt, epochs=2, T=None):
     for _ in range(epochs):
         if T is None:
             fn(*args, stats)
-        else:
-            fn(*args, stats, np.int64(T))
+        else:  # the fused kernel takes the clipping bound as an argument (None: no clipping path compiled)
+            fn(*args, stats, np.int64(T), hp[K.HP_CLIP] if hp[K.HP_CLIP] > 0 else None)
     return p, m, v, stats, opt
 
 
@@ -217,3 +217,4 @@ def test_fused_kernels_write_nothing_outside_their_arrays(T):
     K.forward_fused(X, p, *lay.kernel_args(), 0, out)
     for big in (bp, bg, bm, bv, bo):
         assert (big[:pad] == 7.0).all() and (big[-pad:] == 7.0).all()
+

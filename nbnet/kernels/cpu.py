@@ -768,21 +768,21 @@ def _batch_parallel(phase, T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b
 
 
 @njit(**_JIT)
-def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats, T):
+def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats, T, clip=None):
     """``train_epoch`` on numba's threads with the single-threaded GEMM of ``nbnet.kernels.blas``,
     each mini-batch cut into ``T`` parts (pass ``numba.get_num_threads()``; results depend on ``T``
     only in the last bits of float sums, and not at all from run to run).
 
     Same arguments and results as ``train_epoch_reference``; no dropout or augmentation (the
     dispatcher ``train_epoch`` sends those to the reference). X, Y, params, grads, m, v share
-    one dtype and are C-contiguous.
+    one dtype and are C-contiguous. ``clip``: the gradient-norm bound (``hp[HP_CLIP]``) or None;
+    with None numba prunes the clipping path (the unfused step) and never compiles it.
     """
     n = X.shape[0]
     L = acts.shape[0]
     B = min(opt[OPT_BATCH], n)
     kind, nesterov = opt[OPT_KIND], opt[OPT_NESTEROV] != 0
-    clip = hp[HP_CLIP]
-    fuse_step = not clip > 0
+    fuse_step = clip is None  # with clipping the step waits for the global gradient norm
     dt = params.dtype
     off = np.zeros(L + 2, np.int64)
     for l in range(L + 1):
@@ -822,7 +822,7 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         for t in range(T):
             for l in range(L):
                 layer_ss[l] += ss[t, l]
-        if not fuse_step:
+        if clip is not None:
             clip_grad_norm(grads, clip)
             optimizer_step(params, grads, m, v, kind, hp, nesterov, step_t)
         n_batches += 1
@@ -886,7 +886,7 @@ def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, 
             and X.shape[0] > 0 and _fusable((X, Y, params, grads, m, v))):
         with parallel_guard(), blas.single_threaded():
             train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats,
-                              np.int64(get_num_threads()))
+                              np.int64(get_num_threads()), hp[HP_CLIP] if hp[HP_CLIP] > 0 else None)
     else:
         train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats)
 
