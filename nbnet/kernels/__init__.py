@@ -123,3 +123,52 @@ def cache_misses(module: ModuleType) -> int:
 
     return sum(sum(d.stats.cache_misses.values()) for d in vars(module).values()
                if isinstance(d, numba.core.registry.CPUDispatcher))
+
+
+def _serialize_cache_writes() -> None:
+    """Make numba's on-disk cache safe for processes that compile at the same moment.
+
+    numba saves an entry by reading the function's index, taking the first free data-file name,
+    writing the index, then the data: two processes saving different entries (signatures) of one
+    function at once can take the same name, and the index then points at the other entry's code,
+    which a later process loads and runs. nbnet's processes do compile at once (sweep workers;
+    ``kernels.compile_lock`` covers only the first compile of a process). Here every save holds an
+    ``flock`` on ``.numba-cache-write.lock`` in the cache folder, re-reads the index under it, and
+    writes the data before the index, so a reader never finds an entry whose file is missing.
+    """
+    import itertools
+    import os
+
+    try:
+        import fcntl
+
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:  # pragma: no cover  (Windows, or another numba)
+        return
+    original = IndexDataCacheFile.save
+    if getattr(original, "nbnet_locked", False) or not hasattr(IndexDataCacheFile, "_load_index"):
+        return
+
+    def save(self, key, data):
+        try:
+            fd = os.open(os.path.join(self._cache_path, ".numba-cache-write.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError:
+            return original(self, key, data)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            overloads = self._load_index()
+            name = overloads.get(key)
+            if name is None:
+                used = set(overloads.values())
+                name = next(n for n in map(self._data_name, itertools.count(1)) if n not in used)
+            self._save_data(name, data)
+            overloads[key] = name
+            self._save_index(overloads)
+        finally:
+            os.close(fd)  # releases the lock
+
+    save.nbnet_locked = True
+    IndexDataCacheFile.save = save
+
+
+_serialize_cache_writes()
