@@ -454,18 +454,11 @@ class _BaseMLP:
 
     @staticmethod
     def _warm_up(K_, dtype) -> None:
-        lay = Layout.build(2, (2,), 2, "relu")
-        X = np.zeros((3, 2), dtype)
-        Y = np.zeros((3, 2), dtype)
-        p = np.zeros(lay.n_params, dtype)
-        hp = optim.hyper_vector(lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, l2=0, momentum=0,
-                                clip_norm=None, dropout=0, noise=0, mixup=0)
-        opt = np.array([K.OPT_ADAM, 0, 2, 0, 0, 0, 1], np.int64)
-        dev = K_.to_device
-        K_.train_epoch(dev(X), dev(Y), dev(p), dev(p.copy()), dev(p.copy()), dev(p.copy()), *lay.kernel_args(),
-                       K.LOSS_SOFTMAX_CE, hp, opt, K.seed_state(0), np.zeros(1 + lay.n_layers))
-        K_.forward(dev(X), dev(p), *lay.kernel_args(), K.LOSS_SOFTMAX_CE, dev(np.zeros((3, 2), dtype)))
-        K_.eval_loss(dev(X), dev(Y), dev(p), *lay.kernel_args(), K.LOSS_SOFTMAX_CE)
+        helper = _compile_forward_elsewhere(K_, dtype)
+        _warm_epoch(K_, dtype)
+        if helper is not None:
+            helper.wait()  # it wrote forward's cache entries: the calls below load them
+        _warm_forward(K_, dtype)
 
     def _train(self, X, Y, val, n_epochs, cfg, callbacks, restore_best):
         K_ = backend(self._device())
@@ -641,6 +634,56 @@ class _BaseMLP:
         """Write the model (weights, optimizer state, preprocessing, config) atomically."""
         write_bundle(path, *self.to_bundle())
 
+
+
+# --- compiling the kernels ----------------------------------------------------------------------
+_WARM_LAYOUT = (2, (2,), 2, "relu")  # a tiny problem: the kernels' types, not their sizes, matter
+
+
+def _warm_epoch(K_, dtype) -> None:
+    lay = Layout.build(*_WARM_LAYOUT)
+    X, Y, p = np.zeros((3, 2), dtype), np.zeros((3, 2), dtype), np.zeros(lay.n_params, dtype)
+    hp = optim.hyper_vector(lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, l2=0, momentum=0,
+                            clip_norm=None, dropout=0, noise=0, mixup=0)
+    opt = np.array([K.OPT_ADAM, 0, 2, 0, 0, 0, 1], np.int64)
+    dev = K_.to_device
+    K_.train_epoch(dev(X), dev(Y), dev(p), dev(p.copy()), dev(p.copy()), dev(p.copy()), *lay.kernel_args(),
+                   K.LOSS_SOFTMAX_CE, hp, opt, K.seed_state(0), np.zeros(1 + lay.n_layers))
+
+
+def _warm_forward(K_, dtype) -> None:
+    lay = Layout.build(*_WARM_LAYOUT)
+    X, Y, p = np.zeros((3, 2), dtype), np.zeros((3, 2), dtype), np.zeros(lay.n_params, dtype)
+    dev = K_.to_device
+    K_.forward(dev(X), dev(p), *lay.kernel_args(), K.LOSS_SOFTMAX_CE, dev(np.zeros((3, 2), dtype)))
+    K_.eval_loss(dev(X), dev(Y), dev(p), *lay.kernel_args(), K.LOSS_SOFTMAX_CE)
+
+
+def _compile_forward_elsewhere(K_, dtype):
+    """On a cold numba cache, compile the forward kernels in a child process while this one
+    compiles the epoch kernels: the two longest compiles (~9 s and ~2 s) run on two cores, and
+    the cold start is the longer one. The child writes numba's on-disk cache (writes serialized
+    by ``kernels._serialize_cache_writes``), which this process then loads. Returns the child
+    (``Popen``), or None where it would not help: a warm cache, one core, a backend other than
+    the CPU, a numba whose cache this cannot see, ``NBNET_PARALLEL_COMPILE=0``."""
+    import os
+    import subprocess
+
+    if K_ is not K or (os.cpu_count() or 1) < 2 or os.environ.get("NBNET_PARALLEL_COMPILE", "1") == "0":
+        return None
+    try:
+        index = K.forward_fused._cache._cache_file._index_path
+    except AttributeError:  # another numba, or caching off
+        return None
+    if os.path.exists(index):
+        return None
+    code = ("import sys; from nbnet.estimator import _warm_forward; from nbnet.kernels import cpu; "
+            "_warm_forward(cpu, sys.argv[1])")
+    try:
+        return subprocess.Popen([sys.executable, "-c", code, np.dtype(dtype).name],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
 
 _COMPILED: set = set()
 

@@ -212,9 +212,32 @@ def test_fused_kernels_write_nothing_outside_their_arrays(T):
                                                                np.zeros_like(params)))
     for batch in (1, 7, 16, 61):
         K.train_epoch_fused(X, Y, p, g, m, v, *lay.kernel_args(), K.LOSS_SOFTMAX_CE, _hp(), _opt(K.OPT_ADAM, batch),
-                            K.seed_state(0), np.zeros(1 + lay.n_layers), np.int64(T))
+                            K.seed_state(0), np.zeros(1 + lay.n_layers), np.int64(T), None)
     bo, out = padded(np.zeros((61, 5), np.float32))
     K.forward_fused(X, p, *lay.kernel_args(), 0, out)
     for big in (bp, bg, bm, bv, bo):
         assert (big[:pad] == 7.0).all() and (big[-pad:] == 7.0).all()
 
+
+
+@pytest.mark.slow
+def test_cold_start_compiles_forward_in_a_second_process(tmp_path):
+    """On an empty numba cache the first fit compiles the epoch kernel itself while a child
+    process compiles the forward kernel into the cache, which the fit then loads (issue 9)."""
+    code = """
+import numpy as np
+from nbnet import MLPClassifier
+from nbnet.kernels import cpu as K
+est = MLPClassifier((8,), epochs=1, seed=0).fit(np.random.rand(50, 4).astype(np.float32), np.arange(50) % 3)
+print(sum(K.train_epoch_fused.stats.cache_misses.values()), sum(K.forward_fused.stats.cache_misses.values()),
+      sum(K.forward_fused.stats.cache_hits.values()))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    epoch_compiled, forward_compiled, forward_loaded = map(int, r.stdout.split())
+    assert (epoch_compiled, forward_compiled, forward_loaded) == (1, 0, 1)
+    env["NBNET_PARALLEL_COMPILE"] = "0"  # the switch: this process compiles both
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache2")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and tuple(map(int, r.stdout.split())) == (1, 1, 0), r.stderr[-2000:]

@@ -65,3 +65,17 @@ def test_concurrent_compiles_of_one_kernel_all_load_back(tmp_path):
     expected = [float(np.sum(np.arange(1, 41, dtype=np.float64)[::step] ** 2)) for step in (1, 1, 2, 2, 1, 1)]
     assert [float(v) for v in values] == expected
     assert int(misses) == 0 and int(hits) == len(SIGNATURES)  # every signature's entry survived
+
+
+def test_the_clipping_bound_cannot_be_omitted():
+    """numba 0.68's cache confuses an omitted argument with an explicit None: a process that had
+    cached both variants of the fused epoch and then loaded the explicit-None one crashed. The
+    bound therefore has no default; every caller passes None or a number."""
+    import inspect
+
+    from nbnet.kernels import cpu as K
+
+    for name, d in vars(K).items():  # no compiled kernel has a None default (an omittable argument)
+        if hasattr(d, "py_func"):
+            params = inspect.signature(d.py_func).parameters.values()
+            assert all(p.default is not None for p in params), name

@@ -768,7 +768,7 @@ def _batch_parallel(phase, T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b
 
 
 @njit(**_JIT)
-def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats, T, clip=None):
+def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, opt, state, stats, T, clip):
     """``train_epoch`` on numba's threads with the single-threaded GEMM of ``nbnet.kernels.blas``,
     each mini-batch cut into ``T`` parts (pass ``numba.get_num_threads()``; results depend on ``T``
     only in the last bits of float sums, and not at all from run to run).
@@ -776,7 +776,9 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
     Same arguments and results as ``train_epoch_reference``; no dropout or augmentation (the
     dispatcher ``train_epoch`` sends those to the reference). X, Y, params, grads, m, v share
     one dtype and are C-contiguous. ``clip``: the gradient-norm bound (``hp[HP_CLIP]``) or None;
-    with None numba prunes the clipping path (the unfused step) and never compiles it.
+    with None numba prunes the clipping path (the unfused step) and never compiles it. Always
+    pass it: numba 0.68's cache confuses an omitted argument with an explicit None (a process
+    that cached both variants and then loads the explicit-None one crashes), so it has no default.
     """
     n = X.shape[0]
     L = acts.shape[0]
