@@ -38,8 +38,9 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place."""
+def atomic_write(path: str | os.PathLike, write, *, mode: int | None = None) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place
+    (with permissions ``mode`` if given: the temporary file is created 0600)."""
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise NbnetError(f"folder {str(path.parent)!r} does not exist; create it first")
@@ -49,6 +50,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import viz
 from .errors import NbnetError
+from .io import atomic_write
 
 EVAL_FILE = "evaluation.json"
 SUMMARY_FILE = "summary.png"
@@ -268,16 +269,7 @@ def plot_run(run_id: str, out_dir=None, *, uri: str | None = None) -> tuple[list
 
 
 def _write_atomic(dst: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are for sharing
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(dst, lambda f: f.write(data), mode=0o644)  # figures are for sharing
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

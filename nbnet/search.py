@@ -291,19 +291,19 @@ def _preprocessed(est, data: Data) -> tuple:
     trial's training). The result equals fitting inside ``est.fit``; without preprocessing it is
     a pass-through that records the training statistics, so every tracked model can be monitored
     for drift."""
-    key = (data.hash, json.dumps(est.preprocessing, sort_keys=True, default=str), est.dtype, type(est).__name__)
+    key = (json.dumps(est.preprocessing, sort_keys=True, default=str), est.dtype, type(est).__name__)
     hit = _PREP_CACHE.get(key)
-    if hit is None:
+    if hit is None or hit[0] is not data:  # the split itself (data.hash digests the data before splitting)
         pre, Xt = est.fit_preprocessing(data.X_train, data.y_train)
         if pre is None:  # no preprocessing: a pass-through one still keeps the training statistics (nbnet monitor)
             from .data.prep import Preprocessor
 
             pre = Preprocessor.from_spec({}).fit(np.asarray(data.X_train, np.float64))
         Xv = pre.transform(np.asarray(data.X_val, np.float64))
-        hit = (pre, Xt, np.ascontiguousarray(Xv, Xt.dtype))
+        hit = (data, pre, Xt, np.ascontiguousarray(Xv, Xt.dtype))
         _PREP_CACHE.clear()  # one data set at a time
         _PREP_CACHE[key] = hit
-    return hit
+    return hit[1:]
 
 
 def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, uri: str | None) -> str:

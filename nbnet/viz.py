@@ -21,11 +21,9 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import tempfile
 import time
 
 import numpy as np
@@ -398,19 +396,10 @@ def pred_vs_true(y_true, y_pred, *, title: str | None = None):
 def save(fig, path, *, dpi: int = 100) -> None:
     """Write ``fig`` as PNG (or by the suffix of ``path``), atomically: a temporary file in the
     same folder renamed over ``path``, so a reader never sees half an image."""
-    path = os.fspath(path)
-    folder, name = os.path.split(path)
-    suffix = os.path.splitext(name)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=dpi, format=suffix[1:])
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from .io import atomic_write
+
+    suffix = os.path.splitext(os.fspath(path))[1] or ".png"
+    atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=suffix[1:]), mode=0o644)  # figures are for sharing
 
 
 # --- the per-run summary panel: Pillow only -------------------------------------------------------

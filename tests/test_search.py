@@ -399,5 +399,8 @@ def test_trials_fit_the_preprocessing_once_and_get_the_same_model(tmp_path, pre)
     np.testing.assert_array_equal(est.predict_proba(data.X_val), ref.predict_proba(data.X_val))
     est.save(tmp_path / "m.nbnet")
     np.testing.assert_array_equal(nbnet.load(tmp_path / "m.nbnet").predict(data.X_val), ref.predict(data.X_val))
-    assert est2.preprocessor_ is est.preprocessor_ and cached[0] is est.preprocessor_
+    assert est2.preprocessor_ is est.preprocessor_ and cached[1] is est.preprocessor_
+    other = S.prepare_data(C.with_values(cfg, {"data.val_fraction": 0.4}))  # same data, another split
+    S.train_once(cfg, data=other)
+    assert list(S._PREP_CACHE.values())[0][0] is other and len(S._PREP_CACHE) == 1  # refitted on its split
     assert est.preprocessor_.stats_["mean"].shape == (data.X_train.shape[1],)  # for nbnet monitor, always
