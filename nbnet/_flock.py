@@ -10,7 +10,7 @@ same journal at the same time would not be excluded (reading is fine).
 
 from __future__ import annotations
 
-import os
+from . import _locks
 
 try:  # the base class is private in Optuna; JournalFileBackend only calls acquire() and release()
     from optuna.storages.journal._file import BaseJournalFileLock
@@ -26,27 +26,14 @@ class FlockJournalLock(BaseJournalFileLock):
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        import fcntl
-
-        fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
+        self._fd = _locks.acquire(self._path)
         return True
 
     def release(self) -> None:
-        import fcntl
-
         fd, self._fd = self._fd, None
         if fd is None:
             raise RuntimeError("Error: did not possess lock")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        _locks.release(fd)
 
 
 def journal_lock(journal_path: str):

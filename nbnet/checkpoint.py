@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _locks
 from .errors import NbnetError
 from .io import read_bundle, write_bundle
 
@@ -181,27 +182,21 @@ class Checkpoint:
         overwrite each other's state. The kernel drops the lock when the process dies, so a killed
         fit never blocks its resume (its empty lock file is reused)."""
         self._unlock()  # this object's earlier fit, if it raised
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover  (Windows)
-            return
         folder = self.path.parent if str(self.path.parent) else Path(".")
         if not folder.is_dir():
             raise NbnetError(f"checkpoint folder {str(folder)!r} does not exist; create it first")
-        fd = os.open(folder / f".{self.path.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        self._lock_path = folder / f".{self.path.name}.lock"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = _locks.acquire(self._lock_path, blocking=False)
         except BlockingIOError:
-            os.close(fd)
             raise NbnetError(f"checkpoint {str(self.path)!r} is in use by another running fit; wait for it to "
                              "finish or give this one another checkpoint path") from None
-        self._fd, self._lock_path = fd, folder / f".{self.path.name}.lock"
 
     def _unlock(self) -> None:
         fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
             Path(self._lock_path).unlink(missing_ok=True)  # while still holding it
-            os.close(fd)  # closing the file releases the flock
+            _locks.release(fd)
 
     # --- state ------------------------------------------------------------------------------------
     def save(self, estimator) -> None:

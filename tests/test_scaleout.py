@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -162,12 +162,6 @@ def _classify(query: str) -> tuple[str, str]:
 
 
 # --- MLflow server --------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -179,7 +173,7 @@ def _env(**extra) -> dict:
 def tracking_server(pg, tmp_path_factory):
     """A real ``mlflow server`` (PostgreSQL backend, served artifacts) in its own process group."""
     run_dir = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     artifacts = run_dir / "artifacts"
     start = [
         "bash", str(CLUSTER / "start_tracking_server.sh"), "--backend", pg["urls"]["mlflow"],

@@ -88,31 +88,17 @@ class compile_lock:
         import os
         import time
 
-        self._fd = None
-        self.waited = 0.0
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover  (Windows: no lock, each process compiles)
-            return self
-        fd = os.open(os.path.join(_cache_dir(), "nbnet-compile.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+        from .._locks import acquire
+
         t0 = time.perf_counter()
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
+        self._fd = acquire(os.path.join(_cache_dir(), "nbnet-compile.lock"))
         self.waited = time.perf_counter() - t0
-        self._fd = fd
         return self
 
     def __exit__(self, *exc):
-        import os
+        from .._locks import release
 
-        if self._fd is not None:
-            import fcntl
-
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+        release(self._fd)
         return False
 
 
@@ -139,8 +125,10 @@ def _serialize_cache_writes() -> None:
     import itertools
     import os
 
+    from .._locks import acquire, release
+
     try:
-        import fcntl
+        import fcntl  # noqa: F401  (no flock, no serialization: numba's own save)
 
         from numba.core.caching import IndexDataCacheFile
     except ImportError:  # pragma: no cover  (Windows, or another numba)
@@ -151,11 +139,10 @@ def _serialize_cache_writes() -> None:
 
     def save(self, key, data):
         try:
-            fd = os.open(os.path.join(self._cache_path, ".numba-cache-write.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+            fd = acquire(os.path.join(self._cache_path, ".numba-cache-write.lock"))
         except OSError:
             return original(self, key, data)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             overloads = self._load_index()
             name = overloads.get(key)
             if name is None:
@@ -165,7 +152,7 @@ def _serialize_cache_writes() -> None:
             overloads[key] = name
             self._save_index(overloads)
         finally:
-            os.close(fd)  # releases the lock
+            release(fd)
 
     save.nbnet_locked = True
     IndexDataCacheFile.save = save
