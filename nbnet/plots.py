@@ -98,14 +98,15 @@ def roc_data(y, proba: np.ndarray, classes) -> dict:
     return {"binary": False, "curves": curves, "macro_auc": float(np.mean(aucs)) if aucs else None}
 
 
-def evaluation_data(est, X, y, task: str) -> dict:
+def evaluation_data(est, X, y, task: str, *, predictions=None) -> dict:
     """JSON-ready evaluation of a fitted estimator on (X, y), the validation split: see the
-    module docstring. ``n`` is the number of rows."""
+    module docstring. ``n`` is the number of rows. ``predictions``: the estimator's own
+    ``predict_proba(X)`` (classifier) or ``predict(X)`` (regressor), if already computed."""
     y = np.asarray(y)
     out: dict = {"version": 1, "split": "validation", "task": task, "n": int(len(y))}
     if task == "classification":
         classes = est.classes_
-        proba = np.asarray(est.predict_proba(X), dtype=np.float64)
+        proba = np.asarray(est.predict_proba(X) if predictions is None else predictions, dtype=np.float64)
         k = len(classes)
         idx_t = np.clip(np.searchsorted(classes, y), 0, k - 1)
         known = classes[idx_t] == y  # a label unseen in training has no row
@@ -115,7 +116,7 @@ def evaluation_data(est, X, y, task: str) -> dict:
                    accuracy=float(np.mean(idx_p[known] == idx_t[known])) if known.any() else None,
                    roc=roc_data(y, proba, classes))
     else:
-        pred = np.asarray(est.predict(X), dtype=np.float64).reshape(len(y), -1)[:, 0]
+        pred = np.asarray(est.predict(X) if predictions is None else predictions, dtype=np.float64).reshape(len(y), -1)[:, 0]
         true = np.asarray(y, dtype=np.float64).reshape(len(y), -1)[:, 0]
         rows = np.arange(len(true))
         if len(rows) > MAX_REGRESSION_POINTS:
@@ -126,22 +127,32 @@ def evaluation_data(est, X, y, task: str) -> dict:
 
 
 # --- what every tracked run logs ----------------------------------------------------------------
+def write_run_plots(folder, est, X_val, y_val, task: str, *, title: str | None = None, predictions=None) -> dict:
+    """Write ``evaluation.json`` and ``summary.png`` for a fitted estimator into ``folder`` (the
+    run's ``plots/`` artifacts; see :func:`evaluation_data` for ``predictions``). Returns the
+    seconds spent: ``{"evaluate": …, "render": …}``."""
+    t0 = time.perf_counter()
+    ev = evaluation_data(est, X_val, y_val, task, predictions=predictions)
+    t1 = time.perf_counter()
+    png = viz.summary_png(viz.series_from_history(est.history_), ev, title=title)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / EVAL_FILE).write_text(json.dumps(ev, separators=(",", ":")))
+    (folder / SUMMARY_FILE).write_bytes(png)
+    return {"evaluate": t1 - t0, "render": time.perf_counter() - t1}
+
+
 def log_run_plots(run_id: str, est, X_val, y_val, task: str, uri: str | None = None, *,
-                  title: str | None = None) -> dict:
+                  title: str | None = None, predictions=None) -> dict:
     """Log ``plots/evaluation.json`` and ``plots/summary.png`` for a fitted estimator (one
     artifact upload). Returns the seconds spent: ``{"evaluate": …, "render": …, "upload": …}``."""
     from . import tracking
 
-    t0 = time.perf_counter()
-    ev = evaluation_data(est, X_val, y_val, task)
-    t1 = time.perf_counter()
-    png = viz.summary_png(viz.series_from_history(est.history_), ev, title=title)
-    t2 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nbnet-plots-") as tmp:
-        Path(tmp, EVAL_FILE).write_text(json.dumps(ev, separators=(",", ":")))
-        Path(tmp, SUMMARY_FILE).write_bytes(png)
+        spent = write_run_plots(tmp, est, X_val, y_val, task, title=title, predictions=predictions)
+        t = time.perf_counter()
         tracking.log_artifact(run_id, tmp, ARTIFACT_DIR, uri=uri)
-    return {"evaluate": t1 - t0, "render": t2 - t1, "upload": time.perf_counter() - t2}
+    return {**spent, "upload": time.perf_counter() - t}
 
 
 # --- nbnet plot RUN_ID ------------------------------------------------------------------------------
@@ -276,5 +287,5 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     _write_atomic(dst, src.read_bytes())
 
 
-__all__ = ["log_run_plots", "plot_run", "evaluation_data", "roc_data", "roc_points", "fetch_series",
+__all__ = ["log_run_plots", "write_run_plots", "plot_run", "evaluation_data", "roc_data", "roc_points", "fetch_series",
            "EVAL_ARTIFACT"]

@@ -11,8 +11,9 @@
   ``grid`` (the space's choices and int/stepped ranges) and ``cmaes`` (Hansen 2016; needs
   ``cmaes``). **Pruners** (``search.pruner``): ``median``, ``hyperband`` (Li et al. 2018),
   ``none``; fed each epoch with the validation metric (see :class:`PruningReport`).
-* **Workers.** ``workers=N`` spawns N processes (never fork: numba's threading layers and
-  MLflow clients do not survive it), each running ``study.optimize`` on the shared study. They
+* **Workers.** ``workers=N`` runs worker 0 in this process and spawns N - 1 more (never fork:
+  numba's threading layers and MLflow clients do not survive it), each running
+  ``study.optimize`` on the shared study. They
   share numba's on-disk compile cache, so only the first trial of a fresh checkout compiles.
   Together they run exactly the missing trials (a shared ticket counter), and a callback that
   counts finished and running trials stops them if other processes work on the same study.
@@ -170,21 +171,24 @@ _CLF_METRICS = {True: ("accuracy", "precision", "recall", "f1", "f1_macro", "roc
                 False: ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc_ovr", "log_loss")}
 
 
-def evaluate(est, X, y, task: str, prefix: str = "val_", extra=()) -> dict:
+def evaluate(est, X, y, task: str, prefix: str = "val_", extra=(), *, predictions=None) -> dict:
     """Scores of a fitted estimator on (X, y), keys ``prefix + name`` (nbnet.metrics names):
     classification accuracy, precision/recall/F1 (binary, or macro/weighted), ROC-AUC, log-loss;
     regression MSE, RMSE, MAE, R²; plus ``loss`` (log-loss or MSE, the training objective
     without penalties) and any metric named in ``extra``. An undefined metric (e.g. F1 of
-    pos_label 1 with string labels) is left out."""
+    pos_label 1 with string labels) is left out. ``predictions``: ``predict_proba(X)``
+    (classifier) or ``predict(X)`` (regressor), if already computed."""
     from . import metrics as M
 
+    if predictions is None:
+        predictions = est.predict_proba(X) if task == "classification" else est.predict(X)
     if task == "classification":
-        proba = np.asarray(est.predict_proba(X), dtype=np.float64)
+        proba = np.array(predictions, dtype=np.float64)
         proba /= proba.sum(1, keepdims=True)
         pred = est.classes_[proba.argmax(1)]
         names = list(dict.fromkeys(_CLF_METRICS[len(est.classes_) == 2] + tuple(n for n in extra if n in M.CLASSIFICATION)))
     else:
-        proba, pred = None, est.predict(X)
+        proba, pred = None, predictions
         names = list(dict.fromkeys(M.REGRESSION + tuple(n for n in extra if n in M.REGRESSION)))
     out = {}
     with warnings.catch_warnings():
@@ -218,22 +222,31 @@ class _Clock:
 
 
 def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=(), uri: str | None = None,
-               data: Data | None = None, log_artifacts: bool = True, tracking_offset: float = 0.0):
+               data: Data | None = None, log_artifacts: bool = True, logger: tracking.MetricLogger | None = None,
+               experiment_id: str | None = None):
     """Load/split the data, build the estimator from ``cfg`` and fit it.
 
-    With ``run_id``, the run gets per-epoch metrics (batched), final validation/test metrics,
-    cost metrics, ``config.json``, plots and the model; metrics and costs are flushed even when
-    training stops with an exception (pruned, diverged). Returns ``(estimator, metrics)`` where
-    ``metrics`` holds ``val_*`` (and ``test_*``) scores, ``epochs`` and the cost metrics;
-    ``tracking_offset`` (seconds the caller spent creating the run) is added to ``tracking_seconds``.
+    With ``run_id``, the run gets per-epoch metrics, final validation/test metrics, cost metrics,
+    ``config.json``, plots and the model, through ``logger`` (the caller's
+    :class:`tracking.MetricLogger` for the run, left with its last batch buffered for the caller
+    to send along with its own closing values: one store transaction at the end of a trial) or
+    a logger of train_once's own, flushed here, also when training stops with an exception
+    (pruned, diverged). Returns ``(estimator, metrics)`` where ``metrics`` holds ``val_*`` (and
+    ``test_*``) scores, ``epochs`` and the cost metrics; its ``tracking_seconds`` are the
+    seconds spent tracking inside train_once (store calls, plots, the model). ``experiment_id``
+    (the run's) saves reading the run back when its model is logged.
     """
     data = data or prepare_data(cfg)
     est = build_estimator(cfg, data)
     est.config_ = C.to_dict(cfg)
     spec, (pre, X_train, X_val) = est.preprocessing, _preprocessed(est, data)
     est.set_params(preprocessing=None)  # trains on the cached transformed data; pre is put back after fit
-    clock = _Clock()
-    logger = tracking.MetricLogger(run_id, uri=uri) if run_id else None
+    own = run_id is not None and logger is None
+    if own:
+        logger = tracking.MetricLogger(run_id, uri=uri)
+    elif run_id is None:
+        logger = None
+    flushed0 = logger.seconds if logger else 0.0
     from .viz import ActivationStats  # act_mean/std/dead_{l} per epoch, added to logs before the logger sees them
     cbs = ([ActivationStats(X_val), logger] if logger else []) + list(callbacks)
     cost: dict = {}
@@ -245,7 +258,7 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         compile_s = float(getattr(est, "compile_seconds_", 0.0))
         wait_s = float(getattr(est, "compile_wait_seconds_", 0.0))  # another worker was compiling
-        in_fit = logger.seconds if logger else 0.0
+        in_fit = logger.seconds - flushed0 if logger else 0.0
         cost = {"compile_seconds": compile_s, "train_seconds": max(0.0, wall - compile_s - wait_s - in_fit),
                 "cpu_seconds": cpu, "compile_wait_seconds": wait_s,
                 "kernels_compiled": float(getattr(est, "kernels_compiled_", 0))}
@@ -253,31 +266,32 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
             step = int(getattr(est, "n_epochs_", 0))
             for k, v in cost.items():
                 logger.log(k, v, step)
-            logger.flush()
+            if own:
+                logger.flush()
     extra = (cfg.search.metric[len("val_"):],)
-    metrics = evaluate(est, data.X_val, data.y_val, data.task, "val_", extra)
+    pv = est.predict_proba(data.X_val) if data.task == "classification" else est.predict(data.X_val)
+    metrics = evaluate(est, data.X_val, data.y_val, data.task, "val_", extra, predictions=pv)
     if data.X_test is not None:
         metrics.update(evaluate(est, data.X_test, data.y_test, data.task, "test_", extra))
     metrics["epochs"] = int(est.n_epochs_)
     if getattr(est, "best_epoch_", None):
         metrics["best_epoch"] = int(est.best_epoch_)
     metrics.update(cost)
-    if run_id:
+    metrics["tracking_seconds"] = 0.0
+    if logger:
         step = int(est.n_epochs_)  # the run's latest value of val_* is the final score
-        before = logger.seconds  # the clock below includes the logger's last flushes
-        with clock():
-            for k, v in metrics.items():
-                if k not in cost:
-                    logger.log(k, v, step)
+        t, flushed = time.perf_counter(), logger.seconds
+        for k, v in metrics.items():
+            if k not in cost and k != "tracking_seconds":
+                logger.log(k, v, step)
+        if log_artifacts:
+            _log_run_artifacts(run_id, cfg, est, data, uri, predictions=pv, logger=logger, experiment_id=experiment_id)
+        # flushes inside the block are in logger.seconds already
+        work = time.perf_counter() - t - (logger.seconds - flushed)
+        metrics["tracking_seconds"] = (logger.seconds - flushed0) + work
+        if own:
+            logger.log("tracking_seconds", metrics["tracking_seconds"], step)
             logger.flush()
-            if log_artifacts:
-                _log_run_artifacts(run_id, cfg, est, data, uri)
-        tracking_s = tracking_offset + before + clock.seconds
-        metrics["tracking_seconds"] = tracking_s
-        logger.log("tracking_seconds", tracking_s, step)
-        logger.flush()
-    else:
-        metrics["tracking_seconds"] = 0.0
     return est, metrics
 
 
@@ -306,17 +320,25 @@ def _preprocessed(est, data: Data) -> tuple:
     return hit[1:]
 
 
-def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, uri: str | None) -> str:
-    """config.json, plots/evaluation.json + plots/summary.png (nbnet.plots) and the model."""
+def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, uri: str | None, *, predictions=None,
+                       logger: tracking.MetricLogger | None = None, experiment_id: str | None = None) -> str:
+    """config.json, data/cleaning_report.json and plots/ (nbnet.plots) in one upload, then the
+    model (``predictions``: the estimator's on the validation split, if computed already)."""
     from . import plots
 
-    tracking.log_dict(run_id, C.to_dict(cfg), CONFIG_ARTIFACT, uri=uri)
-    if data.cleaning_report:
-        tracking.log_dict(run_id, data.cleaning_report, "data/cleaning_report.json", uri=uri)
-    plots.log_run_plots(run_id, est, data.X_val, data.y_val, data.task, uri, title=cfg.name)
+    params = C.to_flat_dict(cfg)
+    with tempfile.TemporaryDirectory(prefix="nbnet-run-") as tmp:
+        Path(tmp, CONFIG_ARTIFACT).write_text(json.dumps(C.to_dict(cfg), indent=2))
+        if data.cleaning_report:
+            Path(tmp, "data").mkdir()
+            Path(tmp, "data", "cleaning_report.json").write_text(json.dumps(data.cleaning_report, indent=2, default=str))
+        plots.write_run_plots(Path(tmp, plots.ARTIFACT_DIR), est, data.X_val, data.y_val, data.task, title=cfg.name,
+                              predictions=predictions)
+        tracking.log_artifact(run_id, tmp, uri=uri)
     est.feature_names_in_ = list(data.dataset.feature_names)
     est.categories_ = dict(data.dataset.categories or {})
-    return tracking.log_model(run_id, est, data.X_val[:5], uri=uri)
+    return tracking.log_model(run_id, est, data.X_val[:5], uri=uri, experiment_id=experiment_id,
+                              params=params if experiment_id else None, logger=logger)
 
 
 # --- samplers, pruners, storages --------------------------------------------------------------
@@ -652,6 +674,7 @@ class Objective:
             run_id = tracking.start_run(ctx.experiment_id, run_name=f"trial-{trial.number}", parent_run_id=ctx.parent_run_id,
                                         tags=tags, params=params, uri=ctx.uri)
         trial.set_user_attr("mlflow_run_id", run_id)
+        logger = tracking.MetricLogger(run_id, uri=ctx.uri)  # sends the trial's last values with its end tags, at once
         status, state, reason = "FAILED", "FAIL", None
         metrics: dict = {}
         try:
@@ -659,7 +682,7 @@ class Objective:
                 raise invalid
             key = report_key(tcfg, ctx.data.task)
             _, metrics = train_once(tcfg, run_id=run_id, callbacks=[PruningReport(trial, key), interrupt.check],
-                                    uri=ctx.uri, data=ctx.data, tracking_offset=clock.seconds)
+                                    uri=ctx.uri, data=ctx.data, logger=logger, experiment_id=ctx.experiment_id)
             value = metrics.get(cfg.search.metric)
             if value is None or not math.isfinite(value):
                 raise NbnetError(f"{cfg.search.metric} is {value} for this trial; the model predicts nothing useful")
@@ -686,15 +709,20 @@ class Objective:
         finally:
             if reason:
                 trial.set_user_attr("fail_reason" if state == "FAIL" else "prune_reason", reason)
+            # tracking so far: run creation + train_once's (or, if it raised, the logger's flushes)
+            inside = metrics["tracking_seconds"] if "tracking_seconds" in metrics else logger.seconds
             with clock():
-                end_tags = {"optuna.state": state}
+                logger.tag("optuna.state", state)
                 if reason:
-                    end_tags["nbnet.reason"] = reason
-                tracking.set_tags(run_id, end_tags, uri=ctx.uri)
-                if "tracking_seconds" not in metrics:  # pruned/failed: the costs train_once logged + ours
-                    tracking.log_metrics(run_id, {"tracking_seconds": clock.seconds}, uri=ctx.uri)
-                tracking.log_metrics(run_id, usage.metrics(), uri=ctx.uri)  # system/cpu_percent, peak_rss_mb
+                    logger.tag("nbnet.reason", reason)
+                step = int(metrics.get("epochs", 0))
+                for k, v in usage.metrics().items():  # system/cpu_percent, peak_rss_mb
+                    logger.log(k, v, step)
+                logger.log("tracking_seconds", clock.seconds + inside, step)
+                logger.flush()
                 tracking.end_run(run_id, status, uri=ctx.uri)
+            # all of it, the last batch and the run's end included (the run's metric cannot hold those)
+            trial.set_user_attr("tracking_seconds", clock.seconds + inside)
 
 
 def _progress_line(study, trial, metric: str, worker: int, workers: int) -> str:
@@ -791,12 +819,16 @@ def _worker_loop(payload: dict, tickets, worker: int) -> None:
                        callbacks=[enough, after_trial])
 
 
-def _spawn_workers(payload: dict, n: int, tickets, stop=None) -> list[int]:
+def _run_workers(payload: dict, n: int, tickets, stop=None) -> list[int]:
+    """Worker 0 runs in this process, which has its imports, data and preprocessing loaded
+    already; workers 1 … n-1 are spawned and start up meanwhile. Returns the spawned workers'
+    exit codes."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(payload, tickets, i, stop), name=f"nbnet-sweep-{i}") for i in range(n)]
+    procs = [ctx.Process(target=_worker_main, args=(payload, tickets, i, stop), name=f"nbnet-sweep-{i}") for i in range(1, n)]
     for p in procs:
         p.start()
     try:
+        _worker_main(payload, tickets, 0, stop)
         for p in procs:
             p.join()
     except KeyboardInterrupt:
@@ -872,6 +904,26 @@ def _stale_trials(study, storage) -> list:
     return stale
 
 
+def _run_of_dead_trial(study, trial, uri: str | None) -> str | None:
+    """The MLflow run of a trial whose worker died before recording its run id: the child run
+    named ``trial-N`` if the worker got as far as creating it, else a new one (so that every
+    trial keeps exactly one run, closed FAILED by the caller)."""
+    parent = study.user_attrs.get("nbnet.parent_run_id")
+    if not parent:
+        return None
+    with contextlib.suppress(Exception):
+        c = tracking.client(uri)
+        exp = c.get_run(parent).info.experiment_id
+        name = f"trial-{trial.number}"
+        found = c.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.run_name = '{name}'",
+                              max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {"nbnet.kind": "trial", "optuna.trial": str(trial.number), "optuna.study": study.study_name}
+        return tracking.start_run(exp, run_name=name, parent_run_id=parent, tags=tags, params=dict(trial.params), uri=uri)
+    return None
+
+
 def fail_stale_trials(study, storage, uri: str | None = None) -> int:
     """Mark trials left RUNNING by a dead worker FAIL (with a reason), close their MLflow runs
     FAILED, and enqueue their parameters so they are retried. Returns how many."""
@@ -888,7 +940,7 @@ def fail_stale_trials(study, storage, uri: str | None = None) -> int:
             storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
         except RuntimeError:
             continue  # finished meanwhile
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = t.user_attrs.get("mlflow_run_id") or _run_of_dead_trial(study, t, uri)
         if run_id:
             with contextlib.suppress(Exception):
                 tracking.set_tags(run_id, {"optuna.state": "FAIL", "nbnet.reason": reason}, uri=uri)
@@ -1017,18 +1069,14 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
             tickets = mp.get_context("spawn").Value("i", remaining)
             # the first Ctrl-C / SIGTERM stops every worker at its next epoch boundary (nbnet.interrupt)
             with interrupt.graceful(mp.get_context("spawn").Event()) as stop, resources.SystemMetrics(parent, uri=uri):
-                if workers == 1:
-                    _worker_main(payload, tickets, 0, stop)
-                else:
-                    codes = _spawn_workers(payload, workers, tickets, stop)
+                codes = _run_workers(payload, workers, tickets, stop)
                 if interrupt.requested():
                     raise interrupt.Interrupted()
-            if workers > 1:
-                bad = [c for c in codes if c != 0]
-                if bad:
-                    how = "; ".join(f"killed by signal {-c}" if c < 0 else f"exit code {c}" for c in bad)
-                    raise NbnetError(f"{len(bad)} of {workers} sweep workers died ({how}); run the same command again "
-                                     "to finish the study")
+            bad = [c for c in codes if c != 0]
+            if bad:
+                how = "; ".join(f"killed by signal {-c}" if c < 0 else f"exit code {c}" for c in bad)
+                raise NbnetError(f"{len(bad)} of {workers} sweep workers died ({how}); run the same command again "
+                                 "to finish the study")
         study = optuna_load(study_name, storage_obj)
         _finish(result, cfg, study, exp_id, parent, uri, register, n_existing)
         status = "FINISHED"

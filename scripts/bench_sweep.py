@@ -4,11 +4,17 @@
 
 Each case runs a fresh study on fresh embedded stores (MLflow SQLite + Optuna journal in a
 temporary folder), with the random sampler and no pruning so every trial trains fully and runs
-are comparable. Tracking time is what the runs record themselves: ``tracking_seconds`` of every
-trial (run creation, batched metrics, config, plots, the pyfunc model) plus the parent run's
-``sweep_tracking_seconds`` (summary, Optuna figures, trials table, registration).
+are comparable. Tracking time is what the sweep records itself: every trial's
+``tracking_seconds`` user attribute in the Optuna study (run creation, params, metric batches,
+config and plots, the pyfunc model, the last batch and the run's end: the run's own metric holds
+all but those last two) plus the parent run's ``sweep_tracking_seconds`` (summary, Optuna
+figures, trials table, registration).
 
     tracking share = (Σ trial tracking_seconds + sweep_tracking_seconds) / (wall × workers)
+
+``--threads T`` fixes every worker's thread count (``train.n_threads``); by default a sweep
+splits the cores between its workers (one worker: 2 threads here, two workers: 1 each), so the
+1-vs-2-worker ratio then also holds the thread scaling of one fit.
 
 Every run trains the same trials: a seeded random draw of the space is queued in the study
 before it starts (see ``enqueue_same_trials``), so rates with 1 and 2 workers compare.
@@ -64,11 +70,12 @@ def enqueue_same_trials(cfg, n: int, uri: str) -> None:
         study.enqueue_trial(p)
 
 
-def run_case(case: str, trials: int | None, workers: int) -> dict:
+def run_case(case: str, trials: int | None, workers: int, threads: int | None = None) -> dict:
     from nbnet import config, search, tracking
 
     name, overrides, default_trials = CASES[case]
     trials = trials or default_trials
+    overrides = overrides + ([f"train.n_threads={threads}"] if threads else [])
     cfg = config.load_experiment(ROOT / "experiments" / f"{name}.toml", overrides)
     with tempfile.TemporaryDirectory(prefix=f"nbnet-bench-{case}-{workers}-") as tmp:
         os.chdir(tmp)
@@ -85,12 +92,14 @@ def run_case(case: str, trials: int | None, workers: int) -> dict:
         kids = c.search_runs([c.get_experiment_by_name(cfg.name).experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{r.parent_run_id}'", max_results=1000)
         sums = {k: sum(run.data.metrics.get(k, 0.0) for run in kids) for k in search.COST_KEYS}
+        study = search.optuna_load(cfg.name, search.open_storage(search.default_storage(cfg.name), uri=uri))
+        sums["tracking_seconds"] = sum(t.user_attrs.get("tracking_seconds", 0.0) for t in study.trials)
         parent = c.get_run(r.parent_run_id).data.metrics
         tracked = sums["tracking_seconds"] + parent.get("sweep_tracking_seconds", 0.0)
         os.chdir(ROOT)
     busy = wall * workers
     return {
-        "case": case, "workers": workers, "trials": trials, "complete": r.n_complete, "wall_s": wall,
+        "case": case, "workers": workers, "threads": threads or "auto", "trials": trials, "complete": r.n_complete, "wall_s": wall,
         "trials_per_min": 60 * trials / wall, "tracking_s": tracked, "tracking_share": tracked / busy,
         "train_s": sums["train_seconds"], "train_share": sums["train_seconds"] / busy,
         "compile_s": sums["compile_seconds"], "cpu_s": sums["cpu_seconds"],
@@ -104,6 +113,7 @@ def main() -> int:
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
     ap.add_argument("--trials", type=int, help="trials per run (default: 30 for digits, 12 for synthetic)")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    ap.add_argument("--threads", type=int, help="threads per worker (default: the cores split between the workers)")
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "sweep.json"))
     args = ap.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -113,11 +123,14 @@ def main() -> int:
     for case in cases:
         for w in [int(x) for x in args.workers.split(",")]:
             print(f"running {case} with {w} worker(s) ...", file=sys.stderr, flush=True)
-            rows.append(run_case(case, args.trials, w))
-    print("| case | workers | trials | wall s | trials/min | train s/trial | tracking s/trial | tracking share | train share |")
-    print("|---|---|---|---|---|---|---|---|---|")
+            rows.append(run_case(case, args.trials, w, args.threads))
+    print("| case | workers | threads/worker | trials | wall s | trials/min | train s/trial | tracking s/trial | tracking share | train share |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    first = {}
     for r in rows:
-        print(f"| {r['case']} | {r['workers']} | {r['trials']} | {r['wall_s']:.1f} | {r['trials_per_min']:.1f} | "
+        base = first.setdefault(r["case"], r["trials_per_min"])
+        ratio = f" ({r['trials_per_min'] / base:.2f}×)" if r["trials_per_min"] != base else ""
+        print(f"| {r['case']} | {r['workers']} | {r['threads']} | {r['trials']} | {r['wall_s']:.1f} | {r['trials_per_min']:.1f}{ratio} | "
               f"{r['per_trial_train_s']:.2f} | {r['per_trial_tracking_s']:.2f} | {100 * r['tracking_share']:.1f}% | "
               f"{100 * r['train_share']:.1f}% |")
     out = Path(args.out)

@@ -89,10 +89,11 @@ class Sweep:
         except KeyError:  # the journal exists but the study is not written yet
             return None
 
-    def wait_mid_trial(self, proc, *, after_finished: int = 1, timeout: float = 600):
+    def wait_mid_trial(self, proc, *, after_finished: int = 1, timeout: float = 600, spawned: bool = False):
         """Poll the study until ``after_finished`` trials are done and another one is RUNNING with its
         MLflow run open and at most half its epochs reported (so the blow lands mid-training, not as
-        it finishes); return that trial."""
+        it finishes); return that trial. ``spawned``: one run by a spawned worker, not by worker 0
+        in the sweep's own process."""
         deadline = time.monotonic() + timeout
         while True:
             assert proc.poll() is None, "the sweep ended before the moment to strike: " + proc.stderr.read()
@@ -102,7 +103,8 @@ class Sweep:
                 trials = study.get_trials(deepcopy=False)
                 done = [t for t in trials if t.state.is_finished()]
                 running = [t for t in trials if t.state.name == "RUNNING" and "mlflow_run_id" in t.user_attrs
-                           and len(t.intermediate_values) <= self.epochs // 2]
+                           and len(t.intermediate_values) <= self.epochs // 2
+                           and not (spawned and t.user_attrs.get("pid") == proc.pid)]
                 if len(done) >= after_finished and running:
                     return running[0]
             time.sleep(0.05)
@@ -150,7 +152,7 @@ def test_kill_one_worker_mid_trial_then_resume(tmp_path, template_db):
     sw = Sweep(tmp_path, template_db, trials=4)
     proc = sw.start(workers=2)
     try:
-        victim = sw.wait_mid_trial(proc)
+        victim = sw.wait_mid_trial(proc, spawned=True)  # (killing worker 0 kills the sweep: the next test)
         os.kill(victim.user_attrs["pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
     finally:

@@ -250,7 +250,8 @@ def test_two_workers_share_one_study_and_run_exactly_n_trials(store, tmp_path):
     trials = journal_study("tiny", tmp_path).trials
     assert len(trials) == 5 and r.n_complete == 5
     pids = {t.user_attrs["pid"] for t in trials}
-    assert os.getpid() not in pids and 1 <= len(pids) <= 2  # ran in the spawned workers
+    # worker 0 is this process (warm: imports and data loaded), worker 1 a spawned process
+    assert pids and len(pids - {os.getpid()}) <= 1
     kids = child_runs(store, "tiny", r.parent_run_id)
     assert len(kids) == 5 and all(k.info.status == "FINISHED" for k in kids)
     assert {k.data.tags["nbnet.pid"] for k in kids} == {str(p) for p in pids}

@@ -137,6 +137,84 @@ def test_metric_logger_batches_per_flush(store):
     assert "note" not in tracking.client().get_run(run_id).data.metrics
 
 
+def test_metric_logger_flushes_by_time_and_sends_tags_with_metrics(store):
+    """Without flush_every, a logger sends when flush_seconds have passed since its last send:
+    never during a short fit with the default 10 s, every epoch with 0; tags go in the same
+    batch as the metrics."""
+    exp = tracking.ensure_experiment("metrics")
+    c = tracking.client()
+    calls = []
+    real = c.log_batch
+
+    def counting(*a, **k):
+        calls.append((len(k.get("metrics", ())), len(k.get("tags", ()))))
+        return real(*a, **k)
+
+    c.log_batch = counting
+    try:
+        slow, fast = (tracking.start_run(exp, run_name=n) for n in ("slow", "fast"))
+        log = tracking.MetricLogger(slow)  # default: every 10 s
+        for epoch in range(5):
+            log(epoch, {"loss": 1.0 / (epoch + 1)})
+        assert calls == []
+        log.tag("optuna.state", "RUNNING")
+        log.tag("optuna.state", "COMPLETE")  # the later value wins
+        log.flush()
+        assert calls == [(5, 1)]
+        log.flush()
+        assert calls == [(5, 1)]  # nothing buffered: no call
+        every = tracking.MetricLogger(fast, flush_seconds=0)
+        for epoch in range(3):
+            every(epoch, {"loss": 0.5})
+        assert calls[1:] == [(1, 0)] * 3
+    finally:
+        del c.log_batch
+    assert c.get_run(slow).data.tags["optuna.state"] == "COMPLETE"
+    assert [m.step for m in c.get_metric_history(slow, "loss")] == list(range(5))
+    for r in (slow, fast):
+        tracking.end_run(r)
+
+
+def test_models_from_one_template_keep_their_own_ids_and_weights(store, iris_clf):
+    """log_model writes the pyfunc folder with mlflow.pyfunc.save_model once per input schema and
+    copies it for later models: each copy names its own run and model ids, counts its own size,
+    and loads its own weights."""
+    from mlflow.models import Model
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    exp = tracking.ensure_experiment("templates")
+    uris, models = [], []
+    for width in (3, 9):
+        clf = MLPClassifier((width,), epochs=3, seed=width).fit(X, y)
+        run_id = tracking.start_run(exp, run_name=f"w{width}")
+        uris.append((run_id, tracking.log_model(run_id, clf, X[:5])))
+        models.append(clf)
+        tracking.end_run(run_id)
+    assert len(tracking._TEMPLATES) == 1  # the second model reused the first one's template
+    raw = pd.DataFrame(X, columns=["x0", "x1", "x2", "x3"])
+    infos = []
+    for (run_id, uri), clf in zip(uris, models):
+        info = mlflow.models.get_model_info(uri)
+        infos.append(info)
+        assert info.run_id == run_id and info.model_uuid == info.model_id
+        assert info.model_id == tracking.client().get_run(run_id).data.tags["nbnet.model_id"]
+        py = mlflow.pyfunc.load_model(uri)
+        np.testing.assert_allclose(py.predict(raw, params={"proba": True}).to_numpy(), clf.predict_proba(X))
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+        assert "NBNETX" not in (local / "MLmodel").read_text()  # no placeholder left
+    assert infos[0].model_id != infos[1].model_id
+    # the model file of the wider net is larger by exactly the difference of the two nbnet files
+    sizes = [Path(mlflow.artifacts.download_artifacts(u + "/artifacts/model.nbnet")).stat().st_size for _, u in uris]
+    declared = [Model.load(u).model_size_bytes for _, u in uris]
+    assert declared[1] - declared[0] == sizes[1] - sizes[0] != 0
+    # another input schema gets its own template
+    run_id = tracking.start_run(exp, run_name="named")
+    tracking.log_model(run_id, models[0], pd.DataFrame(X[:5], columns=list("abcd")))
+    tracking.end_run(run_id)
+    assert mlflow.models.get_model_info(f"runs:/{run_id}/model").signature.inputs.input_names() == list("abcd")
+
+
 def test_metric_logger_as_training_callback(store, blobs):
     X, y = blobs
     exp = tracking.ensure_experiment("callback")
