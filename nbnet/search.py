@@ -47,7 +47,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import multiprocessing as mp
@@ -1158,39 +1157,56 @@ def _child_cost_sums(exp_id: str, parent: str, uri: str) -> dict:
     return sums
 
 
-def _log_study_artifacts(parent: str, study, uri: str) -> None:
-    """trials.csv and the Optuna figures (PNG) on the parent run; a figure that cannot be drawn
-    (e.g. importances with fewer than two finished trials) is skipped."""
-    import matplotlib
+def param_importances(study, bins: int = 4) -> dict[str, float]:
+    """Each parameter's share of the variance of the finished trials' objective values that its
+    value alone explains (the correlation ratio η², first-order as in fANOVA's main effects, on the
+    trials themselves rather than a fitted forest): trials grouped by choice (categorical), by
+    value (numbers taking at most ``bins`` values) or by ``bins`` quantile bins (other numbers,
+    log-scaled ones by their logarithm). Normalised to sum to 1,
+    largest first; empty with fewer than 3 finished trials or no variance. Microseconds, where
+    ``optuna.importance`` imports scikit-learn's forests (~0.7 s) at the end of every sweep."""
+    from optuna.distributions import CategoricalDistribution
 
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as ovm
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and t.value is not None
+            and math.isfinite(t.value)]
+    y = np.array([t.value for t in done], float)
+    if len(done) < 3 or not y.var() > 0:
+        return {}
+    out = {}
+    for name in sorted({k for t in done for k in t.params}):
+        rows = [i for i, t in enumerate(done) if name in t.params]
+        dist = done[rows[0]].distributions[name]
+        vals = [done[i].params[name] for i in rows]
+        if isinstance(dist, CategoricalDistribution):
+            groups = np.unique([dist.choices.index(v) for v in vals], return_inverse=True)[1]
+        else:
+            v = np.array(vals, float)
+            v = np.log(v) if getattr(dist, "log", False) else v
+            if len(np.unique(v)) <= bins:  # e.g. an int range of a few values: one group per value
+                groups = np.unique(v, return_inverse=True)[1]
+            else:
+                edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1)[1:-1]))
+                groups = np.searchsorted(edges, v, side="right")
+        yy = y[rows]
+        between = sum(len(g) * (g.mean() - y.mean()) ** 2 for g in (yy[groups == k] for k in np.unique(groups)))
+        out[name] = between / (len(y) * y.var())
+    total = sum(out.values())
+    if not total > 0:
+        return {}
+    return dict(sorted(((k, float(v / total)) for k, v in out.items()), key=lambda kv: -kv[1]))
+
+
+def _log_study_artifacts(parent: str, study, uri: str) -> None:
+    """trials.csv and the study's figures (:func:`nbnet.viz.study_pngs`: optimisation history,
+    parameter importances (:func:`param_importances`), parallel coordinates, intermediate values)
+    on the parent run, in one upload."""
+    from . import viz
 
     with tempfile.TemporaryDirectory(prefix="nbnet-study-") as tmp:
-        csv = Path(tmp, "trials.csv")
-        study.trials_dataframe().to_csv(csv, index=False)
-        tracking.log_artifact(parent, csv, "study", uri=uri)
-    n_done = sum(t.state.name == "COMPLETE" for t in study.trials)
-    plots = [("optimization_history", ovm.plot_optimization_history, 1),
-             ("param_importances", ovm.plot_param_importances, 2),
-             ("parallel_coordinate", ovm.plot_parallel_coordinate, 2),
-             ("intermediate_values", ovm.plot_intermediate_values, 1)]
-    for name, fn, need in plots:
-        if n_done < need:
-            continue
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-                warnings.simplefilter("ignore")
-                ax = fn(study)
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            fig.set_size_inches(9, 5)
-            tracking.log_figure(parent, fig, f"study/{name}.png", uri=uri)
-            plt.close(fig)
-        except (ValueError, RuntimeError, ZeroDivisionError, IndexError, optuna.exceptions.OptunaError):
-            plt.close("all")
+        study.trials_dataframe().to_csv(Path(tmp, "trials.csv"), index=False)
+        for name, png in viz.study_pngs(study, importances=param_importances(study)).items():
+            Path(tmp, f"{name}.png").write_bytes(png)
+        tracking.log_artifact(parent, tmp, "study", uri=uri)
 
 
 # --- best / rerun -----------------------------------------------------------------------------

@@ -386,3 +386,53 @@ def test_plot_of_a_sweep_parent_draws_its_best_trial(store, tmp_path, capsys):
     assert f"best trial {r.best_trial} (run {r.best_run_id})" in err
     names = {Path(p).name for p in out.split()}
     assert {"loss.png", "activations.png", "roc.png", "study_optimization_history.png"} <= names
+
+
+# --- the sweep's study figures and importances ------------------------------------------------------
+def _study(n: int, direction: str = "maximize"):
+    """An in-memory Optuna study whose objective depends strongly on `depth`, weakly on `lr` and
+    not at all on `act`, with per-step reports and a pruned trial."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(t):
+        depth, lr = t.suggest_int("depth", 1, 4), t.suggest_float("lr", 1e-4, 1e-1, log=True)
+        t.suggest_categorical("act", ["relu", "tanh"])
+        for step in range(3):
+            t.report(depth * step, step)
+        if t.number == 1:
+            raise optuna.TrialPruned()
+        return 10.0 * depth + 0.1 * math.log10(lr)
+
+    study.optimize(objective, n_trials=n)
+    return study
+
+
+def test_param_importances_are_the_variance_each_parameter_explains():
+    study = _study(24)
+    imp = S.param_importances(study, bins=4)
+    assert list(imp)[0] == "depth" and set(imp) == {"depth", "lr", "act"}
+    assert sum(imp.values()) == pytest.approx(1.0) and imp["depth"] > 0.9
+    # by hand: depth's groups are its 4 values; eta^2 = between-group / total sum of squares
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    y = np.array([t.value for t in done])
+    d = np.array([t.params["depth"] for t in done])
+    eta = {"depth": sum((d == k).sum() * (y[d == k].mean() - y.mean()) ** 2 for k in np.unique(d)) / ((y - y.mean()) ** 2).sum()}
+    a = np.array([t.params["act"] for t in done])
+    eta["act"] = sum((a == k).sum() * (y[a == k].mean() - y.mean()) ** 2 for k in np.unique(a)) / ((y - y.mean()) ** 2).sum()
+    raw = {k: v / sum(imp.values()) for k, v in imp.items()}
+    assert raw["act"] / raw["depth"] == pytest.approx(eta["act"] / eta["depth"], rel=1e-9)
+    assert S.param_importances(_study(2)) == {}  # too few finished trials
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_study_figures_render_as_pngs(direction):
+    study = _study(12, direction)
+    figs = viz.study_pngs(study, importances=S.param_importances(study))
+    assert set(figs) == {"optimization_history", "param_importances", "parallel_coordinate", "intermediate_values"}
+    for png in figs.values():
+        w, h = png_size(png)
+        assert w >= 600 and h >= 100 and len(png) > 2000
+    assert "param_importances" not in viz.study_pngs(study, importances={})
