@@ -405,3 +405,35 @@ def test_trials_fit_the_preprocessing_once_and_get_the_same_model(tmp_path, pre)
     S.train_once(cfg, data=other)
     assert list(S._PREP_CACHE.values())[0][0] is other and len(S._PREP_CACHE) == 1  # refitted on its split
     assert est.preprocessor_.stats_["mean"].shape == (data.X_train.shape[1],)  # for nbnet monitor, always
+
+
+@pytest.mark.parametrize("pre", ["{'scale': 'standard', 'pca': 4}", "{}"])
+def test_spawned_workers_map_the_parents_prepared_data(tmp_path, pre):
+    """With several workers the sweep writes its prepared data and fitted preprocessing once
+    (.npy, no pickle); a worker seeded from those files trains bit for bit the model the parent
+    would, without loading or preprocessing anything, and the files go with the sweep."""
+    cfg = experiment(tmp_path, overrides=[f"data.preprocessing={pre}"])
+    S._DATA_CACHE.clear()
+    data = S.prepare_data(cfg)
+    S._PREP_CACHE.clear()
+    ref, ref_m = S.train_once(cfg, data=data)
+    with S._shared_data(cfg, data, workers=1) as none:
+        assert none is None  # one worker: nothing to share
+    with S._shared_data(cfg, data, workers=2) as shared:
+        folder = Path(shared["folder"])
+        assert sorted(p.suffix for p in folder.iterdir()) == [".npy"] * len(list(folder.iterdir()))
+        S._DATA_CACHE.clear()
+        S._PREP_CACHE.clear()
+        S._load_shared(shared, cfg)  # what a spawned worker does before its first trial
+        mapped = S.prepare_data(cfg)
+        assert mapped is not data and mapped.hash == data.hash and mapped.task == data.task
+        for k in S._SPLITS:
+            a, b = getattr(mapped, k), getattr(data, k)
+            assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b))
+        est, m = S.train_once(cfg, data=mapped)
+        assert len(S._PREP_CACHE) == 1 and list(S._PREP_CACHE.values())[0][0] is mapped  # no refit
+    assert not folder.exists()
+    for a, b in zip(est.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert m["val_accuracy"] == ref_m["val_accuracy"]
+    np.testing.assert_array_equal(est.predict_proba(data.X_val), ref.predict_proba(data.X_val))
