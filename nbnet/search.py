@@ -322,36 +322,61 @@ def _preprocessed(est, data: Data) -> tuple:
 _SPLITS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
 
 
-@contextlib.contextmanager
-def _shared_data(cfg: C.ExperimentConfig, data: Data, workers: int):
-    """For spawned workers: this process's prepared data and the fitted base preprocessing
-    (the config's own: what most trials use), written once as ``.npy`` files (no pickle) that the
+class _SharedData:
+    """For spawned workers: this process's prepared data and the fitted base preprocessing (the
+    config's own: what most trials use), written once as ``.npy`` files (no pickle) that the
     workers map instead of loading, cleaning, splitting and preprocessing it all again (seconds
-    for 60 000 × 784). Yields what :func:`_load_shared` needs, or None (one worker, or labels
-    that only pickle could store); the folder is removed afterwards."""
-    arrays = {k: getattr(data, k) for k in _SPLITS if getattr(data, k) is not None}
-    if workers < 2 or any(a.dtype.hasobject for a in arrays.values()):
-        yield None
-        return
-    import shutil
+    for 60 000 × 784). The workers are spawned first and import meanwhile; they wait for
+    ``ready``, then find ``meta.json`` (:func:`_load_shared`) or, when nothing could be shared
+    (labels that only pickle could store), load the data themselves. :meth:`close` removes the
+    folder."""
 
-    est = build_estimator(cfg, data)
-    pre, Xt, Xv = _preprocessed(est, data)
-    meta, pre_arrays = pre.to_state()
-    shm = Path("/dev/shm")
-    folder = Path(tempfile.mkdtemp(prefix="nbnet-sweep-data-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK) else None))
-    try:
-        for name, a in {**arrays, "pre_X_train": Xt, "pre_X_val": Xv, **{f"state_{k}": v for k, v in pre_arrays.items()}}.items():
-            np.save(folder / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
-        ds = data.dataset
-        yield {"folder": str(folder), "splits": list(arrays), "state": list(pre_arrays), "pre_meta": meta,
-               "prep_key": [est.preprocessing, est.dtype, type(est).__name__], "hash": data.hash,
-               "cleaning_report": data.cleaning_report,
-               "dataset": {"feature_names": list(ds.feature_names), "task": ds.task, "name": ds.name,
-                           "image_shape": list(ds.image_shape) if ds.image_shape else None,
-                           "categories": dict(ds.categories or {})}}
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    def __init__(self):
+        shm = Path("/dev/shm")
+        where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        self.folder = Path(tempfile.mkdtemp(prefix="nbnet-sweep-data-", dir=where))
+        self.ready = mp.get_context("spawn").Event()
+
+    def payload(self) -> dict:
+        return {"folder": str(self.folder), "ready": self.ready}
+
+    def write(self, cfg: C.ExperimentConfig, data: Data) -> None:
+        try:
+            arrays = {k: getattr(data, k) for k in _SPLITS if getattr(data, k) is not None}
+            if any(a.dtype.hasobject for a in arrays.values()):
+                return
+            est = build_estimator(cfg, data)
+            pre, Xt, Xv = _preprocessed(est, data)
+            meta, pre_arrays = pre.to_state()
+            for name, a in {**arrays, "pre_X_train": Xt, "pre_X_val": Xv,
+                            **{f"state_{k}": v for k, v in pre_arrays.items()}}.items():
+                np.save(self.folder / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+            ds = data.dataset
+            info = {"splits": list(arrays), "state": list(pre_arrays), "pre_meta": meta,
+                    "prep_key": [est.preprocessing, est.dtype, type(est).__name__], "hash": data.hash,
+                    "cleaning_report": data.cleaning_report,
+                    "dataset": {"feature_names": list(ds.feature_names), "task": ds.task, "name": ds.name,
+                                "image_shape": list(ds.image_shape) if ds.image_shape else None,
+                                "categories": dict(ds.categories or {})}}
+            from .io import atomic_write
+
+            atomic_write(self.folder / "meta.json", lambda f: f.write(json.dumps(info, default=str).encode()))
+        finally:
+            self.ready.set()
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _shared_for_worker(shared: dict | None, cfg: C.ExperimentConfig) -> None:
+    """In a spawned worker: wait for the parent's files and seed the caches from them, if any."""
+    if not shared or not shared["ready"].wait(timeout=600):
+        return
+    meta = Path(shared["folder"], "meta.json")
+    if meta.is_file():
+        _load_shared({**json.loads(meta.read_text()), "folder": shared["folder"]}, cfg)
 
 
 def _load_shared(shared: dict, cfg: C.ExperimentConfig) -> None:
@@ -832,8 +857,8 @@ def _worker_loop(payload: dict, tickets, worker: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per trial is the progress report
     cfg = C.from_dict(payload["config"], payload["name"])
-    if payload.get("shared") and worker > 0:
-        _load_shared(payload["shared"], cfg)
+    if worker > 0:
+        _shared_for_worker(payload.get("shared"), cfg)
     data = prepare_data(cfg)
     storage = open_storage(payload["storage"], uri=payload["uri"])
     space = cfg.search.space
@@ -877,15 +902,17 @@ def _worker_loop(payload: dict, tickets, worker: int) -> None:
                        callbacks=[enough, after_trial])
 
 
-def _run_workers(payload: dict, n: int, tickets, stop=None) -> list[int]:
-    """Worker 0 runs in this process, which has its imports, data and preprocessing loaded
-    already; workers 1 … n-1 are spawned and start up meanwhile. Returns the spawned workers'
-    exit codes."""
+def _run_workers(payload: dict, n: int, tickets, stop=None, share=None) -> list[int]:
+    """Worker 0 runs in this process, which has its imports and data loaded already; workers
+    1 … n-1 are spawned first, and import while ``share()`` (if given) writes the prepared data
+    for them. Returns the spawned workers' exit codes."""
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_worker_main, args=(payload, tickets, i, stop), name=f"nbnet-sweep-{i}") for i in range(1, n)]
     for p in procs:
         p.start()
     try:
+        if share is not None:
+            share()
         _worker_main(payload, tickets, 0, stop)
         for p in procs:
             p.join()
@@ -1126,11 +1153,16 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
                        "max_total": cfg.search.n_trials + counts["STALE"], "quiet": quiet, "workers": workers}
             tickets = mp.get_context("spawn").Value("i", remaining)
             # the first Ctrl-C / SIGTERM stops every worker at its next epoch boundary (nbnet.interrupt)
-            with interrupt.graceful(mp.get_context("spawn").Event()) as stop, resources.SystemMetrics(parent, uri=uri), \
-                    _shared_data(cfg, data, workers) as payload["shared"]:
-                codes = _run_workers(payload, workers, tickets, stop)
-                if interrupt.requested():
-                    raise interrupt.Interrupted()
+            shared = _SharedData() if workers > 1 else None  # the prepared data, for spawned workers
+            payload["shared"] = shared.payload() if shared else None
+            try:
+                with interrupt.graceful(mp.get_context("spawn").Event()) as stop, resources.SystemMetrics(parent, uri=uri):
+                    codes = _run_workers(payload, workers, tickets, stop, share=shared and (lambda: shared.write(cfg, data)))
+                    if interrupt.requested():
+                        raise interrupt.Interrupted()
+            finally:
+                if shared:
+                    shared.close()
             bad = [c for c in codes if c != 0]
             if bad:
                 how = "; ".join(f"killed by signal {-c}" if c < 0 else f"exit code {c}" for c in bad)

@@ -417,14 +417,15 @@ def test_spawned_workers_map_the_parents_prepared_data(tmp_path, pre):
     data = S.prepare_data(cfg)
     S._PREP_CACHE.clear()
     ref, ref_m = S.train_once(cfg, data=data)
-    with S._shared_data(cfg, data, workers=1) as none:
-        assert none is None  # one worker: nothing to share
-    with S._shared_data(cfg, data, workers=2) as shared:
-        folder = Path(shared["folder"])
-        assert sorted(p.suffix for p in folder.iterdir()) == [".npy"] * len(list(folder.iterdir()))
+    shared = S._SharedData()
+    try:
+        assert not shared.ready.is_set()
+        shared.write(cfg, data)
+        assert shared.ready.is_set()
+        assert {p.suffix for p in shared.folder.iterdir()} == {".npy", ".json"}  # arrays and their description
         S._DATA_CACHE.clear()
         S._PREP_CACHE.clear()
-        S._load_shared(shared, cfg)  # what a spawned worker does before its first trial
+        S._shared_for_worker(shared.payload(), cfg)  # what a spawned worker does before its first trial
         mapped = S.prepare_data(cfg)
         assert mapped is not data and mapped.hash == data.hash and mapped.task == data.task
         for k in S._SPLITS:
@@ -432,8 +433,27 @@ def test_spawned_workers_map_the_parents_prepared_data(tmp_path, pre):
             assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b))
         est, m = S.train_once(cfg, data=mapped)
         assert len(S._PREP_CACHE) == 1 and list(S._PREP_CACHE.values())[0][0] is mapped  # no refit
-    assert not folder.exists()
+    finally:
+        shared.close()
+    assert not shared.folder.exists()
     for a, b in zip(est.get_weights(), ref.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert m["val_accuracy"] == ref_m["val_accuracy"]
     np.testing.assert_array_equal(est.predict_proba(data.X_val), ref.predict_proba(data.X_val))
+
+
+def test_labels_only_pickle_could_store_are_not_shared(tmp_path):
+    """Object labels (mixed types) cannot go through .npy without pickle: the workers are told
+    to load the data themselves (ready, but no meta.json)."""
+    cfg = experiment(tmp_path)
+    data = S.prepare_data(cfg)
+    odd = S.Data(data.dataset, data.X_train, data.y_train.astype(object), data.X_val, data.y_val, None, None, data.hash)
+    shared = S._SharedData()
+    try:
+        shared.write(cfg, odd)
+        assert shared.ready.is_set() and not any(shared.folder.iterdir())
+        S._DATA_CACHE.clear()
+        S._shared_for_worker(shared.payload(), cfg)
+        assert not S._DATA_CACHE  # nothing seeded: prepare_data loads as usual
+    finally:
+        shared.close()
