@@ -356,3 +356,46 @@ def test_docstring_examples_run():
     for module in (nbnet.data.load, nbnet.data.prep, nbnet.metrics):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_histogram_counts_equal_a_per_value_search_with_ties_nan_and_outliers():
+    """Bin b holds the values with exactly b inner edges <= them (NaN counts nowhere), also with
+    repeated edges (a column with few distinct values) and values outside the outer edges."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(500, 6))
+    X[:, 2] = rng.integers(0, 3, 500)  # three values: quantile edges repeat
+    X[rng.random(X.shape) < 0.05] = np.nan
+    edges = np.sort(rng.normal(size=(6, 11)), axis=1)
+    edges[2] = [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    X[0, :] = 1e6
+    X[1, :] = -1e6
+    want = np.zeros((6, 10), np.int64)
+    for j in range(6):
+        for v in X[:, j]:
+            if not np.isnan(v):
+                want[j, np.searchsorted(edges[j, 1:-1], v, side="right")] += 1
+    np.testing.assert_array_equal(histogram_counts(X, edges), want)
+    np.testing.assert_array_equal(histogram_counts(X, edges[:, [0, -1]]), [[len(X) - np.isnan(c).sum()] for c in X.T])
+
+
+@pytest.mark.parametrize("spec", [dict(scale="standard"), dict(scale="standard", drop_constant=True),
+                                  dict(scale="minmax", pca=3), dict(scale="standard", variance_threshold=0.0)])
+def test_fit_reuses_the_drift_statistics(spec):
+    """fit takes the mean, std and constant columns from the drift statistics it computes anyway
+    (no second pass over X): the same reductions of X, as scikit-learn's scaler computes them,
+    with and without a constant column."""
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.random.default_rng(0).normal(size=(300, 7)) * [1, 2, 3, 4, 5, 6, 7]
+    for Xc in (X, np.c_[X, np.full(300, 2.5)]):
+        pre = Preprocessor(**spec).fit(Xc)
+        keep = pre.columns_
+        if spec == dict(scale="standard"):
+            sk = StandardScaler().fit(Xc[:, keep])
+            np.testing.assert_array_equal(pre.center_, Xc.mean(0))
+            np.testing.assert_array_equal(pre.scale_, np.where(Xc.std(0) < 1e-15, 1.0, Xc.std(0)))
+            np.testing.assert_allclose(pre.center_, sk.mean_, rtol=1e-14)
+            np.testing.assert_allclose(pre.transform(Xc), sk.transform(Xc[:, keep]), rtol=1e-12, atol=1e-12)
+        assert (7 in keep.tolist()) == (Xc.shape[1] == 8 and not spec.get("drop_constant")
+                                        and spec.get("variance_threshold") is None)
+        assert pre.center_ is not pre.stats_["mean"]

@@ -71,13 +71,17 @@ def histogram_counts(X, edges) -> np.ndarray:
         raise NbnetError(f"histogram_counts needs X (n, d) and edges (d, bins+1); got {X.shape} and {edges.shape}")
     n_bins = edges.shape[1] - 1
     out = np.zeros((X.shape[1], n_bins), np.int64)
-    Xt = np.ascontiguousarray(X.T)  # one column per row: contiguous scans
-    n_nan = np.isnan(Xt).sum(1)
-    for j in range(Xt.shape[0]):
-        # NaN sorts after every number, so it lands in the last bin: taken out again below
-        idx = np.searchsorted(edges[j, 1:-1], Xt[j], side="right")
-        out[j] = np.bincount(idx, minlength=n_bins)
-    out[:, -1] -= n_nan
+    if n_bins == 1:
+        out[:, 0] = X.shape[0] - np.isnan(X).sum(0)
+        return out
+    # A value's bin is the number of inner edges <= it (edges ascend), so the values of bin b or
+    # higher are those >= inner edge b-1: one vectorised comparison per inner edge, row-major (a
+    # per-column searchsorted over the transposed copy took twice as long on 54 000 x 784).
+    inner = edges[:, 1:-1]
+    ge = np.stack([np.count_nonzero(X >= inner[:, k], axis=0) for k in range(n_bins - 1)], axis=1)
+    out[:, 0] = X.shape[0] - ge[:, 0] - np.isnan(X).sum(0)  # NaN compares False: taken out of bin 0
+    out[:, 1:-1] = ge[:, :-1] - ge[:, 1:]
+    out[:, -1] = ge[:, -1]
     return out
 
 
@@ -334,6 +338,7 @@ class Preprocessor:
             raise NbnetError(f"cannot fit preprocessing on an empty X (shape {X.shape})")
         self.n_features_in_ = d
         self.stats_ = feature_stats(X)
+        raw = not self.stats_["n_missing"].any()  # X as given, so its statistics are X's own (reused below)
         report = {"imputed_cells": int(self.stats_["n_missing"].sum()) if self.allows_nan else 0}
 
         # 1. impute (a column with no value at all is filled with 0)
@@ -348,20 +353,24 @@ class Preprocessor:
             else:
                 fill = np.full(d, self.impute_value)
             self.fill_ = np.nan_to_num(fill, nan=0.0)
-            X = np.where(np.isnan(X), self.fill_, X)
+            if not raw:
+                X = np.where(np.isnan(X), self.fill_, X)
         cols = np.arange(d)
 
         # 2. constant columns
         if self.drop_constant:
-            const = np.ptp(X, axis=0) == 0
+            const = (self.stats_["max"] == self.stats_["min"]) if raw else (np.ptp(X, axis=0) == 0)
             report["constant_dropped"] = cols[const].tolist()
             cols = cols[~const]
             if len(cols) == 0:
                 raise NbnetError("every column is constant on the training data; there is nothing to learn from")
-        Xs = X[:, cols]
+        whole = len(cols) == d
+        Xs = X if whole else X[:, cols]
 
         # 3. scale
-        if self.scale == "standard":
+        if self.scale == "standard" and raw and whole:  # the same reductions of the same array as feature_stats'
+            center, scale = self.stats_["mean"].copy(), _safe_scale(self.stats_["std"])
+        elif self.scale == "standard":
             center, scale = Xs.mean(0), _safe_scale(Xs.std(0))
         elif self.scale == "minmax":
             lo = Xs.min(0)
@@ -371,7 +380,8 @@ class Preprocessor:
             center, scale = q50, _safe_scale(q75 - q25)
         else:
             center, scale = np.zeros(len(cols)), np.ones(len(cols))
-        Xs = (Xs - center) / scale
+        if self.variance_threshold is not None or self.select_k is not None or self.pca is not None:
+            Xs = (Xs - center) / scale  # the later steps work on the scaled data
 
         # 4. variance threshold (on the scaled data; 0 keeps exactly the non-constant columns)
         if self.variance_threshold is not None:
@@ -468,7 +478,9 @@ class Preprocessor:
         X = self._check(X, fitting=False)
         if self.fill_ is not None:
             X = np.where(np.isnan(X), self.fill_, X)
-        X = (X[:, self.columns_] - self.center_) / self.scale_
+        every = len(self.columns_) == X.shape[1] and np.array_equal(self.columns_, np.arange(X.shape[1]))
+        X = np.subtract(X if every else X[:, self.columns_], self.center_)  # (no copy of X to pick every column)
+        X /= self.scale_  # in place: element by element the same values, one full-size array less
         if self.pca_components_ is not None:
             X = (X - self.pca_mean_) @ self.pca_components_.T
         return np.ascontiguousarray(X)
