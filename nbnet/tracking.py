@@ -629,39 +629,94 @@ _PLACEHOLDERS = {"artifact_path": "NBNETXARTIFACTPATHX", "run_id": "NBNETXRUNIDX
 _TEMPLATES: dict = {}  # key -> (folder, MLmodel text, size of the folder's model file, model_size_bytes)
 
 
+def template_cache_dir() -> Path:
+    """Where pyfunc model templates are kept between processes: ``NBNET_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/nbnet`` (``~/.cache/nbnet``), sub-folder ``pyfunc-templates``."""
+    root = os.environ.get("NBNET_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nbnet"
+    return Path(root) / "pyfunc-templates"
+
+
+def _private_dir(path: Path) -> Path | None:
+    """``path`` created 0700 if missing; None if it cannot be, or if it is not this user's alone
+    (a template holds the code file MLflow runs when the model is loaded: nobody else may plant one)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+    except OSError:
+        return None
+    return path if st.st_uid == os.getuid() and not st.st_mode & 0o022 else None
+
+
+def _usable_template(local: Path, code: str) -> bool:
+    """A whole template whose code file is nbnet's own (the one MLflow runs at load time)."""
+    try:
+        return (_PLACEHOLDERS["run_id"] in (local / "MLmodel").read_text()
+                and (local / _PYFUNC_CODE.name).read_text() == code and (local / "artifacts" / MODEL_FILE).is_file())
+    except OSError:
+        return False
+
+
 def _template(key: tuple, estimator, example, config: dict, signature_of) -> tuple:
-    """A pyfunc model folder written by ``mlflow.pyfunc.save_model`` once per process for every
-    model with the same class, input columns, example, signature and requirements (every trial
-    of a sweep), with placeholders where a model's own ids go. :func:`log_model` copies it and
-    swaps in the weights and ids: ``save_model`` infers the schema, writes the example and the
-    environment files and dumps the YAML (tens of ms, 80 ms for 784 columns) for every model
-    otherwise, and nothing of that differs between two trials."""
+    """A pyfunc model folder written by ``mlflow.pyfunc.save_model`` with placeholders where a
+    model's own ids go, for every model with the same class, input columns, example, signature
+    and requirements (every trial of a sweep). :func:`log_model` copies it and swaps in the
+    weights and ids: ``save_model`` infers the schema, writes the example and the environment
+    files, checks the requirements against every installed distribution (~0.45 s the first time
+    in a process) and dumps the YAML for every model otherwise, and nothing of that differs
+    between two trials. Kept in :func:`template_cache_dir` (private to the user, named by a
+    digest of the key, MLflow's and Python's versions and nbnet's pyfunc code file, created
+    atomically), so a sweep's worker processes and later sweeps reuse it; in a temporary folder
+    of the process if that cannot be written."""
     hit = _TEMPLATES.get(key)
     if hit is not None and Path(hit[0]).is_dir():
         return hit
-    from mlflow.models import Model
+    import hashlib
+    import sys
 
-    folder = Path(tempfile.mkdtemp(prefix="nbnet-pyfunc-template-"))
-    atexit.register(shutil.rmtree, folder, True)
-    src = folder / MODEL_FILE
-    estimator.save(src)
-    local = folder / MODEL_NAME
-    meta = Model(**_PLACEHOLDERS)
-    with _quiet():
-        mlflow.pyfunc.save_model(path=str(local), python_model=str(_PYFUNC_CODE), artifacts={"model": str(src)},
-                                 model_config=config, signature=signature_of(), input_example=example,
-                                 pip_requirements=_pip_requirements(), mlflow_model=meta)
+    code = _PYFUNC_CODE.read_text()
+    digest = hashlib.sha256(json.dumps([list(map(str, key)), mlflow.__version__, sys.version, code]).encode()).hexdigest()[:32]
+    cache = _private_dir(template_cache_dir())
+    local = cache / digest / MODEL_NAME if cache else None
+    if local is None or not _usable_template(local, code):
+        from mlflow.models import Model
+
+        if cache is None:
+            folder = Path(tempfile.mkdtemp(prefix="nbnet-pyfunc-template-"))
+            atexit.register(shutil.rmtree, folder, True)
+        else:
+            folder = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))
+        src = folder / MODEL_FILE
+        estimator.save(src)
+        built = folder / MODEL_NAME
+        with _quiet():
+            mlflow.pyfunc.save_model(path=str(built), python_model=str(_PYFUNC_CODE), artifacts={"model": str(src)},
+                                     model_config=config, signature=signature_of(), input_example=example,
+                                     pip_requirements=_pip_requirements(), mlflow_model=Model(**_PLACEHOLDERS))
+        if cache is None:
+            local = built
+        else:
+            if (cache / digest).exists():  # damaged or not nbnet's: moved aside (atomically) and removed
+                aside = Path(tempfile.mkdtemp(prefix=".bad-", dir=cache))
+                with contextlib.suppress(OSError):
+                    os.rename(cache / digest, aside / "old")
+                shutil.rmtree(aside, ignore_errors=True)
+            try:
+                os.rename(folder, cache / digest)  # atomic: a reader sees no folder or a whole one
+            except OSError:  # another process made it meanwhile: use theirs
+                shutil.rmtree(folder, ignore_errors=True)
+            if not _usable_template(local, code):
+                raise NbnetError(f"pyfunc model template {local.parent} is damaged; delete it and log the model again")
     text = (local / "MLmodel").read_text()
     m = re.search(r"^model_size_bytes: (\d+)$", text, re.M)
-    hit = (local, text, src.stat().st_size, int(m.group(1)) if m else None)
+    hit = (local, text, (local / "artifacts" / MODEL_FILE).stat().st_size, int(m.group(1)) if m else None)
     _TEMPLATES.clear()  # one sweep's models at a time
     _TEMPLATES[key] = hit
     return hit
 
 
 def _write_model(dst: Path, estimator, template: tuple, ids: dict) -> None:
-    """The pyfunc model folder ``dst``: the template's files (hard links where possible) with this
-    estimator's nbnet file and an MLmodel naming this model's ids."""
+    """The pyfunc model folder ``dst``: the template's files with this estimator's nbnet file and
+    an MLmodel naming this model's ids."""
     from datetime import datetime, timezone
 
     folder, text, tmpl_bytes, tmpl_size = template

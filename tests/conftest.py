@@ -64,3 +64,18 @@ def targets(loss: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture
 def make_targets():
     return targets
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_template_cache(tmp_path_factory):
+    """pyfunc model templates (nbnet.tracking.template_cache_dir) go to a folder of this test
+    session, for it and the processes it starts, not to the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("NBNET_CACHE_DIR")
+    os.environ["NBNET_CACHE_DIR"] = str(tmp_path_factory.mktemp("nbnet-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NBNET_CACHE_DIR", None)
+    else:
+        os.environ["NBNET_CACHE_DIR"] = old

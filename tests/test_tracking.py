@@ -215,6 +215,39 @@ def test_models_from_one_template_keep_their_own_ids_and_weights(store, iris_clf
     assert mlflow.models.get_model_info(f"runs:/{run_id}/model").signature.inputs.input_names() == list("abcd")
 
 
+def test_the_template_is_reused_across_processes_and_a_tampered_one_replaced(store, iris_clf, monkeypatch):
+    """A later process (here: the cleared in-process cache) finds the template on disk and writes
+    no model with save_model; a template whose code file is not nbnet's is rebuilt."""
+    clf, X = iris_clf
+    exp = tracking.ensure_experiment("templates-disk")
+    saves = []
+    real = mlflow.pyfunc.save_model
+    monkeypatch.setattr(mlflow.pyfunc, "save_model", lambda *a, **k: saves.append(1) or real(*a, **k))
+
+    def log():
+        tracking._TEMPLATES.clear()
+        run_id = tracking.start_run(exp, run_name="t")
+        uri = tracking.log_model(run_id, clf, pd.DataFrame(X[:5], columns=["x0", "x1", "x2", "x3"]))
+        tracking.end_run(run_id)
+        return uri
+
+    log()
+    ((local, *_),) = tracking._TEMPLATES.values()
+    folder = local.parent
+    assert folder.parent == tracking.template_cache_dir()
+    assert oct(tracking.template_cache_dir().stat().st_mode & 0o777) == "0o700"
+    n = len(saves)
+    log()
+    assert len(saves) == n  # found on disk: no save_model
+    code = folder / "model" / "_pyfunc_model.py"
+    code.write_text("import os  # not nbnet's\n")
+    uri = log()
+    assert len(saves) == n + 1 and code.read_text() == (Path(nbnet.__file__).parent / "_pyfunc_model.py").read_text()
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    assert (local / "_pyfunc_model.py").read_text() == code.read_text()  # the logged model has nbnet's code
+    assert not [p for p in tracking.template_cache_dir().iterdir() if p.name.startswith(".")]  # no leftovers
+
+
 def test_metric_logger_as_training_callback(store, blobs):
     X, y = blobs
     exp = tracking.ensure_experiment("callback")
