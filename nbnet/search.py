@@ -32,8 +32,8 @@
   (batched; with per-layer activation statistics), final validation/test metrics, cost metrics
   (``compile_seconds``, ``train_seconds``, ``cpu_seconds``, ``tracking_seconds``), ``config.json``,
   ``plots/evaluation.json`` and ``plots/summary.png`` (:mod:`nbnet.plots`) and the model (pyfunc
-  from code). The parent gets the best trial's params and metric, summed costs, Optuna figures
-  and ``trials.csv``; the best model is then registered under the experiment's name and becomes
+  from code). The parent gets the best trial's params and metric, summed costs, the study's
+  figures and ``trials.csv``; the best model is then registered under the experiment's name and becomes
   ``champion`` if it beats the current one.
 
 Example
