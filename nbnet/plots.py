@@ -1,6 +1,7 @@
 """A run's figures: what every tracked run logs, and ``nbnet plot RUN_ID``.
 
-Per run (trial, ``nbnet train``, rerun) :func:`log_run_plots` logs, in one upload:
+Per run (trial, ``nbnet train``, rerun) :func:`write_run_plots` writes, for the run's one
+artifact upload (``nbnet.search``):
 
 * ``plots/evaluation.json`` — the validation split's evaluation data (a few KB): for a
   classifier the class labels, the confusion counts and the ROC points (binary: the positive
@@ -142,19 +143,6 @@ def write_run_plots(folder, est, X_val, y_val, task: str, *, title: str | None =
     return {"evaluate": t1 - t0, "render": time.perf_counter() - t1}
 
 
-def log_run_plots(run_id: str, est, X_val, y_val, task: str, uri: str | None = None, *,
-                  title: str | None = None, predictions=None) -> dict:
-    """Log ``plots/evaluation.json`` and ``plots/summary.png`` for a fitted estimator (one
-    artifact upload). Returns the seconds spent: ``{"evaluate": …, "render": …, "upload": …}``."""
-    from . import tracking
-
-    with tempfile.TemporaryDirectory(prefix="nbnet-plots-") as tmp:
-        spent = write_run_plots(tmp, est, X_val, y_val, task, title=title, predictions=predictions)
-        t = time.perf_counter()
-        tracking.log_artifact(run_id, tmp, ARTIFACT_DIR, uri=uri)
-    return {**spent, "upload": time.perf_counter() - t}
-
-
 # --- nbnet plot RUN_ID ------------------------------------------------------------------------------
 def _store_uri(uri: str | None) -> str:
     from . import tracking
@@ -287,5 +275,5 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     _write_atomic(dst, src.read_bytes())
 
 
-__all__ = ["log_run_plots", "write_run_plots", "plot_run", "evaluation_data", "roc_data", "roc_points", "fetch_series",
+__all__ = ["write_run_plots", "plot_run", "evaluation_data", "roc_data", "roc_points", "fetch_series",
            "EVAL_ARTIFACT"]

@@ -380,7 +380,7 @@ def _shared_for_worker(shared: dict | None, cfg: C.ExperimentConfig) -> None:
 
 
 def _load_shared(shared: dict, cfg: C.ExperimentConfig) -> None:
-    """Seed this worker's data and preprocessing caches from :func:`_shared_data`'s files
+    """Seed this worker's data and preprocessing caches from :class:`_SharedData`'s files
     (copy-on-write maps: the pages are the parent's until written)."""
     from .data.load import Dataset
     from .data.prep import Preprocessor

@@ -457,3 +457,28 @@ def test_labels_only_pickle_could_store_are_not_shared(tmp_path):
         assert not S._DATA_CACHE  # nothing seeded: prepare_data loads as usual
     finally:
         shared.close()
+
+
+@pytest.mark.parametrize("created", [False, True], ids=["before its run", "between its run and recording it"])
+def test_a_worker_killed_before_recording_its_run_still_leaves_one_failed_run(store, tmp_path, created):
+    """A worker killed after the trial started but before it recorded the run id: the resumed
+    sweep closes the run it made (found by name under the parent) or, if it made none, creates
+    one, so every trial keeps exactly one run."""
+    cfg = experiment(tmp_path, n_trials=1)
+    S.run_sweep(cfg, quiet=True, register=False)  # the study and its parent run exist
+    storage = S.open_storage(S.default_storage("tiny"))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    parent = study.user_attrs["nbnet.parent_run_id"]
+    t = study.ask()
+    t.suggest_float("train.learning_rate", 1e-3, 3e-2, log=True)
+    t.set_user_attr("host", socket.gethostname())
+    t.set_user_attr("pid", _dead_pid())
+    exp_id = tracking.ensure_experiment("tiny", store)
+    if created:
+        made = tracking.start_run(exp_id, run_name=f"trial-{t.number}", parent_run_id=parent, uri=store)
+    S.run_sweep(cfg, trials=2, quiet=True, register=False)
+    runs = [r for r in child_runs(store, "tiny", parent) if r.info.run_name == f"trial-{t.number}"]
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["optuna.state"] == "FAIL" and "died" in runs[0].data.tags["nbnet.reason"]
+    if created:
+        assert runs[0].info.run_id == made
