@@ -331,11 +331,38 @@ class _SharedData:
     (labels that only pickle could store), load the data themselves. :meth:`close` removes the
     folder."""
 
+    PREFIX = "nbnet-sweep-data-"
+
     def __init__(self):
-        shm = Path("/dev/shm")
-        where = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-        self.folder = Path(tempfile.mkdtemp(prefix="nbnet-sweep-data-", dir=where))
+        where = self.base()
+        self.remove_orphans(where)
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=where))
         self.ready = mp.get_context("spawn").Event()
+
+    @staticmethod
+    def base() -> Path:
+        shm = Path("/dev/shm")
+        return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+    @classmethod
+    def remove_orphans(cls, where: Path) -> int:
+        """Remove this user's folders of sweeps whose process is gone (a SIGKILL or an OOM kill
+        leaves them, and under /dev/shm they hold memory). Returns how many."""
+        import shutil
+
+        n = 0
+        for p in where.glob(f"{cls.PREFIX}*-*"):
+            try:
+                pid = int(p.name[len(cls.PREFIX):].split("-", 1)[0])
+                if p.stat().st_uid != os.getuid():
+                    continue
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+            except (ValueError, OSError):
+                continue
+        return n
 
     def payload(self) -> dict:
         return {"folder": str(self.folder), "ready": self.ready}

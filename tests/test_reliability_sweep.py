@@ -187,11 +187,17 @@ def test_kill_the_whole_sweep_mid_trial_then_resume(tmp_path, template_db):
             proc.wait()
     running_before = [r.info.run_name for r in sw.runs() if r.info.status == "RUNNING"]
     assert f"trial-{victim.number}" in running_before and "sweep-tiny" in running_before
+    from nbnet.search import _SharedData
+
+    # the killed sweep could not remove the data it shared with its workers (memory, under /dev/shm)
+    left = list(_SharedData.base().glob(f"{_SharedData.PREFIX}{proc.pid}-*"))
+    assert len(left) == 1
 
     r = sw.run(workers=2)
     assert r.returncode == 0, r.stderr
     study, _ = sw.check_complete()
     assert study.trials[victim.number].state.name == "FAIL"
+    assert not left[0].exists()  # the next sweep removed it (its process is gone)
 
 
 @pytest.mark.parametrize("how", ["SIGINT to the process group, 2 workers", "SIGTERM to the parent only, 2 workers",

@@ -482,3 +482,15 @@ def test_a_worker_killed_before_recording_its_run_still_leaves_one_failed_run(st
     assert runs[0].data.tags["optuna.state"] == "FAIL" and "died" in runs[0].data.tags["nbnet.reason"]
     if created:
         assert runs[0].info.run_id == made
+
+
+def test_shared_data_of_dead_sweeps_is_removed_and_live_ones_kept(tmp_path):
+    """A SIGKILLed sweep leaves its shared-data folder (under /dev/shm: memory); the next sweep
+    removes the folders whose process is gone, and only those."""
+    dead, live = tmp_path / f"{S._SharedData.PREFIX}{_dead_pid()}-abc", tmp_path / f"{S._SharedData.PREFIX}{os.getpid()}-def"
+    other = tmp_path / "nbnet-sweep-data-notapid-x"
+    for d in (dead, live, other):
+        d.mkdir()
+        (d / "X_train.npy").write_bytes(b"x")
+    assert S._SharedData.remove_orphans(tmp_path) == 1
+    assert not dead.exists() and live.exists() and other.exists()
