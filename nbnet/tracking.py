@@ -378,6 +378,7 @@ class MetricLogger:
         self.seconds = 0.0
         self._buf: list[Metric] = []
         self._tags: dict[str, RunTag] = {}
+        self.latest: dict[str, float] = {}  # the last value logged of each key
         self._calls = 0
         self._last = time.monotonic()
 
@@ -386,6 +387,7 @@ class MetricLogger:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
             return
         self._buf.append(Metric(_key(key), float(value), int(time.time() * 1000), int(step)))
+        self.latest[key] = float(value)
         if len(self._buf) >= _MAX_METRICS_PER_BATCH:
             self.flush()
 

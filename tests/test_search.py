@@ -120,6 +120,10 @@ def test_sweep_tracks_every_trial_as_a_child_run(store, tmp_path):
         assert m["val_accuracy"] == pytest.approx(trial.value)
         for key in ("compile_seconds", "train_seconds", "cpu_seconds", "tracking_seconds", "val_loss", "val_f1_macro"):
             assert key in m and m[key] >= 0
+        # the study holds the same costs; its tracking time also counts the last batch and the run's end
+        costs = trial.user_attrs["costs"]
+        assert costs["train_seconds"] == m["train_seconds"] and costs["cpu_seconds"] == m["cpu_seconds"]
+        assert costs["tracking_seconds"] == trial.user_attrs["tracking_seconds"] > m["tracking_seconds"] > 0
         assert [h.step for h in c.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
         assert len(c.get_metric_history(run.info.run_id, "grad_norm_0")) == 3
         arts = {a.path for a in c.list_artifacts(run.info.run_id)} | {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
@@ -134,6 +138,7 @@ def test_sweep_tracks_every_trial_as_a_child_run(store, tmp_path):
     pm = c.get_run(r.parent_run_id).data
     assert pm.metrics["best_val_accuracy"] == pytest.approx(r.best_value)
     assert pm.metrics["sum_train_seconds"] == pytest.approx(sum(k.data.metrics["train_seconds"] for k in kids))
+    assert pm.metrics["sum_tracking_seconds"] == pytest.approx(sum(t.user_attrs["tracking_seconds"] for t in study.trials))
     assert pm.tags["best.run_id"] == r.best_run_id
     study_arts = {a.path for a in c.list_artifacts(r.parent_run_id, "study")}
     assert {"study/trials.csv", "study/optimization_history.png", "study/param_importances.png",
@@ -231,6 +236,11 @@ def test_stale_running_trial_of_a_dead_worker_is_failed_and_retried(store, tmp_p
     assert retried[0].params["train.learning_rate"] == lr
     assert r.n_complete == 2  # the stale trial does not count against n_trials
     assert tracking.client(store).get_run(orphan_run).info.status == "FAILED"
+    # the dead worker's trial has no costs in the study: the parent's sums come from the runs
+    assert "costs" not in trials[0].user_attrs
+    kids = child_runs(store, "tiny", r.parent_run_id)
+    pm = tracking.client(store).get_run(r.parent_run_id).data.metrics
+    assert pm["sum_train_seconds"] == pytest.approx(sum(k.data.metrics.get("train_seconds", 0.0) for k in kids))
 
 
 def test_live_running_trial_is_left_alone(store, tmp_path):
