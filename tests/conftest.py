@@ -79,3 +79,15 @@ def _private_template_cache(tmp_path_factory):
         os.environ.pop("NBNET_CACHE_DIR", None)
     else:
         os.environ["NBNET_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def empty_store_db(tmp_path_factory):
+    """An initialised MLflow SQLite database (creating the tables takes seconds); tests take a
+    copy (``stores.fresh_store``), so they stay isolated without paying for the schema
+    migrations every time."""
+    from nbnet import tracking
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    tracking.ensure_experiment("template", f"sqlite:///{db}")
+    return db

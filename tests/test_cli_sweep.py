@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_search import empty_store_db, fresh_store  # noqa: F401 (a fixture)
+from stores import fresh_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ def nbnet(*args, cwd, env_extra=None):
 
 
 @pytest.fixture
-def project(tmp_path, empty_store_db):  # noqa: F811
+def project(tmp_path, empty_store_db):
     fresh_store(tmp_path, empty_store_db)
     (tmp_path / "tiny.toml").write_text(TINY)
     return tmp_path

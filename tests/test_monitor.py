@@ -16,6 +16,7 @@ from nbnet import config as C
 from nbnet import monitor, registry, search, tracking
 from nbnet.cli import main
 from nbnet.data.prep import N_BINS, feature_stats
+from stores import module_store
 
 
 
@@ -107,11 +108,7 @@ def test_metric_keys_are_mlflow_safe():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("monitor-store")
-    with pytest.MonkeyPatch.context() as mp_:
-        mp_.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlruns/mlflow.db")
-        mp_.setenv("MPLBACKEND", "Agg")
-        yield root
+    yield from module_store(tmp_path_factory, "monitor-store", MPLBACKEND="Agg")
 
 
 @pytest.fixture(scope="module")

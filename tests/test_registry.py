@@ -10,16 +10,14 @@ import pytest
 
 from nbnet import MLPClassifier, registry, tracking
 from nbnet.cli import main
+from stores import module_store
 
 COLS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("registry-store")
-    with pytest.MonkeyPatch.context() as mp_:
-        mp_.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlruns/mlflow.db")
-        yield root
+    yield from module_store(tmp_path_factory, "registry-store")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_search import empty_store_db, experiment, fresh_store, store  # noqa: F401 (fixtures)
+from stores import fresh_store
+from test_search import experiment, store  # noqa: F401 (a fixture)
 
 from nbnet import resources
 from nbnet import search as S
@@ -35,7 +36,7 @@ def test_a_bad_interval_is_a_one_line_error(monkeypatch, raw):
     assert "\n" not in str(e.value)
 
 
-def test_a_run_shorter_than_one_interval_gets_one_sample_and_zero_turns_it_off(tmp_path, empty_store_db):  # noqa: F811
+def test_a_run_shorter_than_one_interval_gets_one_sample_and_zero_turns_it_off(tmp_path, empty_store_db):
     uri = fresh_store(tmp_path, empty_store_db)
     exp = tracking.ensure_experiment("res", uri)
     c = tracking.client(uri)
@@ -55,7 +56,7 @@ def test_a_run_shorter_than_one_interval_gets_one_sample_and_zero_turns_it_off(t
     assert not [k for k in c.get_run(off).data.metrics if k.startswith("system/")]
 
 
-def test_train_run_logs_system_metrics_into_its_own_store(tmp_path, monkeypatch, empty_store_db):  # noqa: F811
+def test_train_run_logs_system_metrics_into_its_own_store(tmp_path, monkeypatch, empty_store_db):
     """MLflow's global tracking URI points elsewhere: the sampler must still write into the run's store."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -106,7 +107,7 @@ def test_trial_usage_measures_cpu_and_the_peak_of_this_trial():
         assert b["system/peak_rss_mb"] < a["system/peak_rss_mb"] - 150
 
 
-def test_gpu_metrics_when_a_gpu_is_present(tmp_path, empty_store_db):  # noqa: F811
+def test_gpu_metrics_when_a_gpu_is_present(tmp_path, empty_store_db):
     pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (the cuda extra) is not installed")
     try:
         pynvml.nvmlInit()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from nbnet import config as C
 from nbnet import search as S
 from nbnet import tracking
 from nbnet.errors import NbnetError
+from stores import fresh_store
 
 EXPERIMENT = """
 [data]
@@ -49,21 +49,6 @@ n_warmup_steps = 0
 """
 SPACE = """"train.learning_rate" = { type = "float", low = 1e-3, high = 3e-2, log = true }
 "model.activation" = ["relu", "tanh"]"""
-
-
-@pytest.fixture(scope="session")
-def empty_store_db(tmp_path_factory) -> Path:
-    """An initialised MLflow SQLite database (creating the tables takes seconds); each test gets
-    a copy, so tests stay isolated without paying for the schema migrations every time."""
-    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    tracking.ensure_experiment("template", f"sqlite:///{db}")
-    return db
-
-
-def fresh_store(folder: Path, template: Path) -> str:
-    (folder / "mlruns").mkdir(exist_ok=True)
-    shutil.copyfile(template, folder / "mlruns" / "mlflow.db")
-    return f"sqlite:///{folder}/mlruns/mlflow.db"
 
 
 @pytest.fixture

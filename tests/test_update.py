@@ -12,17 +12,14 @@ from tables import COLS, make_table
 from nbnet import MLPClassifier, registry, tracking
 from nbnet.cli import main
 from nbnet.monitor import score
+from stores import module_store
 
 SHIFT = np.array([2.0, 0.0, -1.5, 0.0])
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("update-store")
-    with pytest.MonkeyPatch.context() as mp_:
-        mp_.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlruns/mlflow.db")
-        mp_.setenv("MPLBACKEND", "Agg")
-        yield root
+    yield from module_store(tmp_path_factory, "update-store", MPLBACKEND="Agg")
 
 
 def run(argv, capsys):

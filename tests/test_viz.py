@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import struct
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from nbnet import MLPClassifier, MLPRegressor, plots, tracking, viz
 from nbnet import config as C
 from nbnet import search as S
 from nbnet.cli import main
+from stores import fresh_store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -268,18 +268,9 @@ metric = "{metric}"
 """
 
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory) -> Path:
-    db = tmp_path_factory.mktemp("viz-template") / "mlflow.db"
-    tracking.ensure_experiment("template", f"sqlite:///{db}")  # the schema migrations, once
-    return db
-
-
 @pytest.fixture
-def store(tmp_path, monkeypatch, empty_db):
-    (tmp_path / "mlruns").mkdir()
-    shutil.copyfile(empty_db, tmp_path / "mlruns" / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+def store(tmp_path, monkeypatch, empty_store_db):
+    uri = fresh_store(tmp_path, empty_store_db)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     S._DATA_CACHE.clear()
