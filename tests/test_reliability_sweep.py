@@ -6,7 +6,6 @@ counted trials, none lost or duplicated, no MLflow run left RUNNING."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from nbnet import tracking
+from stores import fresh_store
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +43,6 @@ metric = "val_accuracy"
 """
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory) -> Path:
-    """An initialised MLflow database to copy (creating the tables takes seconds)."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    tracking.ensure_experiment("template", f"sqlite:///{db}")
-    return db
-
-
 class Sweep:
     """A project folder with the default embedded stores (mlruns/), and `nbnet sweep` in it."""
 
@@ -59,10 +51,8 @@ class Sweep:
         self.trials = trials
         self.epochs = epochs
         (folder / "tiny.toml").write_text(TOML.format(trials=trials, epochs=epochs))
-        (folder / "mlruns").mkdir()
-        shutil.copyfile(template, folder / "mlruns" / "mlflow.db")
+        self.uri = fresh_store(folder, template)
         self.env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-        self.uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
 
     def cmd(self, workers: int) -> list[str]:
         return [sys.executable, "-m", "nbnet", "sweep", "tiny.toml", "--workers", str(workers), "--no-register"]
@@ -148,8 +138,8 @@ class Sweep:
         return study, runs
 
 
-def test_kill_one_worker_mid_trial_then_resume(tmp_path, template_db):
-    sw = Sweep(tmp_path, template_db, trials=4)
+def test_kill_one_worker_mid_trial_then_resume(tmp_path, empty_store_db):
+    sw = Sweep(tmp_path, empty_store_db, trials=4)
     proc = sw.start(workers=2)
     try:
         victim = sw.wait_mid_trial(proc, spawned=True)  # (killing worker 0 kills the sweep: the next test)
@@ -174,8 +164,8 @@ def test_kill_one_worker_mid_trial_then_resume(tmp_path, template_db):
     assert tracking.client(sw.uri).get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
 
 
-def test_kill_the_whole_sweep_mid_trial_then_resume(tmp_path, template_db):
-    sw = Sweep(tmp_path, template_db, trials=4)
+def test_kill_the_whole_sweep_mid_trial_then_resume(tmp_path, empty_store_db):
+    sw = Sweep(tmp_path, empty_store_db, trials=4)
     proc = sw.start(workers=2)
     try:
         victim = sw.wait_mid_trial(proc)
@@ -202,8 +192,8 @@ def test_kill_the_whole_sweep_mid_trial_then_resume(tmp_path, template_db):
 
 @pytest.mark.parametrize("how", ["SIGINT to the process group, 2 workers", "SIGTERM to the parent only, 2 workers",
                                  "SIGINT, 1 worker"])
-def test_ctrl_c_or_sigterm_stops_cleanly_and_the_study_resumes(tmp_path, template_db, how):
-    sw = Sweep(tmp_path, template_db, trials=4)
+def test_ctrl_c_or_sigterm_stops_cleanly_and_the_study_resumes(tmp_path, empty_store_db, how):
+    sw = Sweep(tmp_path, empty_store_db, trials=4)
     workers = 1 if "1 worker" in how else 2
     proc = sw.start(workers=workers)
     try:
@@ -238,10 +228,11 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_the_study_resumes(tmp_path, templat
     sw.check_complete()
 
 
-def test_four_workers_on_the_embedded_store(tmp_path, template_db):
+def test_four_workers_on_the_embedded_store(tmp_path, empty_store_db):
     """SQLite (MLflow) and the Optuna journal under four concurrent writers: no lock errors, every
-    trial's run with its per-epoch and final metrics."""
-    sw = Sweep(tmp_path, template_db, trials=8, epochs=20)
+    trial's run with its per-epoch and final metrics. (Trials long enough that the spawned
+    workers, which start while worker 0 already trains, get some: 20 epochs were over before.)"""
+    sw = Sweep(tmp_path, empty_store_db, trials=8, epochs=300)
     r = sw.run(workers=4)
     assert r.returncode == 0, r.stderr
     assert "database is locked" not in (r.stdout + r.stderr).lower()
@@ -251,15 +242,15 @@ def test_four_workers_on_the_embedded_store(tmp_path, template_db):
         if run.data.tags.get("nbnet.kind") != "trial":
             continue
         losses = c.get_metric_history(run.info.run_id, "loss")
-        assert sorted(m.step for m in losses) == list(range(1, 21)), run.info.run_name
+        assert sorted(m.step for m in losses) == list(range(1, sw.epochs + 1)), run.info.run_name
         assert {"val_accuracy", "val_loss", "train_seconds"} <= set(run.data.metrics)
     assert {t.user_attrs["pid"] for t in study.trials} and len({t.user_attrs["pid"] for t in study.trials}) > 1
 
 
-def test_two_cold_workers_compile_once(tmp_path, template_db):
+def test_two_cold_workers_compile_once(tmp_path, empty_store_db):
     """Two workers starting on an empty numba cache: one compiles the kernels (under
     kernels.compile_lock) and writes the cache, the other waits and loads it (issue 9)."""
-    sweep = Sweep(tmp_path, template_db, trials=4, epochs=3)
+    sweep = Sweep(tmp_path, empty_store_db, trials=4, epochs=3)
     sweep.env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
     r = sweep.run(workers=2)
     assert r.returncode == 0, r.stderr[-2000:]
