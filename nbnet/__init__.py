@@ -1,17 +1,32 @@
-"""nbnet: neural networks trained by Numba-compiled kernels, with tracked hyperparameter sweeps."""
+"""nbnet: neural networks trained by Numba-compiled kernels, with tracked hyperparameter sweeps.
 
-__version__ = "0.1.0"
+The public API: the two estimators, :func:`load`, :func:`cross_validate` and the error type.
+Everything else is reachable through its package (see docs/architecture.md) but not advertised.
+"""
 
-from .errors import NbnetError  # noqa: E402
-from .estimator import MLPClassifier, MLPRegressor  # noqa: E402
-from .io import load  # noqa: E402
+from __future__ import annotations
+
+import os
+
+from nbnet.data.split import cross_validate
+from nbnet.errors import NbnetError
+from nbnet.nn.estimator import MLPClassifier, MLPRegressor
+from nbnet.nn.estimator import load as load_file
+from nbnet.version import __version__
+
+#: Prefixes of the MLflow model URIs that :func:`load` resolves through the tracking store.
+MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
-def cross_validate(*args, **kwargs):
-    """K-fold / leave-one-out cross-validation; see :func:`nbnet.data.split.cross_validate`."""
-    from .data.split import cross_validate as _cv
+def load(path_or_uri: str | os.PathLike):
+    """Load an estimator from a local model file, or from an MLflow URI (``models:/NAME@alias``,
+    ``models:/NAME/3``, ``runs:/RUN_ID/model``)."""
+    s = str(path_or_uri)
+    if s.startswith(MODEL_URI_PREFIXES):
+        from nbnet.experiment.tracking import download_model_file  # heavy: imports mlflow
 
-    return _cv(*args, **kwargs)
+        s = download_model_file(s)
+    return load_file(s)
 
 
 __all__ = ["MLPClassifier", "MLPRegressor", "NbnetError", "cross_validate", "load", "__version__"]

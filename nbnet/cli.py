@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import NbnetError
+from nbnet.errors import NbnetError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +26,7 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from nbnet.version import __version__
 
     parser = _Parser(prog="nbnet", description="Numba-compiled MLPs with tracked Optuna sweeps.")
     parser.add_argument("--version", action="version", version=f"nbnet {__version__}")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- experiments and sweeps (issue 4): sweep, train, best, rerun -------------------------------
 def _add_search_commands(sub) -> None:
-    from .config import PRUNERS, SAMPLERS
+    from nbnet.experiment.config import PRUNERS, SAMPLERS
 
     p = sub.add_parser("sweep", help="run (or resume) an Optuna sweep of an experiment, tracked in MLflow",
                        description="Run or resume the hyperparameter sweep of EXPERIMENT (a .toml path or a name in "
@@ -92,10 +92,10 @@ def _headless() -> None:
 
 def cmd_sweep(args) -> int:
     _headless()
-    from . import config
+    from nbnet.experiment import config
 
     cfg = config.load_experiment(args.experiment, args.overrides)  # before importing MLflow: errors come fast
-    from . import search
+    from nbnet.experiment import search
 
     r = search.run_sweep(cfg, trials=args.trials, workers=args.workers, study_name=args.study, storage=args.storage,
                          sampler=args.sampler, pruner=args.pruner, register=args.register, quiet=args.quiet)
@@ -114,12 +114,12 @@ def cmd_sweep(args) -> int:
 
 def cmd_train(args) -> int:
     _headless()
-    from . import config
+    from nbnet.experiment import config
 
     cfg = config.load_experiment(args.experiment, args.overrides)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise NbnetError(f"--checkpoint-every must be a positive number of epochs, got {args.checkpoint_every}")
-    from . import search
+    from nbnet.experiment import search
 
     out = search.train_run(cfg, register=args.register, checkpoint_every=args.checkpoint_every)
     if out["resumed_from_epoch"]:
@@ -135,7 +135,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from . import search
+    from nbnet.experiment import search
 
     b = search.best(args.study, args.storage)
     if args.json:
@@ -156,7 +156,7 @@ def cmd_best(args) -> int:
 
 def cmd_rerun(args) -> int:
     _headless()
-    from . import search
+    from nbnet.experiment import search
 
     r = search.rerun(args.run_id)
     if args.json:
@@ -196,7 +196,7 @@ def _add_model_commands(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from .serve import predict_file
+    from nbnet.ops.serve import predict_file
 
     n = predict_file(args.model, args.input, args.output, proba=args.proba, chunk_rows=args.chunk_rows)
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
@@ -204,7 +204,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from .serve import serve_ui
+    from nbnet.ops.serve import serve_ui
 
     return serve_ui(args.host, args.port)
 
@@ -223,7 +223,7 @@ def _add_deploy_commands(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve_model
+    from nbnet.ops.serve import serve_model
 
     return serve_model(args.model, args.host, args.port, args.workers)
 
@@ -282,7 +282,7 @@ def _add_lifecycle_commands(sub) -> None:
 
 def cmd_monitor(args) -> int:
     _headless()
-    from .monitor import check
+    from nbnet.ops.monitor import check
 
     rep = check(args.model, args.data, target=args.target, psi=args.psi, ks=args.ks, tolerance=args.tolerance,
                 rollback=args.rollback, experiment=args.experiment)
@@ -297,7 +297,7 @@ def cmd_monitor(args) -> int:
 
 def cmd_promote(args) -> int:
     _headless()
-    from .registry import promote
+    from nbnet.experiment.tracking.registry import promote
 
     res = promote(args.name, args.version, data=args.data, target=args.target, tolerance=args.tolerance)
     print("\n".join(res.lines()))
@@ -306,7 +306,7 @@ def cmd_promote(args) -> int:
 
 def cmd_rollback(args) -> int:
     _headless()
-    from .registry import rollback
+    from nbnet.experiment.tracking.registry import rollback
 
     old, new = rollback(args.name, args.to, reason=args.reason)
     print(f"champion of {args.name}: v{old} → v{new}  (models:/{args.name}@champion; reason: {args.reason})")
@@ -315,7 +315,7 @@ def cmd_rollback(args) -> int:
 
 def cmd_update(args) -> int:
     _headless()
-    from .update import update
+    from nbnet.ops.update import update
 
     r = update(args.model, args.data, target=args.target, epochs=args.epochs, lr=args.lr,
                val_fraction=args.val_fraction, quiet=False)
@@ -347,7 +347,7 @@ def _add_viz_commands(sub) -> None:
 
 def cmd_plot(args) -> int:
     _headless()
-    from .plots import plot_run
+    from nbnet.ops.plot import plot_run
 
     paths, notes = plot_run(args.run_id, args.output)
     for note in notes:

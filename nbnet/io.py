@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import NbnetError
+from nbnet._sys.atomic import atomic_write
+from nbnet.errors import NbnetError
 
 FORMAT = "nbnet-model"
 FORMAT_VERSION = 1
@@ -36,27 +35,6 @@ def checksum(arrays: dict[str, np.ndarray]) -> str:
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, write, *, mode: int | None = None) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it into place
-    (with permissions ``mode`` if given: the temporary file is created 0600)."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise NbnetError(f"folder {str(path.parent)!r} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_bundle(path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -152,16 +130,3 @@ def _check_npy_size(path: Path, z: zipfile.ZipFile, name: str) -> None:
         raise ValueError(f"{name} holds Python objects (pickle), which nbnet never loads")
     if int(np.prod(shape, dtype=object)) * dtype.itemsize != data_bytes:
         raise NbnetError(f"{str(path)!r} member {name!r} claims shape {shape} but holds {data_bytes} bytes; the file is damaged")
-
-
-def load(path_or_uri: str | os.PathLike):
-    """Load an estimator from a local model file, or from an MLflow URI (``models:/NAME@alias``,
-    ``models:/NAME/3``, ``runs:/RUN_ID/model``)."""
-    from .estimator import from_bundle
-
-    s = str(path_or_uri)
-    if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        from .tracking import download_model_file
-
-        s = download_model_file(s)
-    return from_bundle(*read_bundle(s))

@@ -32,7 +32,7 @@ import warnings
 
 import numpy as np
 
-from .errors import NbnetError
+from nbnet.errors import NbnetError
 
 
 class UndefinedMetricWarning(UserWarning):

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import NbnetError
-from .kernels import cpu as K
+from nbnet.errors import NbnetError
+from nbnet.kernels import cpu as K
 
 OPTIMIZERS = {
     "sgd": (K.OPT_SGD, False),

@@ -55,7 +55,7 @@ def enqueue_same_trials(cfg, n: int, uri: str) -> None:
     would otherwise draw different networks)."""
     import optuna
 
-    from nbnet import search
+    from nbnet.experiment import search
 
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     params = []
@@ -71,7 +71,7 @@ def enqueue_same_trials(cfg, n: int, uri: str) -> None:
 
 
 def run_case(case: str, trials: int | None, workers: int, threads: int | None = None) -> dict:
-    from nbnet import config, search, tracking
+    from nbnet.experiment import config, search, tracking
 
     name, overrides, default_trials = CASES[case]
     trials = trials or default_trials

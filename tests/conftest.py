@@ -68,7 +68,7 @@ def make_targets():
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_template_cache(tmp_path_factory):
-    """pyfunc model templates (nbnet.tracking.template_cache_dir) go to a folder of this test
+    """pyfunc model templates (nbnet.experiment.tracking.template_cache_dir) go to a folder of this test
     session, for it and the processes it starts, not to the user's ~/.cache."""
     import os
 
@@ -86,7 +86,7 @@ def empty_store_db(tmp_path_factory):
     """An initialised MLflow SQLite database (creating the tables takes seconds); tests take a
     copy (``stores.fresh_store``), so they stay isolated without paying for the schema
     migrations every time."""
-    from nbnet import tracking
+    from nbnet.experiment import tracking
 
     db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     tracking.ensure_experiment("template", f"sqlite:///{db}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nbnet import config as C
+from nbnet.experiment import config as C
 from nbnet.errors import NbnetError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def test_diabetes_is_regression_and_synthetic_is_large():
 
 
 def test_defaults_are_commented_dataclasses():
-    text = (ROOT / "nbnet" / "config.py").read_text()
+    text = (ROOT / "nbnet" / "experiment" / "config.py").read_text()
     for cls in (C.DataConfig, C.ModelConfig, C.TrainConfig, C.SearchConfig):
         for f in C.fields(cls):
             line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{f.name}:"))

@@ -396,7 +396,7 @@ def test_regressor_early_stopping_on_cuda_float32():
 
 
 def test_set_train_device_cuda_reaches_the_cuda_backend():
-    from nbnet import config as C
+    from nbnet.experiment import config as C
 
     cfg = C.apply_overrides(C.from_dict({}), ["train.device=cuda", "model.hidden_layer_sizes=[5]", "train.epochs=1",
                                               "train.batch_size=8"])
@@ -409,7 +409,7 @@ def test_set_train_device_cuda_reaches_the_cuda_backend():
 
 
 def _compiled_keys():
-    from nbnet import estimator
+    from nbnet.nn import estimator
 
     return estimator._COMPILED
 

@@ -12,14 +12,7 @@ import pytest
 from sklearn import datasets
 
 from nbnet.data.load import (
-    BUILTINS,
-    Dataset,
-    data_hash,
-    iter_feature_chunks,
-    load_dataset,
-    raw_columns,
-    read_features,
-    synthetic,
+    BUILTINS, Dataset, data_hash, iter_feature_chunks, load_dataset, raw_columns, read_features, synthetic,
 )
 from nbnet.errors import NbnetError
 

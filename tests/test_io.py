@@ -15,7 +15,8 @@ import pytest
 import nbnet
 from nbnet import MLPClassifier, MLPRegressor
 from nbnet.errors import NbnetError
-from nbnet.io import FORMAT_VERSION, atomic_write, checksum, read_bundle, write_bundle
+from nbnet._sys.atomic import atomic_write
+from nbnet.io import FORMAT_VERSION, checksum, read_bundle, write_bundle
 
 
 class Payload:

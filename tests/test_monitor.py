@@ -12,8 +12,10 @@ import pytest
 
 from tables import COLS, make_table
 
-from nbnet import config as C
-from nbnet import monitor, registry, search, tracking
+from nbnet.experiment import config as C
+from nbnet.ops import monitor
+from nbnet.experiment.tracking import registry
+from nbnet.experiment import search, tracking
 from nbnet.cli import main
 from nbnet.data.prep import N_BINS, feature_stats
 from stores import module_store

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbnet import MLPClassifier, MLPRegressor, tracking
+from nbnet import MLPClassifier, MLPRegressor
+from nbnet.experiment import tracking
 from nbnet.cli import main
 from stores import module_store
 

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nbnet import MLPClassifier, registry, tracking
+from nbnet import MLPClassifier
+from nbnet.experiment.tracking import registry
+from nbnet.experiment import tracking
 from nbnet.cli import main
 from stores import module_store
 

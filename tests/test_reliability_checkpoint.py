@@ -13,7 +13,7 @@ import pytest
 
 import nbnet
 from nbnet import MLPClassifier, MLPRegressor
-from nbnet.checkpoint import Checkpoint, checkpoint_path_for
+from nbnet.nn.checkpoint import Checkpoint, checkpoint_path_for
 from nbnet.errors import NbnetError
 
 
@@ -176,7 +176,7 @@ CHILD = textwrap.dedent(
     """
     import sys, numpy as np
     from nbnet import MLPClassifier
-    from nbnet.checkpoint import Checkpoint
+    from nbnet.nn.checkpoint import Checkpoint
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 7)); y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 0.5)
     def hold(epoch, logs):
@@ -223,7 +223,7 @@ CUDA_CHILD = textwrap.dedent(
     import sys, numpy as np
     import nbnet
     from nbnet import MLPClassifier
-    from nbnet.checkpoint import Checkpoint
+    from nbnet.nn.checkpoint import Checkpoint
     from nbnet.kernels import cuda_available
     if not cuda_available():
         print("no-cuda"); sys.exit(0)
@@ -287,7 +287,7 @@ def test_killed_nbnet_train_resumes_with_the_same_result(tmp_path, monkeypatch):
     and ends with the weights and per-epoch curve of an uninterrupted run; the dead run is KILLED."""
     import time
 
-    from nbnet import tracking
+    from nbnet.experiment import tracking
 
     (tmp_path / "tiny.toml").write_text(TRAIN_TOML)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -344,7 +344,7 @@ def test_killed_nbnet_train_resumes_with_the_same_result(tmp_path, monkeypatch):
 def test_ctrl_c_stops_nbnet_train_cleanly_and_keeps_the_checkpoint(tmp_path):
     import time
 
-    from nbnet import tracking
+    from nbnet.experiment import tracking
 
     (tmp_path / "tiny.toml").write_text(TRAIN_TOML.replace("epochs = 300", "epochs = 2000"))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -398,7 +398,7 @@ def test_one_checkpoint_one_fit_at_a_time(tmp_path):
 
 def test_history_logs_replay_activation_statistics():
     """A resumed run replays the restored epochs to its tracker, activation statistics included."""
-    from nbnet.checkpoint import history_logs
+    from nbnet.nn.checkpoint import history_logs
     from nbnet.viz import ActivationStats
 
     X, y = data()

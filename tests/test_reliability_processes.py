@@ -11,8 +11,8 @@ import sys
 
 import psutil
 
-from nbnet.search import _pid_started
-from nbnet.tracking import _pid_alive
+from nbnet.experiment.search import _pid_started
+from nbnet.experiment.tracking import _pid_alive
 
 PARENT = ("import subprocess, sys, time; "
           "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nbnet import tracking
+from nbnet.experiment import tracking
 from stores import fresh_store
 
 pytestmark = pytest.mark.slow
@@ -177,7 +177,7 @@ def test_kill_the_whole_sweep_mid_trial_then_resume(tmp_path, empty_store_db):
             proc.wait()
     running_before = [r.info.run_name for r in sw.runs() if r.info.status == "RUNNING"]
     assert f"trial-{victim.number}" in running_before and "sweep-tiny" in running_before
-    from nbnet.search import _SharedData
+    from nbnet.experiment.search import _SharedData
 
     # the killed sweep could not remove the data it shared with its workers (memory, under /dev/shm)
     left = list(_SharedData.base().glob(f"{_SharedData.PREFIX}{proc.pid}-*"))

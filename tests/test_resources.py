@@ -8,9 +8,9 @@ import pytest
 from stores import fresh_store
 from test_search import experiment, store  # noqa: F401 (a fixture)
 
-from nbnet import resources
-from nbnet import search as S
-from nbnet import tracking
+from nbnet.experiment import resources
+from nbnet.experiment import search as S
+from nbnet.experiment import tracking
 from nbnet.errors import NbnetError
 
 SYSTEM = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
@@ -64,7 +64,7 @@ def test_train_run_logs_system_metrics_into_its_own_store(tmp_path, monkeypatch,
     S._DATA_CACHE.clear()
     uri = fresh_store(tmp_path, empty_store_db)
     elsewhere = tmp_path / "elsewhere" / "mlflow.db"
-    with tracking._global_uri(f"sqlite:///{elsewhere}"):
+    with tracking.global_uri(f"sqlite:///{elsewhere}"):
         out = S.train_run(experiment(tmp_path, epochs=3), uri=uri)
     run = tracking.client(uri).get_run(out["run_id"])
     assert run.info.status == "FINISHED"

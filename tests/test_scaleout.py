@@ -238,7 +238,7 @@ def test_three_workers_share_one_study_and_one_tracking_server(pg, tracking_serv
     import optuna
 
     import nbnet
-    from nbnet import tracking
+    from nbnet.experiment import tracking
 
     name = "scaleout_tiny"
     (tmp_path / f"{name}.toml").write_text(EXPERIMENT)

@@ -15,9 +15,9 @@ import optuna
 import pytest
 
 import nbnet
-from nbnet import config as C
-from nbnet import search as S
-from nbnet import tracking
+from nbnet.experiment import config as C
+from nbnet.experiment import search as S
+from nbnet.experiment import tracking
 from nbnet.errors import NbnetError
 from stores import fresh_store
 

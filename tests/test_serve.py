@@ -19,7 +19,7 @@ from test_predict_cli import COLS, champion, store  # noqa: F401 (fixtures)
 
 import nbnet
 from nbnet.cli import main
-from nbnet.serve import group_alive, model_dir
+from nbnet.ops.serve import group_alive, model_dir
 
 
 def _post(url: str, body, content_type: str = "application/json"):

@@ -15,12 +15,7 @@ from sklearn.model_selection import KFold, LeaveOneOut, StratifiedKFold
 import nbnet
 from nbnet.data.load import load_dataset
 from nbnet.data.split import (
-    clone,
-    cross_validate,
-    kfold_indices,
-    loo_indices,
-    train_val_split,
-    train_val_test_split,
+    clone, cross_validate, kfold_indices, loo_indices, train_val_split, train_val_test_split,
 )
 from nbnet.errors import NbnetError
 

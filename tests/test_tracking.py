@@ -1,4 +1,4 @@
-"""nbnet.tracking against a real MLflow SQLite store in a temporary folder (one store per module:
+"""nbnet.experiment.tracking against a real MLflow SQLite store in a temporary folder (one store per module:
 creating the schema costs a few seconds)."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 import nbnet
-from nbnet import MLPClassifier, MLPRegressor, tracking
+from nbnet import MLPClassifier, MLPRegressor
+from nbnet.experiment import tracking
 from nbnet.errors import NbnetError
 
 
@@ -239,12 +240,12 @@ def test_the_template_is_reused_across_processes_and_a_tampered_one_replaced(sto
     n = len(saves)
     log()
     assert len(saves) == n  # found on disk: no save_model
-    code = folder / "model" / "_pyfunc_model.py"
+    code = folder / "model" / tracking.PYFUNC_CODE.name
     code.write_text("import os  # not nbnet's\n")
     uri = log()
-    assert len(saves) == n + 1 and code.read_text() == (Path(nbnet.__file__).parent / "_pyfunc_model.py").read_text()
+    assert len(saves) == n + 1 and code.read_text() == tracking.PYFUNC_CODE.read_text()
     local = Path(mlflow.artifacts.download_artifacts(uri))
-    assert (local / "_pyfunc_model.py").read_text() == code.read_text()  # the logged model has nbnet's code
+    assert (local / tracking.PYFUNC_CODE.name).read_text() == code.read_text()  # the logged model has nbnet's code
     assert not [p for p in tracking.template_cache_dir().iterdir() if p.name.startswith(".")]  # no leftovers
 
 
@@ -295,7 +296,7 @@ def test_log_model_is_models_from_code_without_pickles(store, logged, iris_clf):
     assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files), files
     code = [f for f in files if f.endswith(".py")]
     assert len(code) == 1
-    assert (local / code[0]).read_text() == (Path(nbnet.__file__).parent / "_pyfunc_model.py").read_text()
+    assert (local / code[0]).read_text() == tracking.PYFUNC_CODE.read_text()
     with zipfile.ZipFile(local / "artifacts" / "model.nbnet") as z:  # the safe npz + JSON format
         assert "meta.json" in z.namelist()
     info = mlflow.models.get_model_info(uri)
@@ -466,7 +467,7 @@ def test_ui_command_and_its_user_errors(store, capsys, monkeypatch):
     import sys
 
     from nbnet.cli import main
-    from nbnet.serve import ui_command
+    from nbnet.ops.serve import ui_command
 
     cmd, env = ui_command("127.0.0.1", 5123, store)
     assert cmd[:4] == [sys.executable, "-m", "mlflow", "server"]
@@ -493,7 +494,7 @@ def test_transient_store_errors_are_retried_others_not():
             raise mlflow.exceptions.MlflowException("(psycopg2.errors.DeadlockDetected) deadlock detected")
         return "ok"
 
-    assert tracking._retrying(flaky) == "ok" and len(calls) == 3
+    assert tracking.retrying(flaky) == "ok" and len(calls) == 3
     calls.clear()
 
     def broken():
@@ -501,5 +502,5 @@ def test_transient_store_errors_are_retried_others_not():
         raise mlflow.exceptions.MlflowException("Run with id=503abc not found")
 
     with pytest.raises(mlflow.exceptions.MlflowException, match="not found"):
-        tracking._retrying(broken)
+        tracking.retrying(broken)
     assert len(calls) == 1

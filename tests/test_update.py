@@ -9,9 +9,11 @@ import pytest
 
 from tables import COLS, make_table
 
-from nbnet import MLPClassifier, registry, tracking
+from nbnet import MLPClassifier
+from nbnet.experiment.tracking import registry
+from nbnet.experiment import tracking
 from nbnet.cli import main
-from nbnet.monitor import score
+from nbnet.ops.monitor import score
 from stores import module_store
 
 SHIFT = np.array([2.0, 0.0, -1.5, 0.0])

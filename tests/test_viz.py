@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 import reference as R
-from nbnet import MLPClassifier, MLPRegressor, plots, tracking, viz
-from nbnet import config as C
-from nbnet import search as S
+from nbnet import MLPClassifier, MLPRegressor, viz
+from nbnet.ops import plot as plots
+from nbnet.experiment import tracking
+from nbnet.experiment import config as C
+from nbnet.experiment import search as S
 from nbnet.cli import main
 from stores import fresh_store
 
@@ -132,7 +134,7 @@ def test_activation_history_survives_the_model_file(blobs, tmp_path):
     X, y = blobs
     clf = MLPClassifier((4,), epochs=2, seed=0).fit(X, y, callbacks=[viz.ActivationStats(X)])
     clf.save(tmp_path / "m.nbnet")
-    from nbnet.estimator import load_file
+    from nbnet.nn.estimator import load as load_file
 
     again = load_file(tmp_path / "m.nbnet")
     assert again.history_["act_dead"] == clf.history_["act_dead"]
@@ -141,7 +143,7 @@ def test_activation_history_survives_the_model_file(blobs, tmp_path):
 def test_callback_after_a_checkpoint_resume_keeps_one_entry_per_epoch(blobs, tmp_path):
     """A fit resumed from a checkpoint written without the callback: the restored epochs get NaN,
     the new ones statistics, and the lists stay aligned with the epochs."""
-    from nbnet.checkpoint import Checkpoint
+    from nbnet.nn.checkpoint import Checkpoint
 
     X, y = blobs
 

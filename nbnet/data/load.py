@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import NbnetError
+from nbnet.errors import NbnetError
 
 BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 TASKS = ("classification", "regression")
@@ -460,7 +460,7 @@ def _check_text(path: Path) -> None:
         raise NbnetError(f"{path.name} is not a UTF-8 text CSV file (binary or another encoding); export it as UTF-8 CSV")
 
 
-def _table_error(path: Path, kind: str, e: BaseException) -> NbnetError:
+def table_error(path: Path, kind: str, e: BaseException) -> NbnetError:
     msg = _one_line(e)
     m = re.search(r"Expected (\d+) columns, got (\d+): ?(.*)", msg)
     if m:
@@ -496,7 +496,7 @@ def _read_table(path: Path, kind: str, categorical: list[str]):
 
         return pq.read_table(path)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
-        raise _table_error(path, kind, e) from None
+        raise table_error(path, kind, e) from None
 
 
 def _csv_batches(path: Path, columns, categories, target):
@@ -510,7 +510,7 @@ def _csv_batches(path: Path, columns, categories, target):
         for batch in reader:
             yield pa.Table.from_batches([batch])
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
-        raise _table_error(path, "csv", e) from None
+        raise table_error(path, "csv", e) from None
 
 
 def _parquet_batches(path: Path, columns, target, chunk_rows):
@@ -529,7 +529,7 @@ def _parquet_batches(path: Path, columns, target, chunk_rows):
     except NbnetError:
         raise
     except (pa.ArrowException, OSError) as e:
-        raise _table_error(path, "parquet", e) from None
+        raise table_error(path, "parquet", e) from None
 
 
 def _rebatch(tables, chunk_rows):

@@ -37,7 +37,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import NbnetError
+from nbnet.errors import NbnetError
 
 IMPUTERS = ("mean", "median", "constant")
 SCALERS = ("standard", "minmax", "robust")

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import NbnetError
+from nbnet.errors import NbnetError
 
 
 def train_val_split(n: int, fraction: float, y=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +166,7 @@ def cross_validate(estimator, X, y, cv=5, stratified: bool = True, metrics=None,
     summary for leave-one-out, whose one-sample folds leave R² and ROC AUC undefined),
     ``fit_time`` (seconds per fold), ``n_splits`` and ``splitter``.
     """
-    from .. import metrics as M
+    from nbnet import metrics as M
 
     X = np.asarray(X)
     y = np.asarray(y)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ..errors import NbnetError
+from nbnet.errors import NbnetError
 
 BACKENDS = ("cpu", "cuda")
 
@@ -88,7 +88,7 @@ class compile_lock:
         import os
         import time
 
-        from .._locks import acquire
+        from nbnet._sys.locks import acquire
 
         t0 = time.perf_counter()
         self._fd = acquire(os.path.join(_cache_dir(), "nbnet-compile.lock"))
@@ -96,7 +96,7 @@ class compile_lock:
         return self
 
     def __exit__(self, *exc):
-        from .._locks import release
+        from nbnet._sys.locks import release
 
         release(self._fd)
         return False
@@ -125,7 +125,7 @@ def _serialize_cache_writes() -> None:
     import itertools
     import os
 
-    from .._locks import acquire, release
+    from nbnet._sys.locks import acquire, release
 
     try:
         import fcntl  # noqa: F401  (no flock, no serialization: numba's own save)

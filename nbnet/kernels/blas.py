@@ -35,7 +35,7 @@ from numba import types
 from numba.core import typing
 from numba.extending import overload
 
-from ..errors import NbnetError
+from nbnet.errors import NbnetError
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 PREFERENCE = ("openblas", "mkl")

@@ -26,9 +26,9 @@ import math
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from . import blas
-from .blas import gemm
-from .threads import parallel_guard
+from nbnet.kernels import blas
+from nbnet.kernels.blas import gemm
+from nbnet.kernels.threads import parallel_guard
 
 # --- name tables (codes are what the kernels see; names are what users type) -----------------
 ACT_IDENTITY, ACT_RELU, ACT_LEAKY_RELU, ACT_TANH, ACT_SIGMOID, ACT_ELU, ACT_SOFTPLUS = range(7)

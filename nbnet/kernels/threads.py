@@ -30,7 +30,7 @@ import threading
 
 import numba
 
-from ..errors import NbnetError
+from nbnet.errors import NbnetError
 
 
 def _setup_threading_layer() -> str:

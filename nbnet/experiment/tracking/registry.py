@@ -3,7 +3,7 @@
 A registered model (named after its experiment) has versions ``1, 2, …``; the alias
 ``champion`` names the one that is served, ``challenger`` the latest fine-tuned candidate
 (``nbnet update``). Every move of ``champion`` — a sweep or ``nbnet train --register`` that beat
-the incumbent (:func:`nbnet.tracking.register_champion`), ``nbnet promote``, ``nbnet rollback``,
+the incumbent (:func:`nbnet.experiment.tracking.register_champion`), ``nbnet promote``, ``nbnet rollback``,
 ``nbnet monitor --rollback`` — goes through :func:`move_champion`, which records it three ways:
 
 * **version tags** (visible on each version in the MLflow UI): on the new champion
@@ -40,8 +40,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from . import tracking
-from .errors import NbnetError
+from nbnet.experiment import tracking
+from nbnet.errors import NbnetError
 
 CHAMPION = tracking.CHAMPION
 CHALLENGER = "challenger"
@@ -265,9 +265,9 @@ def create_version(name: str, run_id: str, uri: str | None = None):
         if _code(e) != "RESOURCE_ALREADY_EXISTS":
             raise
     model_id = c.get_run(run_id).data.tags.get("nbnet.model_id")
-    with tracking._global_uri(uri):  # the SQL registry resolves models:/<model_id> through the global URI
+    with tracking.global_uri(uri):  # the SQL registry resolves models:/<model_id> through the global URI
         if model_id:
-            return tracking._retrying(c.create_model_version, name, f"models:/{model_id}", run_id=run_id,
+            return tracking.retrying(c.create_model_version, name, f"models:/{model_id}", run_id=run_id,
                                       model_id=model_id, await_creation_for=0)
         # a model logged by other means: let MLflow resolve runs:/<id>/model
         return mlflow.register_model(f"runs:/{run_id}/{tracking.MODEL_NAME}", name, await_registration_for=0)
@@ -293,7 +293,7 @@ def recorded_metric(mv, key: str, uri: str | None = None) -> float | None:
     if not mv.run_id:
         return None
     try:
-        return tracking._metric_of(tracking.client(uri), mv.run_id, key)
+        return tracking.metric_of(tracking.client(uri), mv.run_id, key)
     except tracking.MlflowException:
         return None
 
@@ -302,7 +302,7 @@ def direction_of(mv, key: str) -> str:
     d = (mv.tags or {}).get("nbnet.direction")
     if d in ("maximize", "minimize"):
         return d
-    from .metrics import direction
+    from nbnet.metrics import direction
 
     return direction(key)
 
@@ -345,7 +345,7 @@ class GateResult:
 def default_tolerance(mv=None, uri: str | None = None) -> float:
     """``monitor.tolerance`` of the version's training run (its experiment file's [monitor]
     table, logged as a param), else the config default."""
-    from .config import MonitorConfig
+    from nbnet.experiment.config import MonitorConfig
 
     if mv is not None and mv.run_id:
         try:
@@ -359,7 +359,7 @@ def default_tolerance(mv=None, uri: str | None = None) -> float:
 
 def _holdout_scores(key: str, refs: list, data, target: str | None) -> tuple[list[float], int]:
     """Each model's ``key`` on the same holdout file (each read with its own feature columns)."""
-    from .monitor import load_labelled, score
+    from nbnet.ops.monitor import load_labelled, score
 
     out, rows = [], 0
     for ref in refs:

@@ -43,7 +43,7 @@ def hidden_activation_stats(layout, params: np.ndarray, Xt: np.ndarray, bufs=Non
     Each layer is the one-layer network ``act(A @ W + b)`` run through the inference kernel
     (``kernels.cpu.forward``: the GEMM and activation code of prediction), so nothing new is
     compiled. ``bufs`` are optional preallocated (n, width) outputs, one per hidden layer."""
-    from .kernels import cpu as K
+    from nbnet.kernels import cpu as K
 
     lay = layout
     non_negative = (K.ACT_RELU, K.ACT_SIGMOID, K.ACT_SOFTPLUS)  # outputs >= 0
@@ -73,7 +73,7 @@ class ActivationStats:
     ``X`` is raw validation data (as passed to ``fit``: the fitted preprocessing is applied once,
     at ``on_train_begin``); at most ``max_rows`` rows are kept, drawn once with ``seed``. Every
     ``every`` epochs (epochs 1, 1 + every, ...) the callback adds ``act_mean_{l}``,
-    ``act_std_{l}`` and ``act_dead_{l}`` to ``logs``, so a :class:`nbnet.tracking.MetricLogger`
+    ``act_std_{l}`` and ``act_dead_{l}`` to ``logs``, so a :class:`nbnet.experiment.tracking.MetricLogger`
     placed *after* it in the callback list logs them, and appends the per-layer lists to
     ``estimator.history_["act_mean"]`` etc. (NaN for skipped epochs). It only reads the weights.
 
@@ -273,7 +273,7 @@ def _draw_confusion(ax, cm, labels, *, normalize: bool = False, annotate: bool =
 
 
 def _draw_roc(ax, roc: dict, *, legend_max: int = 10) -> None:
-    """ROC curve(s) from :func:`nbnet.plots.roc_data`: one for a binary task, one-vs-rest per
+    """ROC curve(s) from :func:`nbnet.ops.plot.roc_data`: one for a binary task, one-vs-rest per
     class for more classes, with the chance diagonal."""
     ax.plot([0, 1], [0, 1], ":", color="0.6", lw=1)
     curves = roc.get("curves") or []
@@ -396,7 +396,7 @@ def pred_vs_true(y_true, y_pred, *, title: str | None = None):
 def save(fig, path, *, dpi: int = 100) -> None:
     """Write ``fig`` as PNG (or by the suffix of ``path``), atomically: a temporary file in the
     same folder renamed over ``path``, so a reader never sees half an image."""
-    from .io import atomic_write
+    from nbnet._sys.atomic import atomic_write
 
     suffix = os.path.splitext(os.fspath(path))[1] or ".png"
     atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format=suffix[1:]), mode=0o644)  # figures are for sharing
@@ -680,7 +680,7 @@ def _intermediate_png(trials, title: str) -> bytes:
 def study_pngs(study, *, importances: dict | None = None) -> dict[str, bytes]:
     """PNG bytes of a study's figures, by name: ``optimization_history`` (every finished
     trial's value and the best so far), ``param_importances`` (``importances``: name → score,
-    e.g. :func:`nbnet.search.param_importances`; left out when None or empty),
+    e.g. :func:`nbnet.experiment.search.param_importances`; left out when None or empty),
     ``parallel_coordinate`` (one line per finished trial across the objective and the
     parameters, log-scaled where the distribution is) and ``intermediate_values`` (the per-epoch
     reports). The figures of ``optuna.visualization`` from the same data, drawn with Pillow."""

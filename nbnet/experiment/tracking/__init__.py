@@ -44,7 +44,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from .errors import NbnetError
+from nbnet.errors import NbnetError
 
 MODEL_NAME = "model"  # artifact name of the pyfunc model in a run: runs:/<run_id>/model
 MODEL_FILE = "model.nbnet"  # the nbnet file inside the pyfunc model's artifacts/
@@ -58,7 +58,7 @@ _MAX_KEY = 250
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 
-_PYFUNC_CODE = Path(__file__).with_name("_pyfunc_model.py")
+PYFUNC_CODE = Path(__file__).with_name("model_code.py")
 
 
 # --- store ---------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ _URI_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """No artifact progress bars: they would garble ``nbnet predict``'s own."""
     with _URI_LOCK:
         old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
@@ -122,7 +122,7 @@ def _quiet():
 
 
 @contextlib.contextmanager
-def _global_uri(uri: str):
+def global_uri(uri: str):
     """Point MLflow's module-level tracking/registry URI at ``uri`` for the few MLflow helpers that
     only read it (model logging, registration, downloads), then restore it exactly, environment
     variables included (``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI``). The
@@ -204,7 +204,7 @@ _TRANSIENT = ("deadlock", "database is locked", "could not serialize", "connecti
               "server closed the connection unexpectedly")
 
 
-def _retrying(fn, *args, attempts: int = 5, **kwargs):
+def retrying(fn, *args, attempts: int = 5, **kwargs):
     """Call ``fn``; retry transient database errors (PostgreSQL deadlocks between concurrent
     ``log_batch`` calls — mlflow issue 24923 —, SQLite "database is locked", a dropped connection)
     with a short exponential back-off. MLflow's REST client already retries HTTP 429/5xx itself."""
@@ -221,7 +221,7 @@ def _retrying(fn, *args, attempts: int = 5, **kwargs):
 def _log_params(c: mlflow.MlflowClient, run_id: str, params: dict) -> None:
     items = [Param(_key(k), _param_value(v)) for k, v in flatten(params).items()]
     for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-        _retrying(c.log_batch, run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
+        retrying(c.log_batch, run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
 
 
 def start_run(experiment_id: str, *, run_name: str, parent_run_id: str | None = None,
@@ -238,7 +238,7 @@ def start_run(experiment_id: str, *, run_name: str, parent_run_id: str | None = 
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     all_tags = {_key(k): _tag_value(v) for k, v in all_tags.items()}
-    run = _retrying(c.create_run, experiment_id, tags=all_tags, run_name=run_name)
+    run = retrying(c.create_run, experiment_id, tags=all_tags, run_name=run_name)
     run_id = run.info.run_id
     if params:
         try:
@@ -253,7 +253,7 @@ def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> No
     """Close a run with ``status`` (FINISHED, FAILED or KILLED)."""
     if status not in STATUSES:
         raise NbnetError(f"run status must be one of {', '.join(STATUSES)}, got {status!r}")
-    _retrying(client(uri).set_terminated, run_id, status)
+    retrying(client(uri).set_terminated, run_id, status)
 
 
 @contextlib.contextmanager
@@ -288,7 +288,7 @@ def set_tags(run_id: str, tags: dict, uri: str | None = None) -> None:
     items = [RunTag(_key(k), _tag_value(v)) for k, v in tags.items()]
     c = client(uri)
     for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-        _retrying(c.log_batch, run_id, tags=items[i : i + _MAX_PARAMS_PER_BATCH])
+        retrying(c.log_batch, run_id, tags=items[i : i + _MAX_PARAMS_PER_BATCH])
 
 
 def log_params(run_id: str, params: dict, uri: str | None = None) -> None:
@@ -413,7 +413,7 @@ class MetricLogger:
             tags = list(self._tags.values())
             while self._buf or tags:  # MLflow's batch limits: 1000 metrics, 100 tags
                 batch, send = self._buf[:_MAX_METRICS_PER_BATCH], tags[:_MAX_PARAMS_PER_BATCH]
-                _retrying(c.log_batch, self.run_id, metrics=batch, tags=send)
+                retrying(c.log_batch, self.run_id, metrics=batch, tags=send)
                 del self._buf[: len(batch)]
                 del tags[: len(send)]
                 for tg in send:
@@ -452,7 +452,7 @@ def standard_tags(*, data_hash=None, seed=None, trial=None, study=None) -> dict:
     versions, and the given data hash, seed, Optuna trial number and study name."""
     import numba
 
-    from . import __version__
+    from nbnet.version import __version__
 
     tags = dict(_git_info())
     tags.update({"nbnet.version": __version__, "numba.version": numba.__version__,
@@ -470,9 +470,9 @@ def log_artifact(run_id: str, path, artifact_path: str | None = None, uri: str |
     path = Path(path)
     c = client(uri)
     if path.is_dir():
-        _retrying(c.log_artifacts, run_id, str(path), artifact_path)
+        retrying(c.log_artifacts, run_id, str(path), artifact_path)
     elif path.is_file():
-        _retrying(c.log_artifact, run_id, str(path), artifact_path)
+        retrying(c.log_artifact, run_id, str(path), artifact_path)
     else:
         raise NbnetError(f"artifact {str(path)!r} not found; check the path")
 
@@ -488,18 +488,18 @@ def log_figure(run_id: str, fig_or_path, artifact_path: str, uri: str | None = N
         with tempfile.TemporaryDirectory() as tmp:
             dst = Path(tmp, name or src.name)
             shutil.copyfile(src, dst)
-            _retrying(client(uri).log_artifact, run_id, str(dst), folder or None)
+            retrying(client(uri).log_artifact, run_id, str(dst), folder or None)
     else:
-        _retrying(client(uri).log_figure, run_id, fig_or_path, artifact_path)
+        retrying(client(uri).log_figure, run_id, fig_or_path, artifact_path)
 
 
 def log_dict(run_id: str, data: dict, artifact_file: str, uri: str | None = None) -> None:
     """Store ``data`` as JSON (or YAML by extension) at ``artifact_file`` in the run's artifacts."""
-    _retrying(client(uri).log_dict, run_id, data, artifact_file)
+    retrying(client(uri).log_dict, run_id, data, artifact_file)
 
 
 def log_text(run_id: str, text: str, artifact_file: str, uri: str | None = None) -> None:
-    _retrying(client(uri).log_text, run_id, text, artifact_file)
+    retrying(client(uri).log_text, run_id, text, artifact_file)
 
 
 # --- the model: MLflow pyfunc "from code" around nbnet's safe file ---------------------------------
@@ -539,7 +539,7 @@ def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_feat
     if feature_names is None:
         return X.to_numpy(dtype=np.float64)
     if categories:
-        from .data.load import raw_columns
+        from nbnet.data.load import raw_columns
 
         raw = raw_columns(feature_names, categories)
     else:
@@ -566,7 +566,7 @@ def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_feat
 
 class NbnetPyfuncModel(mlflow.pyfunc.PythonModel):
     """The MLflow pyfunc face of an nbnet model. MLflow loads it through the code file
-    ``nbnet/_pyfunc_model.py`` (models from code: nothing is pickled); the weights come from the
+    ``nbnet/experiment/tracking/model_code.py`` (models from code: nothing is pickled); the weights come from the
     safe nbnet file in ``context.artifacts["model"]``.
 
     ``predict(DataFrame)`` returns class labels for a classifier, values for a regressor; with
@@ -574,7 +574,7 @@ class NbnetPyfuncModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from .io import load
+        from nbnet.nn.estimator import load
 
         self.estimator = load(context.artifacts["model"])
         self.features = feature_spec(self.estimator, context.model_config)
@@ -602,7 +602,7 @@ def _example_frame(estimator, X_example, feature_names, categories):
     names = feature_names or [f"x{j}" for j in range(X.shape[1])]
     if not categories:
         return pd.DataFrame(X, columns=names)
-    from .data.load import raw_columns
+    from nbnet.data.load import raw_columns
 
     pos = {n: j for j, n in enumerate(names)}
     cols = {}
@@ -616,10 +616,10 @@ def _example_frame(estimator, X_example, feature_names, categories):
     return pd.DataFrame(cols)
 
 
-def _pip_requirements() -> list[str]:
+def pip_requirements() -> list[str]:
     import numba
 
-    from . import __version__
+    from nbnet.version import __version__
 
     return [f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}", f"numba=={numba.__version__}",
             f"nbnet=={__version__}"]
@@ -653,7 +653,7 @@ def _usable_template(local: Path, code: str) -> bool:
     """A whole template whose code file is nbnet's own (the one MLflow runs at load time)."""
     try:
         return (_PLACEHOLDERS["run_id"] in (local / "MLmodel").read_text()
-                and (local / _PYFUNC_CODE.name).read_text() == code and (local / "artifacts" / MODEL_FILE).is_file())
+                and (local / PYFUNC_CODE.name).read_text() == code and (local / "artifacts" / MODEL_FILE).is_file())
     except OSError:
         return False
 
@@ -675,7 +675,7 @@ def _template(key: tuple, estimator, example, config: dict, signature_of) -> tup
     import hashlib
     import sys
 
-    code = _PYFUNC_CODE.read_text()
+    code = PYFUNC_CODE.read_text()
     digest = hashlib.sha256(json.dumps([list(map(str, key)), mlflow.__version__, sys.version, code]).encode()).hexdigest()[:32]
     cache = _private_dir(template_cache_dir())
     local = cache / digest / MODEL_NAME if cache else None
@@ -690,10 +690,10 @@ def _template(key: tuple, estimator, example, config: dict, signature_of) -> tup
         src = folder / MODEL_FILE
         estimator.save(src)
         built = folder / MODEL_NAME
-        with _quiet():
-            mlflow.pyfunc.save_model(path=str(built), python_model=str(_PYFUNC_CODE), artifacts={"model": str(src)},
+        with quiet():
+            mlflow.pyfunc.save_model(path=str(built), python_model=str(PYFUNC_CODE), artifacts={"model": str(src)},
                                      model_config=config, signature=signature_of(), input_example=example,
-                                     pip_requirements=_pip_requirements(), mlflow_model=Model(**_PLACEHOLDERS))
+                                     pip_requirements=pip_requirements(), mlflow_model=Model(**_PLACEHOLDERS))
         if cache is None:
             local = built
         else:
@@ -741,7 +741,7 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
     """Log ``estimator`` to run ``run_id`` as an MLflow pyfunc model and return ``runs:/<id>/model``.
 
     The model directory holds the nbnet file (``artifacts/model.nbnet``: npz + JSON, checksummed),
-    the three-line code file ``python_model.py`` (a copy of ``nbnet/_pyfunc_model.py``, which
+    the three-line code file ``python_model.py`` (a copy of ``nbnet/experiment/tracking/model_code.py``, which
     imports :class:`NbnetPyfuncModel` from the installed nbnet), ``MLmodel`` with the signature,
     and the input example (the first rows of ``X_example``, a DataFrame or an array). Nothing is
     pickled.
@@ -768,7 +768,7 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
     proba = hasattr(estimator, "predict_proba")
     pred = np.asarray(estimator.predict(X))
     key = (type(estimator).__name__, json.dumps(config, sort_keys=True, default=str), example.to_json(orient="split"),
-           tuple(str(t) for t in example.dtypes), str(pred.dtype), pred.shape[1:], proba, tuple(_pip_requirements()))
+           tuple(str(t) for t in example.dtypes), str(pred.dtype), pred.shape[1:], proba, tuple(pip_requirements()))
     template = _template(key, estimator, example, config,
                          lambda: infer_signature(example, pred, params={"proba": False} if proba else None))
     c = client(uri)
@@ -777,18 +777,18 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
         experiment_id, params = run.info.experiment_id, dict(run.data.params)
     # Create the LoggedModel ourselves: left to MLflow it would land in the fluent "current"
     # experiment (the default one), not the run's.
-    logged = _retrying(c.create_logged_model, experiment_id, name=MODEL_NAME, source_run_id=run_id,
+    logged = retrying(c.create_logged_model, experiment_id, name=MODEL_NAME, source_run_id=run_id,
                        params={_key(k): _param_value(v) for k, v in params.items()},
-                       tags={"nbnet.estimator": type(estimator).__name__})
+                       tags={"nbnet.nn.estimator": type(estimator).__name__})
     # What Model.log does, minus its check that the input example serves (it loads the model back
     # and predicts: ~0.1 s a trial; tests/test_tracking.py loads and serves logged models instead).
     with tempfile.TemporaryDirectory(prefix="nbnet-model-") as tmp:
         local = Path(tmp, MODEL_NAME)
         _write_model(local, estimator, template, {"artifact_path": logged.artifact_location, "run_id": run_id,
                                                   "model_uuid": logged.model_id, "model_id": logged.model_id})
-        _retrying(c.log_outputs, run_id, [LoggedModelOutput(logged.model_id, step=0)])
-        _retrying(c.log_model_artifacts, logged.model_id, str(local))
-        _retrying(c.finalize_logged_model, logged.model_id, "READY")
+        retrying(c.log_outputs, run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        retrying(c.log_model_artifacts, logged.model_id, str(local))
+        retrying(c.finalize_logged_model, logged.model_id, "READY")
     if logger is not None:
         logger.tag("nbnet.model_id", logged.model_id)
     else:
@@ -804,7 +804,7 @@ def download_model(uri: str, dst: str | None = None, tracking_uri: str | None = 
 
     tracking = tracking_uri or default_tracking_uri()
     try:
-        with _global_uri(tracking), _quiet():
+        with global_uri(tracking), quiet():
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking)
     except MlflowException as e:
         msg = str(e).splitlines()[0][:200]
@@ -825,7 +825,7 @@ def download_model_file(uri: str, tracking_uri: str | None = None) -> str:
 
 def load_model(uri_or_path: str, tracking_uri: str | None = None):
     """``(estimator, (feature_names, categories))`` from an MLflow model URI or a local file."""
-    from .io import load
+    from nbnet.nn.estimator import load
 
     s = str(uri_or_path)
     if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
@@ -837,7 +837,7 @@ def load_model(uri_or_path: str, tracking_uri: str | None = None):
 
 
 # --- registry ------------------------------------------------------------------------------------
-def _metric_of(c, run_id: str, key: str):
+def metric_of(c, run_id: str, key: str):
     v = c.get_run(run_id).data.metrics.get(key)
     return None if v is None or not np.isfinite(v) else float(v)
 
@@ -858,17 +858,19 @@ def register_champion(name: str, run_id: str, metric_key: str, direction: str,
         raise NbnetError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
     uri = uri or default_tracking_uri()
     c = client(uri)
-    new = _metric_of(c, run_id, metric_key)
+    new = metric_of(c, run_id, metric_key)
     if new is None:
         raise NbnetError(f"run {run_id} has no finite metric {metric_key!r}; cannot compare it with the champion")
-    from . import registry  # the alias history lives there (promote/rollback use it too)
+    from nbnet.experiment.tracking import (  # the alias history lives there (promote/rollback use it too)
+        registry,
+    )
 
     version = str(registry.create_version(name, run_id, uri).version)
     try:
         old = c.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         old = None
-    old_metric = None if old is None or old.run_id is None else _metric_of(c, old.run_id, metric_key)
+    old_metric = None if old is None or old.run_id is None else metric_of(c, old.run_id, metric_key)
     if old is None or old_metric is None:
         promoted, why = True, "no champion yet" if old is None else f"champion v{old.version} has no {metric_key}"
     else:

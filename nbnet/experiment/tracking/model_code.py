@@ -8,6 +8,6 @@ model (the weights come from the checksummed npz + JSON file, never from a pickl
 
 from mlflow.models import set_model
 
-from nbnet.tracking import NbnetPyfuncModel
+from nbnet.experiment.tracking import NbnetPyfuncModel
 
 set_model(NbnetPyfuncModel())

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import NbnetError
-from .tracking import default_tracking_uri, input_columns, load_model
+from nbnet.errors import NbnetError
+from nbnet.experiment.tracking import default_tracking_uri, input_columns, load_model
 
 # --- batch prediction (nbnet predict) -------------------------------------------------------------
 _OUTPUT_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
@@ -80,7 +80,7 @@ def _input_rows(path: Path) -> int | None:
 def _file_columns(path: Path) -> list[str]:
     import pyarrow as pa
 
-    from .data.load import _table_error
+    from nbnet.data.load import table_error
 
     parquet = path.suffix.lower() in (".parquet", ".pq")
     try:
@@ -93,7 +93,7 @@ def _file_columns(path: Path) -> list[str]:
         with pcsv.open_csv(path) as r:
             return list(r.schema.names)
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # ragged rows, junk bytes: one line
-        raise _table_error(path, "parquet" if parquet else "csv", e) from None
+        raise table_error(path, "parquet" if parquet else "csv", e) from None
 
 
 def _output_frame(est, X: np.ndarray, proba: bool) -> pd.DataFrame:
@@ -113,8 +113,8 @@ def predict_file(model: str, input_path, output_path, *, proba: bool = False, ch
     ``proba_<class>`` column per class. The input is read ``chunk_rows`` rows at a time; the output
     appears atomically (a temporary file renamed at the end), so a failure leaves no partial
     file. Returns the number of rows written."""
-    from .data.load import iter_feature_chunks
-    from .io import atomic_write
+    from nbnet.data.load import iter_feature_chunks
+    from nbnet._sys.atomic import atomic_write
 
     inp, out = Path(input_path), Path(output_path)
     kind = _OUTPUT_KINDS.get(out.suffix.lower())
@@ -296,7 +296,7 @@ def run_server(cmd: list[str], env: dict, *, ready_url: str, what: str, banner, 
 # --- the MLflow UI (nbnet ui) ----------------------------------------------------------------------
 def ui_command(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None) -> tuple[list[str], dict]:
     """The ``mlflow server`` command line and environment that serve the project's store."""
-    from .tracking import artifact_root
+    from nbnet.experiment.tracking import artifact_root
 
     uri = uri or default_tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri,
@@ -347,18 +347,18 @@ def _pyfunc_from_file(path: Path, dst: Path) -> Path:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
-    from . import tracking
-    from .io import load
+    from nbnet.experiment import tracking
+    from nbnet.nn.estimator import load
 
     est = load(path)
     n = est.n_features_in_
     example = pd.DataFrame(np.zeros((1, n)), columns=[f"x{j}" for j in range(n)])
     params = ParamSchema([ParamSpec("proba", "boolean", False)]) if hasattr(est, "predict_proba") else None
-    with tracking._quiet():
-        mlflow.pyfunc.save_model(str(dst), python_model=str(tracking._PYFUNC_CODE), artifacts={"model": str(path)},
+    with tracking.quiet():
+        mlflow.pyfunc.save_model(str(dst), python_model=str(tracking.PYFUNC_CODE), artifacts={"model": str(path)},
                                  model_config={"feature_names": None, "categories": {}},
                                  signature=ModelSignature(inputs=None, params=params), input_example=example,
-                                 pip_requirements=tracking._pip_requirements())
+                                 pip_requirements=tracking.pip_requirements())
     return dst
 
 
@@ -366,7 +366,7 @@ def model_dir(model: str, dst, tracking_uri: str | None = None) -> Path:
     """A local MLflow pyfunc folder for ``model`` under ``dst``: an MLflow URI of an nbnet model
     (``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``) is downloaded from
     the tracking store; a local ``.nbnet`` file is wrapped (:func:`_pyfunc_from_file`)."""
-    from . import tracking
+    from nbnet.experiment import tracking
 
     s, dst = str(model), Path(dst)
     if s.startswith(_MLFLOW_URI):

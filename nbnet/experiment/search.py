@@ -61,9 +61,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config as C
-from . import interrupt, resources, tracking
-from .errors import DivergedError, NbnetError
+from nbnet.experiment import config as C
+from nbnet._sys import interrupt
+from nbnet.experiment import resources, tracking
+from nbnet.errors import DivergedError, NbnetError
 
 COST_KEYS = ("compile_seconds", "train_seconds", "cpu_seconds", "tracking_seconds", "compile_wait_seconds",
              "kernels_compiled")
@@ -108,7 +109,7 @@ def _data_key(cfg: C.ExperimentConfig) -> str:
 
 def split_indices(n: int, y, *, val: float, test: float, seed: int, stratify: bool):
     """(train, val, test) sorted index arrays; ``test`` is empty when ``test == 0``."""
-    from .data.split import train_val_test_split
+    from nbnet.data.split import train_val_test_split
 
     return train_val_test_split(n, val, test, y if stratify else None, seed)
 
@@ -120,14 +121,14 @@ def prepare_data(cfg: C.ExperimentConfig) -> Data:
     if key in _DATA_CACHE:
         _check_metric_task(cfg, _DATA_CACHE[key].task)
         return _DATA_CACHE[key]
-    from .data.load import load_dataset
+    from nbnet.data.load import load_dataset
 
     d = cfg.data
     ds = load_dataset(d.source, target=d.target, categorical=list(d.categorical) or None, task=d.task)
     digest = ds.hash()
     X, y, report = ds.X, ds.y, None
     if d.cleaning:
-        from .data.prep import clean
+        from nbnet.data.prep import clean
 
         try:
             X, y, report = clean(X, y, **d.cleaning)
@@ -144,7 +145,7 @@ def prepare_data(cfg: C.ExperimentConfig) -> Data:
 
 
 def _check_metric_task(cfg: C.ExperimentConfig, task: str) -> None:
-    from .metrics import REGRESSION
+    from nbnet.metrics import REGRESSION
 
     base = cfg.search.metric[len("val_"):]
     if (task == "regression") != (base in REGRESSION) and base != "loss":
@@ -155,7 +156,7 @@ def _check_metric_task(cfg: C.ExperimentConfig, task: str) -> None:
 # --- one training run -------------------------------------------------------------------------
 def build_estimator(cfg: C.ExperimentConfig, data: Data):
     """MLPClassifier or MLPRegressor (by the data's task) with the config's hyperparameters."""
-    from .estimator import MLPClassifier, MLPRegressor
+    from nbnet.nn.estimator import MLPClassifier, MLPRegressor
 
     kw = cfg.estimator_kwargs()
     if cfg.train.shift_images:
@@ -177,7 +178,7 @@ def evaluate(est, X, y, task: str, prefix: str = "val_", extra=(), *, prediction
     without penalties) and any metric named in ``extra``. An undefined metric (e.g. F1 of
     pos_label 1 with string labels) is left out. ``predictions``: ``predict_proba(X)``
     (classifier) or ``predict(X)`` (regressor), if already computed."""
-    from . import metrics as M
+    from nbnet import metrics as M
 
     if predictions is None:
         predictions = est.predict_proba(X) if task == "classification" else est.predict(X)
@@ -246,7 +247,9 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
     elif run_id is None:
         logger = None
     flushed0 = logger.seconds if logger else 0.0
-    from .viz import ActivationStats  # act_mean/std/dead_{l} per epoch, added to logs before the logger sees them
+    from nbnet.viz import (  # act_mean/std/dead_{l} per epoch, added to logs before the logger sees them
+        ActivationStats,
+    )
     cbs = ([ActivationStats(X_val), logger] if logger else []) + list(callbacks)
     cost: dict = {}
     t0, c0 = time.perf_counter(), time.process_time()
@@ -309,7 +312,7 @@ def _preprocessed(est, data: Data) -> tuple:
     if hit is None or hit[0] is not data:  # the split itself (data.hash digests the data before splitting)
         pre, Xt = est.fit_preprocessing(data.X_train, data.y_train)
         if pre is None:  # no preprocessing: a pass-through one still keeps the training statistics (nbnet monitor)
-            from .data.prep import Preprocessor
+            from nbnet.data.prep import Preprocessor
 
             pre = Preprocessor.from_spec({}).fit(np.asarray(data.X_train, np.float64))
         Xv = pre.transform(np.asarray(data.X_val, np.float64))
@@ -385,7 +388,7 @@ class _SharedData:
                     "dataset": {"feature_names": list(ds.feature_names), "task": ds.task, "name": ds.name,
                                 "image_shape": list(ds.image_shape) if ds.image_shape else None,
                                 "categories": dict(ds.categories or {})}}
-            from .io import atomic_write
+            from nbnet._sys.atomic import atomic_write
 
             atomic_write(self.folder / "meta.json", lambda f: f.write(json.dumps(info, default=str).encode()))
         finally:
@@ -409,8 +412,8 @@ def _shared_for_worker(shared: dict | None, cfg: C.ExperimentConfig) -> None:
 def _load_shared(shared: dict, cfg: C.ExperimentConfig) -> None:
     """Seed this worker's data and preprocessing caches from :class:`_SharedData`'s files
     (copy-on-write maps: the pages are the parent's until written)."""
-    from .data.load import Dataset
-    from .data.prep import Preprocessor
+    from nbnet.data.load import Dataset
+    from nbnet.data.prep import Preprocessor
 
     folder = Path(shared["folder"])
     load = lambda name: np.asarray(np.load(folder / f"{name}.npy", mmap_mode="c", allow_pickle=False))  # noqa: E731
@@ -432,7 +435,7 @@ def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, ur
                        logger: tracking.MetricLogger | None = None, experiment_id: str | None = None) -> str:
     """config.json, data/cleaning_report.json and plots/ (nbnet.plots) in one upload, then the
     model (``predictions``: the estimator's on the validation split, if computed already)."""
-    from . import plots
+    from nbnet.ops import plot as plots
 
     params = C.to_flat_dict(cfg)
     with tempfile.TemporaryDirectory(prefix="nbnet-run-") as tmp:
@@ -551,7 +554,7 @@ def open_storage(storage: str, *, uri: str | None = None):
             raise NbnetError(f"cannot open Optuna storage {storage!r}: {msg}") from None
     path = Path(storage[len("journal:"):] if storage.startswith("journal:") else storage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from ._flock import journal_lock  # a SIGKILLed worker leaves no stale lock behind
+    from nbnet.experiment.journal_lock import journal_lock  # a SIGKILLed worker leaves no stale lock behind
 
     return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path))))
 
@@ -1120,7 +1123,7 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
     if workers < 1:
         raise NbnetError(f"--workers must be at least 1, got {workers}")
     if cfg.train.n_threads is None:  # split the cores between the workers (the thread budget)
-        from .kernels.threads import default_threads
+        from nbnet.kernels.threads import default_threads
 
         cfg = C.with_values(cfg, {"train.n_threads": max(1, default_threads() // workers)})
     study_name = study_name or cfg.name
@@ -1333,7 +1336,7 @@ def _log_study_artifacts(parent: str, study, uri: str) -> None:
     """trials.csv and the study's figures (:func:`nbnet.viz.study_pngs`: optimisation history,
     parameter importances (:func:`param_importances`), parallel coordinates, intermediate values)
     on the parent run, in one upload."""
-    from . import viz
+    from nbnet import viz
 
     with tempfile.TemporaryDirectory(prefix="nbnet-study-") as tmp:
         study.trials_dataframe().to_csv(Path(tmp, "trials.csv"), index=False)
@@ -1463,7 +1466,7 @@ def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool
     tags["nbnet.kind"] = "train"
     ck = prev = None
     if checkpoint_every is not None:
-        from . import checkpoint
+        from nbnet.nn import checkpoint
 
         ck_path = checkpoint.config_checkpoint_path(cfg.name, C.to_dict(cfg), data.hash)
         prev = checkpoint.peek(ck_path)  # left by a killed `nbnet train` of this same config

@@ -36,7 +36,7 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace  # noqa: F401 (fields is re-exported)
 from pathlib import Path
 
-from .errors import NbnetError
+from nbnet.errors import NbnetError
 
 try:  # Python 3.11+
     import tomllib
@@ -47,6 +47,8 @@ SAMPLERS = ("tpe", "gp", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize", "auto")
 PARAM_TYPES = ("int", "float", "categorical")
+#: The experiments/ folder of the source checkout (nbnet/experiment/config.py -> repository root).
+SHIPPED_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 # --- the tables ------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sea
 
 def metric_direction(metric: str) -> str:
     """Direction of a ``val_<name>``/``test_<name>`` metric (nbnet.metrics.direction)."""
-    from .metrics import direction
+    from nbnet.metrics import direction
 
     return direction(metric)
 
@@ -394,9 +396,9 @@ def monitor_config(raw: dict) -> MonitorConfig:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks beyond types: names from nbnet's tables, ranges, search settings."""
-    from . import optim
-    from .kernels import BACKENDS
-    from .kernels import cpu as K
+    from nbnet import optim
+    from nbnet.kernels import BACKENDS
+    from nbnet.kernels import cpu as K
 
     d, m, t, s = cfg.data, cfg.model, cfg.train, cfg.search
     if ":" not in d.source:
@@ -451,7 +453,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def _check_metric(metric: str) -> None:
-    from .metrics import METRICS
+    from nbnet.metrics import METRICS
 
     if metric[len("val_"):] not in METRICS and metric != "val_loss":
         names = ["val_loss"] + [f"val_{k}" for k in METRICS]
@@ -466,11 +468,11 @@ def find_experiment(path_or_name: str | Path) -> Path:
     candidates = [p] if p.suffix == ".toml" else []
     if p.suffix != ".toml" and len(p.parts) == 1:
         name = f"{p.name}.toml"
-        candidates += [Path.cwd() / "experiments" / name, Path(__file__).resolve().parent.parent / "experiments" / name]
+        candidates += [Path.cwd() / "experiments" / name, SHIPPED_EXPERIMENTS / name]
     for c in candidates:
         if c.is_file():
             return c
-    shipped = sorted(q.stem for q in (Path(__file__).resolve().parent.parent / "experiments").glob("*.toml"))
+    shipped = sorted(q.stem for q in SHIPPED_EXPERIMENTS.glob("*.toml"))
     hint = f"; shipped experiments: {', '.join(shipped)}" if shipped else ""
     raise NbnetError(f"experiment {str(path_or_name)!r} not found; pass a .toml path or the name of one in experiments/{hint}")
 

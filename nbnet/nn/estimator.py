@@ -21,14 +21,14 @@ import time
 
 import numpy as np
 
-from . import __version__
-from . import optim
-from .errors import DivergedError, NbnetError
-from .io import read_bundle, write_bundle
-from .kernels import backend, cache_misses, compile_lock
-from .kernels import cpu as K
-from .kernels.threads import thread_budget
-from .model import Layout, check_weights, init_params
+from nbnet.version import __version__
+from nbnet import optim
+from nbnet.errors import DivergedError, NbnetError
+from nbnet.io import read_bundle, write_bundle
+from nbnet.kernels import backend, cache_misses, compile_lock
+from nbnet.kernels import cpu as K
+from nbnet.kernels.threads import thread_budget
+from nbnet.model import Layout, check_weights, init_params
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -111,9 +111,9 @@ def _none_to_nan(v):
     return float("nan") if v is None else v
 
 
-def _json_value(v):
+def json_value(v):
     if isinstance(v, tuple):
-        return [_json_value(x) for x in v]
+        return [json_value(x) for x in v]
     if isinstance(v, np.generic):
         return v.item()
     return v
@@ -285,7 +285,7 @@ class _BaseMLP:
 
     def _device(self) -> str:
         if self.device == "auto":
-            from .kernels import cuda_available
+            from nbnet.kernels import cuda_available
 
             return "cuda" if cuda_available(simulator=False) else "cpu"  # never the slow simulator
         return self.device
@@ -304,7 +304,7 @@ class _BaseMLP:
         if fit:
             pre = None
             if self.preprocessing:
-                from .data.prep import Preprocessor
+                from nbnet.data.prep import Preprocessor
 
                 pre = Preprocessor.from_spec(self.preprocessing)
             X = check_X(X, allow_nan=bool(pre is not None and pre.allows_nan))
@@ -371,7 +371,7 @@ class _BaseMLP:
         self._init_state(Xt.shape[1], cfg)
         callbacks = list(callbacks or [])
         try:
-            for cb in callbacks:  # e.g. nbnet.checkpoint.Checkpoint restores a killed fit's state here
+            for cb in callbacks:  # e.g. nbnet.nn.checkpoint.Checkpoint restores a killed fit's state here
                 if hasattr(cb, "on_train_begin"):
                     cb.on_train_begin(self)
             remaining = self.epochs - self.n_epochs_
@@ -430,7 +430,7 @@ class _BaseMLP:
         return self
 
     def _holdout(self, X, y):
-        from .data.split import train_val_split
+        from nbnet.data.split import train_val_split
 
         stratify = self._loss_name != "mse"
         tr, va = train_val_split(len(y), self.validation_fraction, y if stratify else None, self.seed)
@@ -607,7 +607,7 @@ class _BaseMLP:
         meta = {
             "estimator": type(self).__name__,
             "nbnet_version": __version__,
-            "params": {k: _json_value(v) for k, v in self.get_params().items()},
+            "params": {k: json_value(v) for k, v in self.get_params().items()},
             "n_features_in": int(self.n_features_in_),
             "n_outputs": int(self.n_outputs_),
             "loss": self.loss_,
@@ -619,14 +619,14 @@ class _BaseMLP:
         }
         arrays = {"params": self._params, "opt_m": self._opt.m, "opt_v": self._opt.v, "rng": self._rng}
         if getattr(self, "classes_", None) is not None:
-            meta["classes"] = [_json_value(c) for c in self.classes_]
+            meta["classes"] = [json_value(c) for c in self.classes_]
         if getattr(self, "preprocessor_", None) is not None:
             pmeta, parrays = self.preprocessor_.to_state()
             meta["preprocessor"] = pmeta
             arrays.update({f"prep.{k}": v for k, v in parrays.items()})
         if getattr(self, "training_stats_", None) is not None:
             meta["training_stats"] = self.training_stats_
-        if getattr(self, "config_", None) is not None:  # the resolved experiment config (nbnet.config.to_dict)
+        if getattr(self, "config_", None) is not None:  # the resolved experiment config (nbnet.experiment.config.to_dict)
             meta["config"] = self.config_
         return meta, arrays
 
@@ -677,7 +677,7 @@ def _compile_forward_elsewhere(K_, dtype):
         return None
     if os.path.exists(index):
         return None
-    code = ("import sys; from nbnet.estimator import _warm_forward; from nbnet.kernels import cpu; "
+    code = ("import sys; from nbnet.nn.estimator import _warm_forward; from nbnet.kernels import cpu; "
             "_warm_forward(cpu, sys.argv[1])")
     try:
         return subprocess.Popen([sys.executable, "-c", code, np.dtype(dtype).name],
@@ -728,7 +728,7 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         est.training_stats_ = meta.get("training_stats")
         est.config_ = meta.get("config")
         if meta.get("preprocessor") is not None:
-            from .data.prep import Preprocessor
+            from nbnet.data.prep import Preprocessor
 
             parrays = {k[5:]: v for k, v in arrays.items() if k.startswith("prep.")}
             est.preprocessor_ = Preprocessor.from_state(meta["preprocessor"], parrays)
@@ -773,7 +773,8 @@ def _check_meta_types(meta: dict, cls) -> None:
         bad("classes", f"a list of {n_classes} labels of one type")
 
 
-def load_file(path):
+def load(path):
+    """The estimator saved in the model file ``path`` (see :mod:`nbnet.io`)."""
     return from_bundle(*read_bundle(path))
 
 
@@ -797,7 +798,7 @@ class MLPClassifier(_BaseMLP):
             raise NbnetError(f"y holds continuous values (e.g. {v!r}), not class labels; use MLPRegressor, or bin y into classes")
         classes = np.unique(y) if classes is None else np.unique(np.asarray(classes))
         if len(classes) < 2:
-            raise NbnetError(f"y has only one class ({_json_value(classes[0])!r}); a classifier needs at least two")
+            raise NbnetError(f"y has only one class ({json_value(classes[0])!r}); a classifier needs at least two")
         self.classes_ = classes
         self.n_outputs_ = 1 if len(classes) == 2 else len(classes)
         self.loss_ = "binary_cross_entropy" if len(classes) == 2 else "cross_entropy"
@@ -808,7 +809,7 @@ class MLPClassifier(_BaseMLP):
         idx = np.clip(idx, 0, len(self.classes_) - 1)
         unknown = self.classes_[idx] != y
         if np.any(unknown):
-            raise NbnetError(f"y holds label {_json_value(y[np.argmax(unknown)])!r} not seen in training; known: {self.classes_[:10].tolist()}")
+            raise NbnetError(f"y holds label {json_value(y[np.argmax(unknown)])!r} not seen in training; known: {self.classes_[:10].tolist()}")
         dt = _DTYPES[self.dtype]
         if self.n_outputs_ == 1:
             return idx.astype(dt).reshape(-1, 1)

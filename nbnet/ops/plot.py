@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import viz
-from .errors import NbnetError
-from .io import atomic_write
+from nbnet import viz
+from nbnet.errors import NbnetError
+from nbnet._sys.atomic import atomic_write
 
 EVAL_FILE = "evaluation.json"
 SUMMARY_FILE = "summary.png"
@@ -145,7 +145,7 @@ def write_run_plots(folder, est, X_val, y_val, task: str, *, title: str | None =
 
 # --- nbnet plot RUN_ID ------------------------------------------------------------------------------
 def _store_uri(uri: str | None) -> str:
-    from . import tracking
+    from nbnet.experiment import tracking
 
     if uri is None and not os.environ.get("MLFLOW_TRACKING_URI") and not (Path.cwd() / "mlruns" / "mlflow.db").is_file():
         raise NbnetError(f"no tracking store here ({Path.cwd() / 'mlruns'}); run nbnet plot from the project folder "
@@ -180,9 +180,9 @@ def fetch_series(c, run) -> dict:
 
 
 def _download_json(c, run_id: str, path: str) -> dict | None:
-    from .tracking import _quiet
+    from nbnet.experiment.tracking import quiet
 
-    with tempfile.TemporaryDirectory(prefix="nbnet-plot-") as tmp, _quiet():  # no progress bar
+    with tempfile.TemporaryDirectory(prefix="nbnet-plot-") as tmp, quiet():  # no progress bar
         try:
             local = c.download_artifacts(run_id, path, tmp)
             return json.loads(Path(local).read_text())
@@ -196,7 +196,7 @@ def plot_run(run_id: str, out_dir=None, *, uri: str | None = None) -> tuple[list
 
     A sweep's parent run has no per-epoch curves: its best trial's run is plotted instead, and
     the parent's Optuna figures (``study/*.png``) are copied beside them."""
-    from . import tracking
+    from nbnet.experiment import tracking
 
     uri = _store_uri(uri)
     c = tracking.client(uri)
@@ -255,7 +255,7 @@ def plot_run(run_id: str, out_dir=None, *, uri: str | None = None) -> tuple[list
     _write_atomic(out / SUMMARY_FILE, summary)
     paths.append(out / SUMMARY_FILE)
     for art in study_pngs:
-        with tempfile.TemporaryDirectory(prefix="nbnet-plot-") as tmp, tracking._quiet():
+        with tempfile.TemporaryDirectory(prefix="nbnet-plot-") as tmp, tracking.quiet():
             try:
                 local = Path(c.download_artifacts(parent_id, art, tmp))
             except Exception:

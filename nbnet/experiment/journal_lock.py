@@ -10,7 +10,7 @@ same journal at the same time would not be excluded (reading is fine).
 
 from __future__ import annotations
 
-from . import _locks
+from nbnet._sys import locks as _locks
 
 try:  # the base class is private in Optuna; JournalFileBackend only calls acquire() and release()
     from optuna.storages.journal._file import BaseJournalFileLock

@@ -25,7 +25,7 @@ from a different fit raises :class:`~nbnet.errors.NbnetError` rather than silent
 
 Example
 -------
->>> from nbnet.checkpoint import Checkpoint
+>>> from nbnet.nn.checkpoint import Checkpoint
 >>> clf = MLPClassifier((64,), epochs=50, seed=0)                    # doctest: +SKIP
 >>> clf.fit(X, y, callbacks=[Checkpoint("run.ckpt", every=5)])       # doctest: +SKIP
 """
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _locks
-from .errors import NbnetError
-from .io import read_bundle, write_bundle
+from nbnet._sys import locks as _locks
+from nbnet.errors import NbnetError
+from nbnet.io import read_bundle, write_bundle
 
 #: Hyperparameters that may differ between the killed fit and its resume.
 _FREE_PARAMS = frozenset({"epochs", "verbose", "n_threads", "device"})
@@ -49,9 +49,9 @@ _FREE_PARAMS = frozenset({"epochs", "verbose", "n_threads", "device"})
 
 def params_fingerprint(estimator, extra: str | None = None) -> str:
     """SHA-256 over the estimator's hyperparameters (those that change the result) and ``extra``."""
-    from .estimator import _json_value
+    from nbnet.nn.estimator import json_value
 
-    params = {k: _json_value(v) for k, v in estimator.get_params().items() if k not in _FREE_PARAMS}
+    params = {k: json_value(v) for k, v in estimator.get_params().items() if k not in _FREE_PARAMS}
     blob = json.dumps([type(estimator).__name__, params, extra], sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -218,7 +218,7 @@ class Checkpoint:
 
     def restore(self, estimator) -> None:
         """Replace a freshly initialised estimator's state by the checkpoint's."""
-        from .estimator import from_bundle
+        from nbnet.nn.estimator import from_bundle
 
         meta, arrays = read_bundle(self.path)
         ck = meta.get("checkpoint")

@@ -2,7 +2,7 @@
 
 ``update(MODEL_URI, DATA)`` loads the model file — weights, the optimizer state (Adam/momentum
 moments and step count) and the generator state — and trains it ``epochs`` more epochs on
-DATA with :meth:`~nbnet.estimator.MLPClassifier.partial_fit`, so training continues exactly
+DATA with :meth:`~nbnet.nn.estimator.MLPClassifier.partial_fit`, so training continues exactly
 where it stopped: the same optimizer settings (``--lr`` may change the learning rate only), the
 same bias-correction step count, and the shuffling/dropout stream going on from the stored
 generator state. Updating a model with the data it was trained on, for ``k`` epochs, gives the
@@ -23,7 +23,7 @@ The run goes to the registered model's experiment (tag ``nbnet.kind=update``) wi
 ``update.source_uri``, ``update.source_version``, ``update.epochs``, ``update.learning_rate``,
 ``update.val_fraction``, ``data.path``/``data.rows``/``data.hash``, per-epoch metrics
 (``loss``, ``grad_norm_<l>``, ``epoch_time``, ``val_loss`` and the validation metrics),
-the final ``val_*`` metrics, and the model (:func:`nbnet.tracking.log_model`, servable). It is
+the final ``val_*`` metrics, and the model (:func:`nbnet.experiment.tracking.log_model`, servable). It is
 registered as a new version of the same model with the alias ``challenger`` — never
 ``champion``: promote it with ``nbnet promote NAME --version N`` (the gate).
 """
@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from .errors import NbnetError
+from nbnet.errors import NbnetError
 
 
 def update(model_uri: str, data, *, target: str | None = None, epochs: int = 10, lr: float | None = None,
@@ -42,12 +42,14 @@ def update(model_uri: str, data, *, target: str | None = None, epochs: int = 10,
     """Warm-start ``model_uri`` on ``data`` for ``epochs`` epochs, log and register the result as
     ``challenger``; returns ``{"run_id", "name", "version", "source_version", "model_uri",
     "metrics", "metric_key", "promote_command", ...}``."""
-    from . import interrupt, registry, tracking
-    from .data.load import data_hash
-    from .data.prep import feature_stats
-    from .data.split import train_val_split
-    from .monitor import load_labelled, task_of
-    from .search import evaluate
+    from nbnet._sys import interrupt
+    from nbnet.experiment.tracking import registry
+    from nbnet.experiment import tracking
+    from nbnet.data.load import data_hash
+    from nbnet.data.prep import feature_stats
+    from nbnet.data.split import train_val_split
+    from nbnet.ops.monitor import load_labelled, task_of
+    from nbnet.experiment.search import evaluate
 
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise NbnetError(f"--epochs must be a positive integer, got {epochs!r}")

@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from .errors import NbnetError
+from nbnet.errors import NbnetError
 
 INTERVAL_ENV = "NBNET_SYSTEM_METRICS_INTERVAL"
 DEFAULT_INTERVAL = 5.0  # seconds between samples; MLflow's own default (10 s) misses most of a short run
@@ -85,7 +85,7 @@ class SystemMetrics:
     """
 
     def __init__(self, run_id: str, *, uri: str | None = None, interval: float | None = None):
-        from .tracking import default_tracking_uri
+        from nbnet.experiment.tracking import default_tracking_uri
 
         self.run_id, self.uri = run_id, uri or default_tracking_uri()
         self.interval = sampling_interval() if interval is None else float(interval)

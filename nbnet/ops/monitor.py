@@ -28,7 +28,7 @@
 
 Thresholds (``psi``, ``ks``, ``tolerance``) come from, in order: the command-line flags, the
 ``[monitor]`` table of ``--experiment FILE``, the ``[monitor]`` table of the experiment the model
-was trained with (stored in the model), and the defaults of :class:`nbnet.config.MonitorConfig`.
+was trained with (stored in the model), and the defaults of :class:`nbnet.experiment.config.MonitorConfig`.
 
 Every check is an MLflow run in the experiment ``<registered model name>-monitoring`` (kept apart
 from the training runs, so the sweep's table stays comparable; for a run that is not registered,
@@ -40,7 +40,7 @@ the drop), ``monitor/report.json`` and ``monitor/drift.csv``, and tags ``nbnet.v
 ``monitor.last_verdict`` and ``monitor.last_run``.
 
 With ``rollback=True`` a failed check of the champion (``models:/NAME@champion`` or its version)
-moves ``champion`` back to the previous champion (:func:`nbnet.registry.rollback`), recorded in
+moves ``champion`` back to the previous champion (:func:`nbnet.experiment.tracking.registry.rollback`), recorded in
 the alias history, the version tags and the monitoring run (tag ``nbnet.rollback``).
 """
 
@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NbnetError
+from nbnet.errors import NbnetError
 
 PSI_EPS = 1e-4  # proportions are clipped below at this, so an empty bin adds a finite amount
 
@@ -97,7 +97,7 @@ def drift(stats: dict, X) -> dict[str, np.ndarray]:
     """Per-feature drift of ``X`` (m, d) against training ``stats`` (``Preprocessor.stats_``):
     ``psi``, ``ks`` (d,), the new bin ``counts`` (d, B), ``mean``, ``missing`` (fraction of NaN)
     for new and training data."""
-    from .data.prep import histogram_counts
+    from nbnet.data.prep import histogram_counts
 
     X = np.asarray(X, dtype=np.float64)
     edges = np.asarray(stats["edges"], dtype=np.float64)
@@ -151,8 +151,8 @@ def load_labelled(data, spec, target: str | None, est, *, require_target: bool =
     """Read ``data`` (.csv, .parquet or .npz) into the model's feature matrix; returns
     ``(X, y or None, target column or None)``. The target is ``target`` if given (it must exist),
     else the training config's ``data.target`` (NPZ: ``y``) when the file has it."""
-    from .data.load import read_features
-    from .tracking import input_columns
+    from nbnet.data.load import read_features
+    from nbnet.experiment.tracking import input_columns
 
     path = Path(str(data).split(":", 1)[1] if re.match(r"^(csv|parquet|npz):", str(data)) else str(data))
     if not path.is_file():
@@ -188,8 +188,8 @@ def task_of(est) -> str:
 
 def score(est, X, y, key: str) -> float | None:
     """``key`` (``val_accuracy``, ``val_loss``, ...) of the fitted ``est`` on (X, y), computed
-    as the validation metrics of a training run are (:func:`nbnet.search.evaluate`)."""
-    from .search import evaluate
+    as the validation metrics of a training run are (:func:`nbnet.experiment.search.evaluate`)."""
+    from nbnet.experiment.search import evaluate
 
     base = key.split("_", 1)[1] if key.startswith(("val_", "test_")) else key
     out = evaluate(est, X, y, task_of(est), "val_", extra=(base,) if base != "loss" else ())
@@ -200,8 +200,8 @@ def score(est, X, y, key: str) -> float | None:
 # --- thresholds ---------------------------------------------------------------------------------
 def thresholds(est=None, *, psi=None, ks=None, tolerance=None, experiment=None) -> dict:
     """``{"psi", "ks", "tolerance", "source"}``: flags, else ``experiment``'s [monitor] table,
-    else the model's stored config, else :class:`nbnet.config.MonitorConfig` defaults."""
-    from . import config as C
+    else the model's stored config, else :class:`nbnet.experiment.config.MonitorConfig` defaults."""
+    from nbnet.experiment import config as C
 
     base, source = C.MonitorConfig(), "defaults"
     stored = ((getattr(est, "config_", None) or {}).get("monitor")) if est is not None else None
@@ -327,8 +327,9 @@ def check(model_uri: str, data, *, target: str | None = None, psi: float | None 
           uri: str | None = None, log: bool = True) -> Report:
     """Run the drift and performance checks of ``model_uri`` on ``data``, log the monitoring run
     and, with ``rollback``, roll a failing champion back. See the module docstring."""
-    from . import registry, tracking
-    from .data.load import data_hash
+    from nbnet.experiment.tracking import registry
+    from nbnet.experiment import tracking
+    from nbnet.data.load import data_hash
 
     uri = uri or tracking.default_tracking_uri()
     ref = registry.resolve(model_uri, uri)
@@ -371,7 +372,8 @@ def check(model_uri: str, data, *, target: str | None = None, psi: float | None 
 
 
 def _metric_check(est, X, y, ref, tol: float, uri: str) -> dict:
-    from . import registry, tracking
+    from nbnet.experiment.tracking import registry
+    from nbnet.experiment import tracking
 
     c = tracking.client(uri)
     mv = None
@@ -387,7 +389,7 @@ def _metric_check(est, X, y, ref, tol: float, uri: str) -> dict:
     direction = registry.direction_of(mv, key) if mv is not None else registry.direction_of(_NoTags, key)
     recorded = None
     if ref.run_id:
-        recorded = tracking._metric_of(c, ref.run_id, key)
+        recorded = tracking.metric_of(c, ref.run_id, key)
     new = score(est, X, y, key)
     drop = None if recorded is None or new is None else registry.worse_by(new, recorded, direction)
     return {"key": key, "direction": direction, "new": new, "recorded": recorded, "drop": drop,
@@ -399,7 +401,7 @@ class _NoTags:
 
 
 def _log_run(rep: Report, ref, tcol, uri: str) -> None:
-    from . import tracking
+    from nbnet.experiment import tracking
 
     exp_name = f"{ref.name or _run_experiment(ref, uri) or Path(rep.model_uri).stem or 'nbnet'}-monitoring"
     exp = tracking.ensure_experiment(exp_name, uri)
@@ -450,7 +452,7 @@ def _log_run(rep: Report, ref, tcol, uri: str) -> None:
 
 
 def _run_experiment(ref, uri: str) -> str | None:
-    from . import tracking
+    from nbnet.experiment import tracking
 
     if not ref.run_id:
         return None
@@ -473,7 +475,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _maybe_rollback(rep: Report, ref, uri: str) -> None:
-    from . import registry, tracking
+    from nbnet.experiment.tracking import registry
+    from nbnet.experiment import tracking
 
     if not rep.failed:
         rep.rollback = "not needed (the check passed)"

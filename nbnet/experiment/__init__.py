@@ -1,0 +1,1 @@
+"""Experiments: configuration, MLflow tracking, trials, sweeps and single runs."""

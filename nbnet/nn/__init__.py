@@ -1,0 +1,1 @@
+"""The network and its training: estimators, the epoch loop, callbacks, checkpoints."""

@@ -1,0 +1,1 @@
+"""Operations on trained models: batch prediction, serving, monitoring, promotion, rollback, update, plots."""
