@@ -8,9 +8,14 @@ traceback; Ctrl-C exits 130.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 
 from nbnet.errors import NbnetError
+from nbnet.experiment import config
+from nbnet.version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,8 +31,6 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nbnet.version import __version__
-
     parser = _Parser(prog="nbnet", description="Numba-compiled MLPs with tracked Optuna sweeps.")
     parser.add_argument("--version", action="version", version=f"nbnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,10 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- experiments and sweeps (issue 4): sweep, train, best, rerun -------------------------------
+# --- experiments and sweeps: sweep, train, best, rerun -------------------------------
 def _add_search_commands(sub) -> None:
-    from nbnet.experiment.config import PRUNERS, SAMPLERS
-
     p = sub.add_parser("sweep", help="run (or resume) an Optuna sweep of an experiment, tracked in MLflow",
                        description="Run or resume the hyperparameter sweep of EXPERIMENT (a .toml path or a name in "
                                    "experiments/); every trial is an MLflow run; the best model is registered.")
@@ -53,8 +54,8 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes on the same study (default 1)")
     p.add_argument("--study", help="study name (default: the experiment's name); the same name resumes it")
     p.add_argument("--storage", help="Optuna storage URL or journal file (default: mlruns/optuna/STUDY.log)")
-    p.add_argument("--sampler", choices=SAMPLERS, help="default: search.sampler (tpe)")
-    p.add_argument("--pruner", choices=PRUNERS, help="default: search.pruner (median)")
+    p.add_argument("--sampler", choices=config.SAMPLERS, help="default: search.sampler (tpe)")
+    p.add_argument("--pruner", choices=config.PRUNERS, help="default: search.pruner (median)")
     p.add_argument("--no-register", dest="register", action="store_false", help="do not register the best model")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-trial lines")
     add_set_option(p)
@@ -82,23 +83,17 @@ def _add_search_commands(sub) -> None:
 
 
 def _headless() -> None:
-    import os
-
-    import logging
-
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are written to files, never shown
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # MLflow's INFO lines would drown the progress lines
 
 
 def cmd_sweep(args) -> int:
     _headless()
-    from nbnet.experiment import config
+    cfg = config.load_experiment(args.experiment, args.overrides)  # before MLflow loads: errors come fast
+    from nbnet.experiment import sweep  # heavy: loads MLflow (and Optuna)
 
-    cfg = config.load_experiment(args.experiment, args.overrides)  # before importing MLflow: errors come fast
-    from nbnet.experiment import search
-
-    r = search.run_sweep(cfg, trials=args.trials, workers=args.workers, study_name=args.study, storage=args.storage,
-                         sampler=args.sampler, pruner=args.pruner, register=args.register, quiet=args.quiet)
+    r = sweep.run_sweep(cfg, trials=args.trials, workers=args.workers, study_name=args.study, storage=args.storage,
+                        sampler=args.sampler, pruner=args.pruner, register=args.register, quiet=args.quiet)
     print(r.summary())
     if r.best_trial is None:
         print("no trial completed; see the reasons above")
@@ -114,14 +109,12 @@ def cmd_sweep(args) -> int:
 
 def cmd_train(args) -> int:
     _headless()
-    from nbnet.experiment import config
-
     cfg = config.load_experiment(args.experiment, args.overrides)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise NbnetError(f"--checkpoint-every must be a positive number of epochs, got {args.checkpoint_every}")
-    from nbnet.experiment import search
+    from nbnet.experiment import run  # heavy: loads MLflow (and Optuna)
 
-    out = search.train_run(cfg, register=args.register, checkpoint_every=args.checkpoint_every)
+    out = run.train_run(cfg, register=args.register, checkpoint_every=args.checkpoint_every)
     if out["resumed_from_epoch"]:
         print(f"resumed from the checkpoint of epoch {out['resumed_from_epoch']}")
     m = out["metrics"]
@@ -135,12 +128,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from nbnet.experiment import search
+    from nbnet.experiment import sweep  # heavy: loads MLflow (and Optuna)
 
-    b = search.best(args.study, args.storage)
+    b = sweep.best(args.study, args.storage)
     if args.json:
-        import json
-
         print(json.dumps(b, indent=1, default=str))
         return 0
     print(f"study {b['study']} ({b['n_trials']} trials), experiment {b['experiment']}")
@@ -156,12 +147,10 @@ def cmd_best(args) -> int:
 
 def cmd_rerun(args) -> int:
     _headless()
-    from nbnet.experiment import search
+    from nbnet.experiment import run  # heavy: loads MLflow (and Optuna)
 
-    r = search.rerun(args.run_id)
+    r = run.rerun(args.run_id)
     if args.json:
-        import json
-
         print(json.dumps(r, indent=1, default=str))
         return 0
     v, o = r["value"], r["original_value"]
@@ -177,7 +166,7 @@ def cmd_rerun(args) -> int:
     return 0 if r["bit_identical"] in (True, None) else 1
 
 
-# --- using the result (issue 4): predict, ui ------------------------------------------------------
+# --- using the result: predict, ui ------------------------------------------------------
 def _add_model_commands(sub) -> None:
     p = sub.add_parser("predict", help="predict a CSV/Parquet/NPZ file with a model (URI or file)",
                        description="Predict every row of INPUT with MODEL (models:/NAME@champion, models:/NAME/3, "
@@ -196,7 +185,7 @@ def _add_model_commands(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from nbnet.ops.serve import predict_file
+    from nbnet.ops.predict import predict_file  # heavy: loads MLflow (and Optuna)
 
     n = predict_file(args.model, args.input, args.output, proba=args.proba, chunk_rows=args.chunk_rows)
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
@@ -204,12 +193,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from nbnet.ops.serve import serve_ui
+    from nbnet.ops.serve import serve_ui  # heavy: loads MLflow (and Optuna)
 
     return serve_ui(args.host, args.port)
 
 
-# --- deployment (issue 6): serve ------------------------------------------------------------------
+# --- deployment: serve ------------------------------------------------------------------
 def _add_deploy_commands(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over REST with MLflow's scoring server (/ping, /invocations)",
                        description="Serve MODEL (models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/model or a local "
@@ -223,12 +212,12 @@ def _add_deploy_commands(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from nbnet.ops.serve import serve_model
+    from nbnet.ops.serve import serve_model  # heavy: loads MLflow (and Optuna)
 
     return serve_model(args.model, args.host, args.port, args.workers)
 
 
-# --- model lifecycle (issue 6): monitor, promote, rollback, update --------------------------------
+# --- model lifecycle: monitor, promote, rollback, update --------------------------------
 def _add_lifecycle_commands(sub) -> None:
     p = sub.add_parser("monitor", help="check new data for drift and the model's metric on it; exit 1 past the thresholds",
                        description="Compare DATA (.csv/.parquet/.npz) with the training statistics stored in MODEL_URI: "
@@ -282,13 +271,11 @@ def _add_lifecycle_commands(sub) -> None:
 
 def cmd_monitor(args) -> int:
     _headless()
-    from nbnet.ops.monitor import check
+    from nbnet.ops.monitor import check  # heavy: loads MLflow (and Optuna)
 
     rep = check(args.model, args.data, target=args.target, psi=args.psi, ks=args.ks, tolerance=args.tolerance,
                 rollback=args.rollback, experiment=args.experiment)
     if args.json:
-        import json
-
         print(json.dumps(rep.to_dict(), indent=1))
     else:
         print(rep.text())
@@ -297,7 +284,7 @@ def cmd_monitor(args) -> int:
 
 def cmd_promote(args) -> int:
     _headless()
-    from nbnet.experiment.tracking.registry import promote
+    from nbnet.ops.promote import promote  # heavy: loads MLflow (and Optuna)
 
     res = promote(args.name, args.version, data=args.data, target=args.target, tolerance=args.tolerance)
     print("\n".join(res.lines()))
@@ -306,7 +293,7 @@ def cmd_promote(args) -> int:
 
 def cmd_rollback(args) -> int:
     _headless()
-    from nbnet.experiment.tracking.registry import rollback
+    from nbnet.experiment.tracking.registry import rollback  # heavy: loads MLflow (and Optuna)
 
     old, new = rollback(args.name, args.to, reason=args.reason)
     print(f"champion of {args.name}: v{old} → v{new}  (models:/{args.name}@champion; reason: {args.reason})")
@@ -315,7 +302,7 @@ def cmd_rollback(args) -> int:
 
 def cmd_update(args) -> int:
     _headless()
-    from nbnet.ops.update import update
+    from nbnet.ops.update import update  # heavy: loads MLflow (and Optuna)
 
     r = update(args.model, args.data, target=args.target, epochs=args.epochs, lr=args.lr,
                val_fraction=args.val_fraction, quiet=False)
@@ -332,7 +319,7 @@ def cmd_update(args) -> int:
     return 0
 
 
-# --- visualisation (issue 6): plot ----------------------------------------------------------------
+# --- visualisation: plot ----------------------------------------------------------------
 def _add_viz_commands(sub) -> None:
     p = sub.add_parser("plot", help="write a run's figures (loss, gradient norms, activations, confusion, ROC) as PNGs",
                        description="Draw RUN_ID's figures from its MLflow metrics and plots/evaluation.json (no "
@@ -347,7 +334,7 @@ def _add_viz_commands(sub) -> None:
 
 def cmd_plot(args) -> int:
     _headless()
-    from nbnet.ops.plot import plot_run
+    from nbnet.ops.plot import plot_run  # heavy: loads MLflow (and Optuna)
 
     paths, notes = plot_run(args.run_id, args.output)
     for note in notes:
@@ -359,12 +346,9 @@ def cmd_plot(args) -> int:
 
 def _quiet_logs() -> None:
     """stderr is for nbnet's own lines (a user error is exactly one): no MLflow INFO logging."""
-    import logging
-    import os
-
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     # On a tracking server MLflow prints "🏃 View run … at: http://…" to stdout for every run it
-    # closes, which would corrupt --json output (issue 8).
+    # closes, which would corrupt --json output.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # and if it already was
 

@@ -16,7 +16,9 @@ Conventions follow scikit-learn 1.9 so numbers can be compared across tools:
   prediction and 0 otherwise; with fewer than two samples it is NaN (with a warning).
 
 ``METRICS`` maps the names used by experiment files, the CLI and the sweep to functions;
-``direction(name)`` says whether a sweep should maximize or minimize it.
+``direction(name)`` says whether a sweep should maximize or minimize it;
+``default_metric(task)`` is the validation score a model of a task is judged on when nothing else
+is recorded, and ``evaluate_estimator`` gives the scores a training run logs.
 
 Example
 -------
@@ -28,6 +30,7 @@ Example
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -354,6 +357,11 @@ REGRESSION = ("mse", "rmse", "mae", "r2")
 _MINIMIZE = frozenset({"log_loss", "mse", "rmse", "mae", "loss"})
 _PREFIXES = ("val_", "test_", "train_", "cv_")
 DEFAULT_METRICS = {"classification": ("accuracy", "f1_macro"), "regression": ("r2", "rmse")}
+#: What :func:`evaluate_estimator` scores a classifier on, by whether it has two classes.
+RUN_CLASSIFICATION_METRICS = {
+    True: ("accuracy", "precision", "recall", "f1", "f1_macro", "roc_auc", "log_loss"),
+    False: ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "roc_auc_ovr", "log_loss"),
+}
 
 
 def _base_name(name: str) -> str:
@@ -411,3 +419,53 @@ def evaluate(estimator, X, y, metrics=None) -> dict[str, float]:
     else:
         y_pred = estimator.predict(X)
     return score_predictions(names, y, y_pred, proba, getattr(estimator, "classes_", None))
+
+
+# --- the scores of a training run -------------------------------------------------------------
+def default_metric(task: str) -> str:
+    """The validation score a model of ``task`` is judged on when none was chosen or recorded:
+    ``val_accuracy`` (classification) or ``val_r2`` (regression), the one the training loop logs
+    every epoch."""
+    return "val_accuracy" if task == "classification" else "val_r2"
+
+
+def check_metric_task(metric: str, task: str, source: str) -> None:
+    """An NbnetError when the validation metric ``metric`` (``val_<name>``) does not apply to
+    ``task`` data (read from ``source``, named in the message); ``val_loss`` applies to both."""
+    base = metric[len("val_"):]
+    if (task == "regression") != (base in REGRESSION) and base != "loss":
+        fix = "val_r2 or val_rmse" if task == "regression" else "val_accuracy or val_f1"
+        raise NbnetError(f"search.metric {metric!r} does not apply to {task} data ({source}); use {fix}")
+
+
+def evaluate_estimator(est, X, y, task: str, prefix: str = "val_", extra=(), *, predictions=None) -> dict:
+    """Scores of a fitted estimator on (X, y) as a training run logs them, keys ``prefix + name``:
+    classification accuracy, precision/recall/F1 (binary, or macro/weighted), ROC-AUC, log-loss
+    (:data:`RUN_CLASSIFICATION_METRICS`); regression MSE, RMSE, MAE, R²; plus ``loss`` (log-loss
+    or MSE, the training objective without penalties) and any metric named in ``extra``. An
+    undefined metric (e.g. F1 of pos_label 1 with string labels) is left out. ``predictions``:
+    ``predict_proba(X)`` (classifier) or ``predict(X)`` (regressor), if already computed."""
+    if predictions is None:
+        predictions = est.predict_proba(X) if task == "classification" else est.predict(X)
+    if task == "classification":
+        proba = np.array(predictions, dtype=np.float64)
+        proba /= proba.sum(1, keepdims=True)
+        pred = est.classes_[proba.argmax(1)]
+        wanted = RUN_CLASSIFICATION_METRICS[len(est.classes_) == 2] + tuple(n for n in extra if n in CLASSIFICATION)
+    else:
+        proba, pred = None, predictions
+        wanted = REGRESSION + tuple(n for n in extra if n in REGRESSION)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined metrics → NaN, reported as missing
+        for name in dict.fromkeys(wanted):
+            try:
+                v = score_predictions([name], y, pred, proba, getattr(est, "classes_", None))[name]
+            except NbnetError:
+                continue
+            if math.isfinite(v):
+                out[prefix + name] = v
+    loss = "log_loss" if task == "classification" else "mse"
+    if prefix + loss in out:
+        out[prefix + "loss"] = out[prefix + loss]
+    return out

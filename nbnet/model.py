@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nbnet.errors import NbnetError
-from nbnet.kernels.cpu import ACT_IDENTITY, ACTIVATIONS
+from nbnet.kernels.tables import ACT_IDENTITY, ACTIVATIONS
 
 #: Activations whose initialisation is He (Kaiming) normal; the rest use Glorot uniform.
 _HE_INIT = {"relu", "leaky_relu", "elu", "softplus"}

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from nbnet.errors import NbnetError
-from nbnet.kernels import cpu as K
+from nbnet.kernels import tables
 
 OPTIMIZERS = {
-    "sgd": (K.OPT_SGD, False),
-    "momentum": (K.OPT_SGD, False),
-    "nesterov": (K.OPT_SGD, True),
-    "adam": (K.OPT_ADAM, False),
-    "adamw": (K.OPT_ADAMW, False),
+    "sgd": (tables.OPT_SGD, False),
+    "momentum": (tables.OPT_SGD, False),
+    "nesterov": (tables.OPT_SGD, True),
+    "adam": (tables.OPT_ADAM, False),
+    "adamw": (tables.OPT_ADAMW, False),
 }
 
 
@@ -56,22 +56,22 @@ def resolve(name: str, momentum: float | None, nesterov: bool) -> tuple[int, boo
         momentum = 0.9 if name in ("momentum", "nesterov") else 0.0
     if not 0.0 <= momentum < 1.0:
         raise NbnetError(f"momentum must be in [0, 1), got {momentum}")
-    if nest and momentum == 0.0 and kind == K.OPT_SGD:
+    if nest and momentum == 0.0 and kind == tables.OPT_SGD:
         raise NbnetError("nesterov needs momentum > 0; set momentum=0.9")
     return kind, nest, float(momentum)
 
 
 def hyper_vector(*, lr, betas, eps, weight_decay, l2, momentum, clip_norm, dropout, noise, mixup) -> np.ndarray:
-    """The float64 ``hp`` vector the epoch kernel reads (indices ``K.HP_*``)."""
-    hp = np.zeros(K.N_HP)
-    hp[K.HP_LR] = lr
-    hp[K.HP_BETA1], hp[K.HP_BETA2] = betas
-    hp[K.HP_EPS] = eps
-    hp[K.HP_WD] = weight_decay
-    hp[K.HP_L2] = l2
-    hp[K.HP_MOMENTUM] = momentum
-    hp[K.HP_CLIP] = clip_norm or 0.0
-    hp[K.HP_DROPOUT] = dropout
-    hp[K.HP_NOISE] = noise
-    hp[K.HP_MIXUP] = mixup
+    """The float64 ``hp`` vector the epoch kernel reads (indices ``nbnet.kernels.tables.HP_*``)."""
+    hp = np.zeros(tables.N_HP)
+    hp[tables.HP_LR] = lr
+    hp[tables.HP_BETA1], hp[tables.HP_BETA2] = betas
+    hp[tables.HP_EPS] = eps
+    hp[tables.HP_WD] = weight_decay
+    hp[tables.HP_L2] = l2
+    hp[tables.HP_MOMENTUM] = momentum
+    hp[tables.HP_CLIP] = clip_norm or 0.0
+    hp[tables.HP_DROPOUT] = dropout
+    hp[tables.HP_NOISE] = noise
+    hp[tables.HP_MIXUP] = mixup
     return hp

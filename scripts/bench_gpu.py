@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU training throughput: nbnet's CUDA backend vs PyTorch on CUDA (issue 5).
+"""GPU training throughput: nbnet's CUDA backend vs PyTorch on CUDA.
 
 MLP 784-256-128-10, ReLU, softmax cross-entropy, Adam (lr 1e-3), float32, 60 000 synthetic
 training samples (10 classes, each a mixture of Gaussian clusters), batch sizes 32/128/512/4096.

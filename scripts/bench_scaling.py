@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How nbnet's epoch time scales: hidden width, batch size, number of samples, threads (issue 9).
+"""How nbnet's epoch time scales: hidden width, batch size, number of samples, threads.
 
 Each row is the best of ``--reps`` epochs of ``train_epoch`` (the same compiled kernel that
 ``fit`` runs), after one untimed epoch, on synthetic float32 data (784 features, 10 classes,

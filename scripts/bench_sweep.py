@@ -55,23 +55,26 @@ def enqueue_same_trials(cfg, n: int, uri: str) -> None:
     would otherwise draw different networks)."""
     import optuna
 
-    from nbnet.experiment import search
+    from nbnet.experiment import sweep
+    from nbnet.experiment.trial import suggest
 
     probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     params = []
     for _ in range(n):
         t = probe.ask()
-        search.suggest(t, cfg.search.space)
+        suggest(t, cfg.search.space)
         params.append(t.params)
         probe.tell(t, 0.0)
-    storage = search.open_storage(search.default_storage(cfg.name), uri=uri)
+    storage = sweep.open_storage(sweep.default_storage(cfg.name), uri=uri)
     study = optuna.create_study(study_name=cfg.name, storage=storage, direction=cfg.direction())
     for p in params:
         study.enqueue_trial(p)
 
 
 def run_case(case: str, trials: int | None, workers: int, threads: int | None = None) -> dict:
-    from nbnet.experiment import config, search, tracking
+    from nbnet.data import prepared
+    from nbnet.experiment import config, sweep, tracking
+    from nbnet.experiment.run import COST_KEYS
 
     name, overrides, default_trials = CASES[case]
     trials = trials or default_trials
@@ -82,17 +85,17 @@ def run_case(case: str, trials: int | None, workers: int, threads: int | None = 
         uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
         os.environ["MLFLOW_TRACKING_URI"] = uri
         tracking.ensure_experiment(cfg.name, uri)  # store creation is one-off, not per-sweep cost
-        search._DATA_CACHE.clear()
-        search.prepare_data(cfg)  # the data load, too (workers load their own copy; that is counted)
+        prepared.clear_cache()
+        prepared.prepare_data(cfg)  # the data load, too (workers load their own copy; that is counted)
         enqueue_same_trials(cfg, trials, uri)
         t0 = time.perf_counter()
-        r = search.run_sweep(cfg, trials=trials, workers=workers, quiet=True, uri=uri)
+        r = sweep.run_sweep(cfg, trials=trials, workers=workers, quiet=True, uri=uri)
         wall = time.perf_counter() - t0
         c = tracking.client(uri)
         kids = c.search_runs([c.get_experiment_by_name(cfg.name).experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{r.parent_run_id}'", max_results=1000)
-        sums = {k: sum(run.data.metrics.get(k, 0.0) for run in kids) for k in search.COST_KEYS}
-        study = search.optuna_load(cfg.name, search.open_storage(search.default_storage(cfg.name), uri=uri))
+        sums = {k: sum(run.data.metrics.get(k, 0.0) for run in kids) for k in COST_KEYS}
+        study = sweep.optuna_load(cfg.name, sweep.open_storage(sweep.default_storage(cfg.name), uri=uri))
         sums["tracking_seconds"] = sum(t.user_attrs.get("tracking_seconds", 0.0) for t in study.trials)
         parent = c.get_run(r.parent_run_id).data.metrics
         tracked = sums["tracking_seconds"] + parent.get("sweep_tracking_seconds", 0.0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training throughput: nbnet vs PyTorch (CPU) vs scikit-learn on one MLP (issues 2 and 9).
+"""Training throughput: nbnet vs PyTorch (CPU) vs scikit-learn on one MLP.
 
 MLP 784-256-128-10, ReLU, softmax cross-entropy, Adam (lr 1e-3), float32, 60 000 synthetic
 training samples (10 classes, each a mixture of Gaussian clusters, so accuracy means something) and a

@@ -29,6 +29,7 @@ from numba import get_num_threads, njit, prange
 
 from nbnet import optim
 from nbnet.kernels import cpu as K
+from nbnet.kernels.cpu_fused import COL_ALIGN, matrix_at, part_bounds
 from nbnet.kernels.blas import gemm
 from nbnet.kernels.threads import thread_budget
 from nbnet.model import Layout, init_params
@@ -39,12 +40,12 @@ NAMES = {SYNC: "sync", GATHER: "shuffle+gather", GEMM: "gemm", ELEM: "elementwis
 
 @njit(cache=True)
 def _rows(what, t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, Abuf, Dbuf, off, Yb):
-    r0, r1 = K._part(bs, T, t, 1)
+    r0, r1 = part_bounds(bs, T, t, 1)
     if r1 <= r0 or what == SYNC:
         return
     L = acts.shape[0]
     if what == GATHER:
-        A0 = K._mat(Abuf, off[0], B, sizes[0])
+        A0 = matrix_at(Abuf, off[0], B, sizes[0])
         for i in range(r0, r1):
             r = idx[s + i]
             A0[i] = X[r]
@@ -53,25 +54,25 @@ def _rows(what, t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, Ab
     for l in range(L):
         W, b = K.layer_views(params, w_off, b_off, sizes, l)
         n_in, n_out = sizes[l], sizes[l + 1]
-        Ain = K._mat(Abuf, off[l], B, n_in)
-        Aout = K._mat(Abuf, off[l + 1], B, n_out)
+        Ain = matrix_at(Abuf, off[l], B, n_in)
+        Aout = matrix_at(Abuf, off[l + 1], B, n_out)
         if what == GEMM:
             gemm(False, False, r1 - r0, n_out, n_in, 1.0, Ain[r0], n_in, W, n_out, 0.0, Aout[r0], n_out)
         else:
             K.bias_activation(Aout[r0:r1], b, acts[l])
     k = sizes[L]
-    DL = K._mat(Dbuf, off[L], B, k)
+    DL = matrix_at(Dbuf, off[L], B, k)
     if what == ELEM:
-        K.loss_grad_rows(K._mat(Abuf, off[L], B, k)[r0:r1], Yb[r0:r1], K.LOSS_SOFTMAX_CE, DL[r0:r1], bs)
+        K.loss_grad_rows(matrix_at(Abuf, off[L], B, k)[r0:r1], Yb[r0:r1], K.LOSS_SOFTMAX_CE, DL[r0:r1], bs)
     for l in range(L - 1, 0, -1):
         W, b = K.layer_views(params, w_off, b_off, sizes, l)
         n_in, n_out = sizes[l], sizes[l + 1]
-        Dout = K._mat(Dbuf, off[l + 1], B, n_out)
-        Din = K._mat(Dbuf, off[l], B, n_in)
+        Dout = matrix_at(Dbuf, off[l + 1], B, n_out)
+        Din = matrix_at(Dbuf, off[l], B, n_in)
         if what == GEMM:
             gemm(False, True, r1 - r0, n_in, n_out, 1.0, Dout[r0], n_out, W, n_out, 0.0, Din[r0], n_in)
         else:
-            K.activation_grad(K._mat(Abuf, off[l], B, n_in)[r0:r1], Din[r0:r1], acts[l - 1])
+            K.activation_grad(matrix_at(Abuf, off[l], B, n_in)[r0:r1], Din[r0:r1], acts[l - 1])
 
 
 @njit(cache=True)
@@ -83,11 +84,11 @@ def _cols(what, t, T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbu
     for l in range(L):
         n_in, n_out = sizes[l], sizes[l + 1]
         w0, b0 = w_off[l], b_off[l]
-        Al = K._mat(Abuf, off[l], B, n_in)
-        Dl = K._mat(Dbuf, off[l + 1], B, n_out)
-        r0, r1 = K._part(n_in, T, t, 1)
+        Al = matrix_at(Abuf, off[l], B, n_in)
+        Dl = matrix_at(Dbuf, off[l + 1], B, n_out)
+        r0, r1 = part_bounds(n_in, T, t, 1)
         o0, o1 = w0 + r0 * n_out, w0 + r1 * n_out
-        c0, c1 = K._part(n_out, T, t, K._COL_ALIGN)
+        c0, c1 = part_bounds(n_out, T, t, COL_ALIGN)
         if what == GEMM:
             if r1 > r0:
                 gemm(True, False, r1 - r0, n_out, bs, 1.0, Al[0, r0:], n_in, Dl[0], n_out, 0.0, grads[o0:], n_out)
@@ -151,12 +152,12 @@ def profile(batch: int, n: int, reps: int, hidden=(256, 128)) -> dict:
         T = get_num_threads()
         p = init_params(lay, "relu", np.random.default_rng(0), np.float32)
         g, m, v = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
-        opt = np.array([K.OPT_ADAM, 0, batch, 0, 0, 0, 1], np.int64)
+        settings = np.array([K.OPT_ADAM, 0, batch, 0, 0, 0, 1], np.int64)
         st, stats = K.seed_state(0), np.zeros(1 + lay.n_layers)
         best = math.inf
         for _ in range(reps + 1):  # the first compiles (or loads the cache)
             t0 = time.perf_counter()
-            K.train_epoch(X, Y, p, g, m, v, *lay.kernel_args(), K.LOSS_SOFTMAX_CE, hp, opt, st, stats)
+            K.train_epoch(X, Y, p, g, m, v, *lay.kernel_args(), K.LOSS_SOFTMAX_CE, hp, settings, st, stats)
             best = min(best, time.perf_counter() - t0)
         out["epoch"] = best
         for what in NAMES:

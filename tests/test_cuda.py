@@ -307,7 +307,7 @@ def test_train_epoch_parity_with_cpu(name):
     np.testing.assert_allclose(got["params"], want["params"], rtol=0, atol=WTOL[dt])
     np.testing.assert_allclose(got["m"], want["m"], rtol=0, atol=WTOL[dt])
     np.testing.assert_allclose(got["stats"], want["stats"], rtol=1e-5 if dt == np.float32 else 1e-9)
-    assert got["opt"][cpu.OPT_STEP] == want["opt"][cpu.OPT_STEP] == 2 * -(-20 // batch)
+    assert got["opt"][cpu.SETTING_STEP] == want["opt"][cpu.SETTING_STEP] == 2 * -(-20 // batch)
     assert got["state"][0] == want["state"][0], "the shuffle must consume the CPU's random stream"
 
 
@@ -371,8 +371,9 @@ def test_estimator_on_cuda_matches_cpu_and_saves_for_cpu(tmp_path):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
     for key in ("loss", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(on_gpu.history_[key], on_cpu.history_[key], rtol=1e-9)
-    np.testing.assert_allclose(on_gpu._opt.m, on_cpu._opt.m, atol=1e-9)  # moments came back from the device
-    assert on_gpu._opt.step == on_cpu._opt.step == 6
+    gpu_moments, cpu_moments = on_gpu.training_state().optimizer, on_cpu.training_state().optimizer
+    np.testing.assert_allclose(gpu_moments.m, cpu_moments.m, atol=1e-9)  # moments came back from the device
+    assert gpu_moments.step == cpu_moments.step == 6
     path = tmp_path / "gpu_model.nbnet"
     on_gpu.save(path)
     back = load(path)
@@ -409,9 +410,9 @@ def test_set_train_device_cuda_reaches_the_cuda_backend():
 
 
 def _compiled_keys():
-    from nbnet.nn import estimator
+    from nbnet.kernels import compile
 
-    return estimator._COMPILED
+    return compile.COMPILED
 
 
 def test_auto_never_picks_the_simulator():
@@ -468,23 +469,23 @@ _PTX_SCRIPT = textwrap.dedent(
     import numba.cuda.dispatcher as disp
     if hasattr(disp, "get_current_device"):  # device functions ask for the GPU's compute capability
         disp.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
-    from nbnet.kernels import cuda as G
+    from nbnet.kernels import cuda_kernels as G
     assert not G.SIMULATOR
     d1, d2, ix = float64[::1], float64[:, ::1], int64[::1]
     for f in (float32, float64):
         a1, a2 = f[::1], f[:, ::1]
         sigs = {
-            "_k_bias_act": (a2, a1, int64), "_k_act_grad": (a2, a2, int64),
-            "_k_forward": (a2, a2, a1, int64, a2), "_k_grad_w": (a2, a2, a2, f, a2, a1),
-            "_k_grad_x": (a2, a2, a2, a2, int64, f, int64, a2),
-            "_k_loss": (a2, a2, int64, int64, a2, d1, int64), "_k_output_transform": (a2, int64),
-            "_k_reduce_partial": (a1, ix, ix, int64, d2), "_k_reduce_finish": (d2, d1, int64, int64, d1),
-            "_k_clip": (a1, d1, float64), "_k_sgd": (a1, a1, a1, f, f, f, int64, int64),
-            "_k_adam": (a1, a1, a1, a1) + (f,) * 9, "_k_dropout": (a2, a2, uint64, f, uint64, uint64),
-            "_k_gather": (a2, a2, ix, a2, a2),
-            "_k_gather_aug": (a2, a2, ix, a2, a2, int64, int64, float64, uint64, uint64, ix, f, f, int64),
+            "k_bias_act": (a2, a1, int64), "k_act_grad": (a2, a2, int64),
+            "k_forward": (a2, a2, a1, int64, a2), "k_grad_w": (a2, a2, a2, f, a2, a1),
+            "k_grad_x": (a2, a2, a2, a2, int64, f, int64, a2),
+            "k_loss": (a2, a2, int64, int64, a2, d1, int64), "k_output_transform": (a2, int64),
+            "k_reduce_partial": (a1, ix, ix, int64, d2), "k_reduce_finish": (d2, d1, int64, int64, d1),
+            "k_clip": (a1, d1, float64), "k_sgd": (a1, a1, a1, f, f, f, int64, int64),
+            "k_adam": (a1, a1, a1, a1) + (f,) * 9, "k_dropout": (a2, a2, uint64, f, uint64, uint64),
+            "k_gather": (a2, a2, ix, a2, a2),
+            "k_gather_aug": (a2, a2, ix, a2, a2, int64, int64, float64, uint64, uint64, ix, f, f, int64),
         }
-        missing = {n for n in dir(G) if n.startswith("_k_")} - set(sigs)
+        missing = {n for n in dir(G) if n.startswith("k_")} - set(sigs)
         assert not missing, missing
         for name, sig in sigs.items():
             ptx, _ = cuda.compile_ptx(getattr(G, name).py_func, sig, cc=(8, 0))
@@ -494,8 +495,8 @@ _PTX_SCRIPT = textwrap.dedent(
             print(name, f, "ok")
     print("all compiled")
     """
-).replace("HOT", repr({"_k_forward", "_k_grad_w", "_k_grad_x", "_k_bias_act", "_k_act_grad", "_k_adam", "_k_sgd",
-                       "_k_dropout", "_k_gather"}))
+).replace("HOT", repr({"k_forward", "k_grad_w", "k_grad_x", "k_bias_act", "k_act_grad", "k_adam", "k_sgd",
+                       "k_dropout", "k_gather"}))
 
 
 @pytest.mark.slow

@@ -26,8 +26,8 @@ def shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
 def options(img=(0, 0), noise=0.0, mixup=0.0, batch=16):
     hp = np.zeros(K.N_HP)
     hp[K.HP_NOISE], hp[K.HP_MIXUP] = noise, mixup
-    opt = np.zeros(K.N_OPT, np.int64)
-    opt[K.OPT_BATCH], opt[K.OPT_IMG_H], opt[K.OPT_IMG_W] = batch, img[0], img[1]
+    opt = np.zeros(K.N_SETTINGS, np.int64)
+    opt[K.SETTING_BATCH], opt[K.SETTING_IMG_H], opt[K.SETTING_IMG_W] = batch, img[0], img[1]
     return hp, opt
 
 

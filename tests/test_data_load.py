@@ -1,6 +1,6 @@
 """Loading: built-in sets against scikit-learn, CSV/Parquet/NPZ round trips with one-hot
 categoricals, prediction inputs read whole and in chunks, the synthetic generator, the data hash,
-and every bad input of issue 3 answered by one NbnetError line."""
+and every bad input answered by one NbnetError line."""
 
 from __future__ import annotations
 
@@ -204,15 +204,15 @@ def test_npz_round_trip_and_chunks(tmp_path, compressed):
 
 
 def test_npz_uncompressed_member_is_memory_mapped(tmp_path):
-    from nbnet.data.load import _npz_member
+    from nbnet.data.load import memmap_npz_member
 
     X = np.arange(24, dtype=np.float32).reshape(6, 4)
     np.savez(tmp_path / "a.npz", X=X, y=np.zeros(6))
     np.savez_compressed(tmp_path / "b.npz", X=X, y=np.zeros(6))
-    mm = _npz_member(tmp_path / "a.npz", "X")
+    mm = memmap_npz_member(tmp_path / "a.npz", "X")
     assert isinstance(mm, np.memmap)
     np.testing.assert_array_equal(mm, X)
-    assert _npz_member(tmp_path / "b.npz", "X") is None  # compressed: read whole instead
+    assert memmap_npz_member(tmp_path / "b.npz", "X") is None  # compressed: read whole instead
 
 
 def test_npz_images_and_feature_names(tmp_path):

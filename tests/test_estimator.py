@@ -112,10 +112,11 @@ def test_set_weights_resets_the_optimizer(blobs):
     a = MLPClassifier((9,), **kw).fit(X, y)
     b = MLPClassifier((9,), **dict(kw, epochs=5)).fit(X, y)
     start = a.get_weights()
-    assert b._opt.step > a._opt.step > 0
+    assert b.training_state().optimizer.step > a.training_state().optimizer.step > 0
     for est in (a, b):
         est.set_weights(start)
-        assert est._opt.step == 0 and not est._opt.m.any() and not est._opt.v.any()
+        moments = est.training_state().optimizer
+        assert moments.step == 0 and not moments.m.any() and not moments.v.any()
         est.partial_fit(X, y)
     assert same_weights(a, b)
 
@@ -129,9 +130,9 @@ def test_two_partial_fits_equal_a_two_epoch_fit(blobs):
     full = MLPClassifier((12,), epochs=2, **kw).fit(X, y)
     inc = MLPClassifier((12,), epochs=1, **kw)
     inc.partial_fit(X, y)
-    assert inc.n_epochs_ == 1 and inc._opt.step == 15  # ceil(240 / 16) steps
+    assert inc.n_epochs_ == 1 and inc.training_state().optimizer.step == 15  # ceil(240 / 16) steps
     inc.partial_fit(X, y)
-    assert inc.n_epochs_ == 2 and inc._opt.step == 30 and len(inc.history_["loss"]) == 2
+    assert inc.n_epochs_ == 2 and inc.training_state().optimizer.step == 30 and len(inc.history_["loss"]) == 2
     assert same_weights(full, inc)
     # control: resetting the optimizer between the calls gives different weights
     ctl = MLPClassifier((12,), epochs=1, **kw)
@@ -233,7 +234,7 @@ def test_early_stopping_holds_out_a_stratified_validation_fraction(blobs):
     X, y = blobs
     clf = MLPClassifier((8,), epochs=3, early_stopping=True, validation_fraction=0.25, n_threads=1).fit(X, y)
     assert np.isfinite(clf.history_["val_loss"]).all() and clf.best_epoch_ >= 1
-    assert clf._opt.step == 3 * int(np.ceil(180 / 32))  # trained on the remaining 75 %
+    assert clf.training_state().optimizer.step == 3 * int(np.ceil(180 / 32))  # trained on the remaining 75 %
 
 
 # --- reproducibility, initialisation, labels, dtypes, threads ---------------------------------------------------

@@ -46,8 +46,8 @@ def _hp(**kw):
 
 
 def _opt(kind, batch, nesterov=False, step=0):
-    o = np.zeros(K.N_OPT, np.int64)
-    o[K.OPT_KIND], o[K.OPT_NESTEROV], o[K.OPT_BATCH], o[K.OPT_STEP], o[K.OPT_SHUFFLE] = kind, nesterov, batch, step, 1
+    o = np.zeros(K.N_SETTINGS, np.int64)
+    o[K.SETTING_OPTIMIZER], o[K.SETTING_NESTEROV], o[K.SETTING_BATCH], o[K.SETTING_STEP], o[K.SETTING_SHUFFLE] = kind, nesterov, batch, step, 1
     return o
 
 
@@ -89,7 +89,7 @@ def test_fused_epoch_matches_reference_float64(case, T):
     np.testing.assert_allclose(got[1], want[1], rtol=1e-10, atol=1e-12)  # momentum / first moment
     np.testing.assert_allclose(got[2], want[2], rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(got[3], want[3], rtol=1e-10)  # loss and per-layer gradient norms
-    assert got[4][K.OPT_STEP] == want[4][K.OPT_STEP]
+    assert got[4][K.SETTING_STEP] == want[4][K.SETTING_STEP]
 
 
 def test_fused_epoch_float32_close_to_float64_reference():
@@ -223,7 +223,7 @@ def test_fused_kernels_write_nothing_outside_their_arrays(T):
 @pytest.mark.slow
 def test_cold_start_compiles_forward_in_a_second_process(tmp_path):
     """On an empty numba cache the first fit compiles the epoch kernel itself while a child
-    process compiles the forward kernel into the cache, which the fit then loads (issue 9)."""
+    process compiles the forward kernel into the cache, which the fit then loads."""
     code = """
 import numpy as np
 from nbnet import MLPClassifier

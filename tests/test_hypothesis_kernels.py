@@ -96,8 +96,8 @@ def test_sgd_epoch_matches_sequential_reference_steps(p, batch, clip):
     hp = np.zeros(K.N_HP)
     hp[K.HP_LR], hp[K.HP_L2], hp[K.HP_CLIP] = lr, p["l2"], clip
     hp[K.HP_BETA1], hp[K.HP_BETA2], hp[K.HP_EPS] = 0.9, 0.999, 1e-8
-    opt = np.zeros(K.N_OPT, np.int64)
-    opt[K.OPT_KIND], opt[K.OPT_BATCH] = K.OPT_SGD, batch
+    opt = np.zeros(K.N_SETTINGS, np.int64)
+    opt[K.SETTING_OPTIMIZER], opt[K.SETTING_BATCH] = K.OPT_SGD, batch
     params = p["params"].copy()
     grads, m, v = np.zeros_like(params), np.zeros_like(params), np.zeros_like(params)
     stats = np.zeros(1 + lay.n_layers)
@@ -117,7 +117,7 @@ def test_sgd_epoch_matches_sequential_reference_steps(p, batch, clip):
         ref = ref - lr * flat
     # SGD at lr 0.05 on batches of 1 can genuinely blow up; that is not a kernel disagreement
     assume(np.all(np.abs(ref) < 1e4) and abs(total) < 1e6)  # (NaN fails these too)
-    assert opt[K.OPT_STEP] == -(-n // batch)
+    assert opt[K.SETTING_STEP] == -(-n // batch)
     np.testing.assert_allclose(stats[0], total / n, **tol(dtype, total / n))
     np.testing.assert_allclose(params, ref, **tol(dtype, ref))
 

@@ -328,8 +328,8 @@ def _hp(**kw):
 
 
 def _opt(kind, batch, *, nesterov=False, shuffle=False, step=0):
-    o = np.zeros(K.N_OPT, np.int64)
-    o[K.OPT_KIND], o[K.OPT_NESTEROV], o[K.OPT_BATCH], o[K.OPT_STEP], o[K.OPT_SHUFFLE] = kind, nesterov, batch, step, shuffle
+    o = np.zeros(K.N_SETTINGS, np.int64)
+    o[K.SETTING_OPTIMIZER], o[K.SETTING_NESTEROV], o[K.SETTING_BATCH], o[K.SETTING_STEP], o[K.SETTING_SHUFFLE] = kind, nesterov, batch, step, shuffle
     return o
 
 
@@ -374,7 +374,7 @@ def test_train_epoch_sgd_matches_python_loop(make_net, make_targets, shuffle):
     opt = _opt(K.OPT_SGD, 5, nesterov=True, shuffle=shuffle)
     K.train_epoch(X, Y, net.params, g, m, v, *net.args, K.LOSS_SOFTMAX_CE,
                   _hp(momentum=0.9, weight_decay=0.01, l2=0.02), opt, K.seed_state(4), stats)
-    assert opt[K.OPT_STEP] == 5  # ceil(23 / 5) steps, counted in place
+    assert opt[K.SETTING_STEP] == 5  # ceil(23 / 5) steps, counted in place
     np.testing.assert_allclose(net.params, want_p, rtol=1e-10, atol=1e-12)
     assert stats[0] == pytest.approx(want_loss, rel=1e-12)
     np.testing.assert_allclose(stats[1:], want_norms, rtol=1e-10)
@@ -399,7 +399,7 @@ def test_train_epoch_adam_with_clipping_matches_python_loop(make_net, make_targe
     opt = _opt(kind, 4, step=3)  # resumed: steps continue from 3, bias corrections use t = 4, 5, ...
     K.train_epoch(X, Y, net.params, g, m, v, *net.args, K.LOSS_SIGMOID_BCE,
                   _hp(lr=0.01, weight_decay=0.05, clip_norm=0.5), opt, K.seed_state(0), stats)
-    assert opt[K.OPT_STEP] == 3 + 5
+    assert opt[K.SETTING_STEP] == 3 + 5
     np.testing.assert_allclose(net.params, want_p, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(m, mv["m"], rtol=1e-9, atol=1e-13)
     np.testing.assert_allclose(v, mv["v"], rtol=1e-9, atol=1e-15)
@@ -418,7 +418,7 @@ def test_full_batch_epoch_is_one_gradient_step(make_net, make_targets):
     opt = _opt(K.OPT_SGD, 10**9, shuffle=True)  # batch larger than n: one batch, shuffle irrelevant
     K.train_epoch(X, Y, net.params, np.empty_like(g), z, z.copy(), *net.args, K.LOSS_MSE, _hp(lr=0.1), opt, K.seed_state(0), stats)
     np.testing.assert_allclose(net.params, want, rtol=1e-12, atol=1e-14)
-    assert stats[0] == pytest.approx(loss0, rel=1e-12) and opt[K.OPT_STEP] == 1
+    assert stats[0] == pytest.approx(loss0, rel=1e-12) and opt[K.SETTING_STEP] == 1
 
 
 def test_train_epoch_is_deterministic_from_its_state(make_net, make_targets):

@@ -14,8 +14,10 @@ from tables import COLS, make_table
 
 from nbnet.experiment import config as C
 from nbnet.ops import monitor
+from nbnet.ops.promote import promote
 from nbnet.experiment.tracking import registry
-from nbnet.experiment import search, tracking
+from nbnet.experiment import tracking
+from nbnet.experiment.run import train_run
 from nbnet.cli import main
 from nbnet.data.prep import N_BINS, feature_stats
 from stores import module_store
@@ -124,8 +126,8 @@ def champion(store):
            "train": {"epochs": 30, "batch_size": 16, "learning_rate": 0.01},
            "search": {"metric": "val_accuracy"}}
     cfg = C.from_dict(raw, name="mon")
-    v1 = search.train_run(C.apply_overrides(cfg, ["train.epochs=1", "train.learning_rate=0.001"]), register=True)
-    v2 = search.train_run(cfg, register=True)
+    v1 = train_run(C.apply_overrides(cfg, ["train.epochs=1", "train.learning_rate=0.001"]), register=True)
+    v2 = train_run(cfg, register=True)
     assert (v1["registered"], v2["registered"], v2["champion"]) == ("models:/mon/1", "models:/mon/2", True)
     same, drifted = store / "same.csv", store / "drift.csv"
     make_table(300, 2).to_csv(same, index=False)
@@ -209,7 +211,7 @@ def test_drift_rolls_the_champion_back(champion, capsys):
     code, out, _ = run(["monitor", "models:/mon/2", drifted, "--rollback"], capsys)
     assert code == 1 and "not done: models:/mon/2 is not the current champion (champion is v1)" in out
     assert str(registry.alias_version("mon").version) == "1"
-    registry.promote("mon", 2)  # put v2 back for the other tests (the gate passes: it is better)
+    promote("mon", 2)  # put v2 back for the other tests (the gate passes: it is better)
     assert str(registry.alias_version("mon").version) == "2"
 
 

@@ -12,15 +12,15 @@ import time
 
 import pytest
 
-from nbnet.experiment.journal_lock import FlockJournalLock
-from nbnet.experiment.search import open_storage
+from nbnet.experiment.sweep import open_storage
+from nbnet.experiment.sweep.storage import FlockJournalLock
 
 fcntl = pytest.importorskip("fcntl", reason="flock needs a POSIX system")
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from nbnet.experiment.journal_lock import FlockJournalLock
+    from nbnet.experiment.sweep.storage import FlockJournalLock
     lock = FlockJournalLock(sys.argv[1])
     lock.acquire()
     print("held", flush=True)

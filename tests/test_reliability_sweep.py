@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from nbnet.data.prepared import SharedData
 from nbnet.experiment import tracking
 from stores import fresh_store
 
@@ -177,10 +178,8 @@ def test_kill_the_whole_sweep_mid_trial_then_resume(tmp_path, empty_store_db):
             proc.wait()
     running_before = [r.info.run_name for r in sw.runs() if r.info.status == "RUNNING"]
     assert f"trial-{victim.number}" in running_before and "sweep-tiny" in running_before
-    from nbnet.experiment.search import _SharedData
-
     # the killed sweep could not remove the data it shared with its workers (memory, under /dev/shm)
-    left = list(_SharedData.base().glob(f"{_SharedData.PREFIX}{proc.pid}-*"))
+    left = list(SharedData.base().glob(f"{SharedData.PREFIX}{proc.pid}-*"))
     assert len(left) == 1
 
     r = sw.run(workers=2)
@@ -249,7 +248,7 @@ def test_four_workers_on_the_embedded_store(tmp_path, empty_store_db):
 
 def test_two_cold_workers_compile_once(tmp_path, empty_store_db):
     """Two workers starting on an empty numba cache: one compiles the kernels (under
-    kernels.compile_lock) and writes the cache, the other waits and loads it (issue 9)."""
+    nbnet.kernels.compile.compile_lock) and writes the cache, the other waits and loads it."""
     sweep = Sweep(tmp_path, empty_store_db, trials=4, epochs=3)
     sweep.env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
     r = sweep.run(workers=2)

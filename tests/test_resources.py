@@ -8,8 +8,10 @@ import pytest
 from stores import fresh_store
 from test_search import experiment, store  # noqa: F401 (a fixture)
 
+from nbnet.data import prepared
 from nbnet.experiment import resources
-from nbnet.experiment import search as S
+from nbnet.experiment import sweep
+from nbnet.experiment.run import train_run
 from nbnet.experiment import tracking
 from nbnet.errors import NbnetError
 
@@ -61,11 +63,11 @@ def test_train_run_logs_system_metrics_into_its_own_store(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv(resources.INTERVAL_ENV, "1")
-    S._DATA_CACHE.clear()
+    prepared.clear_cache()
     uri = fresh_store(tmp_path, empty_store_db)
     elsewhere = tmp_path / "elsewhere" / "mlflow.db"
     with tracking.global_uri(f"sqlite:///{elsewhere}"):
-        out = S.train_run(experiment(tmp_path, epochs=3), uri=uri)
+        out = train_run(experiment(tmp_path, epochs=3), uri=uri)
     run = tracking.client(uri).get_run(out["run_id"])
     assert run.info.status == "FINISHED"
     m = run.data.metrics
@@ -76,7 +78,7 @@ def test_train_run_logs_system_metrics_into_its_own_store(tmp_path, monkeypatch,
 
 def test_sweep_parent_gets_system_metrics_and_every_trial_a_usage_summary(store, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv(resources.INTERVAL_ENV, "1")
-    r = S.run_sweep(experiment(tmp_path, n_trials=2, epochs=2), quiet=True, register=False)
+    r = sweep.run_sweep(experiment(tmp_path, n_trials=2, epochs=2), quiet=True, register=False)
     assert r.n_complete == 2
     c = tracking.client(store)
     parent = c.get_run(r.parent_run_id).data.metrics

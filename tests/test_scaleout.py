@@ -1,4 +1,4 @@
-"""Scale-out end to end (issue 8): a sweep spread over worker processes that share nothing but a
+"""Scale-out end to end: a sweep spread over worker processes that share nothing but a
 PostgreSQL server (the Optuna study) and an MLflow tracking server (runs, served artifacts,
 registry, itself backed by PostgreSQL).
 

@@ -15,8 +15,11 @@ import optuna
 import pytest
 
 import nbnet
+from nbnet.data import prepared
 from nbnet.experiment import config as C
-from nbnet.experiment import search as S
+from nbnet.experiment import sweep
+from nbnet.experiment.run import build_estimator, rerun, train_once, train_run
+from nbnet.experiment.trial import report_key, suggest
 from nbnet.experiment import tracking
 from nbnet.errors import NbnetError
 from stores import fresh_store
@@ -57,7 +60,7 @@ def store(tmp_path, monkeypatch, empty_store_db):
     monkeypatch.chdir(tmp_path)
     uri = fresh_store(tmp_path, empty_store_db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    S._DATA_CACHE.clear()
+    prepared.clear_cache()
     return uri
 
 
@@ -74,12 +77,12 @@ def child_runs(uri, exp_name, parent):
 
 
 def journal_study(name, tmp_path):
-    return optuna.load_study(study_name=name, storage=S.open_storage(S.default_storage(name, tmp_path)))
+    return optuna.load_study(study_name=name, storage=sweep.open_storage(sweep.default_storage(name, tmp_path)))
 
 
 def test_sweep_tracks_every_trial_as_a_child_run(store, tmp_path):
     cfg = experiment(tmp_path, n_trials=3)
-    r = S.run_sweep(cfg, quiet=True)
+    r = sweep.run_sweep(cfg, quiet=True)
     assert (r.n_complete, r.n_pruned, r.n_failed, r.n_run) == (3, 0, 0, 3)
     assert Path(r.storage) == tmp_path / "mlruns" / "optuna" / "tiny.log"
     c = tracking.client(store)
@@ -96,7 +99,7 @@ def test_sweep_tracks_every_trial_as_a_child_run(store, tmp_path):
         trial = by_number[int(t["optuna.trial"])]
         assert run.info.status == "FINISHED" and t["optuna.state"] == "COMPLETE"
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
-        assert t["nbnet.data_hash"] == S.prepare_data(cfg).hash and t["nbnet.seed"] == "0"
+        assert t["nbnet.data_hash"] == prepared.prepare_data(cfg).hash and t["nbnet.seed"] == "0"
         assert "nbnet.version" in t and "numba.version" in t
         # the resolved config with this trial's values
         assert float(run.data.params["train.learning_rate"]) == pytest.approx(trial.params["train.learning_rate"])
@@ -137,11 +140,11 @@ def test_sweep_tracks_every_trial_as_a_child_run(store, tmp_path):
 
 def test_resume_runs_only_the_missing_trials(store, tmp_path):
     cfg = experiment(tmp_path, n_trials=2)
-    first = S.run_sweep(cfg, quiet=True, register=False)
+    first = sweep.run_sweep(cfg, quiet=True, register=False)
     assert first.n_run == 2
-    again = S.run_sweep(cfg, quiet=True, register=False)  # nothing missing
+    again = sweep.run_sweep(cfg, quiet=True, register=False)  # nothing missing
     assert again.n_run == 0 and again.n_complete == 2
-    more = S.run_sweep(cfg, trials=4, quiet=True, register=False)
+    more = sweep.run_sweep(cfg, trials=4, quiet=True, register=False)
     assert more.n_run == 2 and more.n_complete == 4
     assert more.parent_run_id == first.parent_run_id  # one parent run per study, reopened
     assert tracking.client(store).get_run(first.parent_run_id).info.status == "FINISHED"
@@ -150,20 +153,20 @@ def test_resume_runs_only_the_missing_trials(store, tmp_path):
 
 
 def test_a_study_of_another_experiment_is_refused(store, tmp_path):
-    S.run_sweep(experiment(tmp_path, n_trials=1), quiet=True, register=False)
+    sweep.run_sweep(experiment(tmp_path, n_trials=1), quiet=True, register=False)
     other = experiment(tmp_path, name="other", n_trials=1)
     with pytest.raises(NbnetError, match="study 'tiny' belongs to experiment 'tiny', not 'other'"):
-        S.run_sweep(other, study_name="tiny", quiet=True, register=False)
+        sweep.run_sweep(other, study_name="tiny", quiet=True, register=False)
 
 
 def test_diverging_or_invalid_trials_fail_with_reason_and_the_sweep_goes_on(store, tmp_path):
     space = '"train.optimizer" = ["sgd"]\n"train.learning_rate" = [1000.0, 0.05]\n"model.dropout" = [0.0, 1.5]'
     cfg = experiment(tmp_path, n_trials=3, space=space, pruner="none")
-    study = optuna.create_study(study_name="tiny", storage=S.open_storage(S.default_storage("tiny")), direction="maximize")
+    study = optuna.create_study(study_name="tiny", storage=sweep.open_storage(sweep.default_storage("tiny")), direction="maximize")
     study.enqueue_trial({"train.optimizer": "sgd", "train.learning_rate": 1000.0, "model.dropout": 0.0})
     study.enqueue_trial({"train.optimizer": "sgd", "train.learning_rate": 0.05, "model.dropout": 1.5})
     study.enqueue_trial({"train.optimizer": "sgd", "train.learning_rate": 0.05, "model.dropout": 0.0})
-    r = S.run_sweep(cfg, quiet=True, register=False)
+    r = sweep.run_sweep(cfg, quiet=True, register=False)
     trials = journal_study("tiny", tmp_path).trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE"]
     assert (r.n_failed, r.n_complete) == (2, 1)
@@ -181,10 +184,10 @@ def test_diverging_or_invalid_trials_fail_with_reason_and_the_sweep_goes_on(stor
 def test_pruned_trial_is_a_killed_run(store, tmp_path):
     space = '"train.learning_rate" = [0.05, 1e-7]'
     cfg = experiment(tmp_path, n_trials=2, space=space, pruner="median", epochs=4)
-    study = optuna.create_study(study_name="tiny", storage=S.open_storage(S.default_storage("tiny")), direction="maximize")
+    study = optuna.create_study(study_name="tiny", storage=sweep.open_storage(sweep.default_storage("tiny")), direction="maximize")
     study.enqueue_trial({"train.learning_rate": 0.05})
     study.enqueue_trial({"train.learning_rate": 1e-7})  # learns nothing: below the median at once
-    r = S.run_sweep(cfg, quiet=True, register=False)
+    r = sweep.run_sweep(cfg, quiet=True, register=False)
     t = journal_study("tiny", tmp_path).trials
     assert [x.state.name for x in t] == ["COMPLETE", "PRUNED"]
     assert r.n_pruned == 1
@@ -202,7 +205,7 @@ def _dead_pid() -> int:
 
 def test_stale_running_trial_of_a_dead_worker_is_failed_and_retried(store, tmp_path):
     cfg = experiment(tmp_path, n_trials=2)
-    storage = S.open_storage(S.default_storage("tiny"))
+    storage = sweep.open_storage(sweep.default_storage("tiny"))
     study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
     exp_id = tracking.ensure_experiment("tiny", store)
     orphan_run = tracking.start_run(exp_id, run_name="trial-0", uri=store)
@@ -212,7 +215,7 @@ def test_stale_running_trial_of_a_dead_worker_is_failed_and_retried(store, tmp_p
     t.set_user_attr("host", socket.gethostname())
     t.set_user_attr("pid", _dead_pid())
     t.set_user_attr("mlflow_run_id", orphan_run)
-    r = S.run_sweep(cfg, quiet=True, register=False)
+    r = sweep.run_sweep(cfg, quiet=True, register=False)
     trials = journal_study("tiny", tmp_path).trials
     assert trials[0].state.name == "FAIL" and trials[0].user_attrs["stale"] is True
     assert "died" in trials[0].user_attrs["fail_reason"]
@@ -229,19 +232,19 @@ def test_stale_running_trial_of_a_dead_worker_is_failed_and_retried(store, tmp_p
 
 
 def test_live_running_trial_is_left_alone(store, tmp_path):
-    storage = S.open_storage(S.default_storage("tiny"))
+    storage = sweep.open_storage(sweep.default_storage("tiny"))
     study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
     t = study.ask()
     t.set_user_attr("host", socket.gethostname())
     t.set_user_attr("pid", os.getppid())  # alive
-    assert S.fail_stale_trials(study, storage) == 0
+    assert sweep.fail_stale_trials(study, storage) == 0
     assert study.trials[0].state.name == "RUNNING"
 
 
 @pytest.mark.slow
 def test_two_workers_share_one_study_and_run_exactly_n_trials(store, tmp_path):
     cfg = experiment(tmp_path, n_trials=5, epochs=20)
-    r = S.run_sweep(cfg, workers=2, quiet=True, register=False)
+    r = sweep.run_sweep(cfg, workers=2, quiet=True, register=False)
     trials = journal_study("tiny", tmp_path).trials
     assert len(trials) == 5 and r.n_complete == 5
     pids = {t.user_attrs["pid"] for t in trials}
@@ -263,12 +266,12 @@ def test_every_sampler_suggests_values_inside_the_space(sampler):
     space = C.load_experiment("digits").search.space
     if sampler == "grid":
         space = {k: v for k, v in space.items() if v.type != "float" and not v.log}
-    s = S.make_sampler(sampler, space, seed=0, n_startup_trials=2)
+    s = sweep.make_sampler(sampler, space, seed=0, n_startup_trials=2)
     study = optuna.create_study(sampler=s, direction="maximize")
     seen = []
 
     def objective(trial):
-        values = S.suggest(trial, space)
+        values = suggest(trial, space)
         seen.append(values)
         return -abs(math.log10(values.get("train.learning_rate", 1e-3)) + 2.5) + values.get("model.n_layers", 1) * 0.01
 
@@ -289,14 +292,14 @@ def test_every_sampler_suggests_values_inside_the_space(sampler):
 def test_grid_sampler_rejects_continuous_ranges():
     space = C.load_experiment("digits").search.space
     with pytest.raises(NbnetError, match="grid sampler needs .* 'model.dropout'"):
-        S.make_sampler("grid", space, seed=0, n_startup_trials=1)
+        sweep.make_sampler("grid", space, seed=0, n_startup_trials=1)
 
 
 def test_list_choices_round_trip_through_optuna(tmp_path):
     cfg = C.load_experiment("breast_cancer")
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
-    values = S.suggest(trial, cfg.search.space)
+    values = suggest(trial, cfg.search.space)
     assert isinstance(values["model.hidden_layer_sizes"], tuple)
     assert C.with_values(cfg, values).model.hidden() == values["model.hidden_layer_sizes"]
 
@@ -304,29 +307,29 @@ def test_list_choices_round_trip_through_optuna(tmp_path):
 def test_pruners():
     for name, cls in (("median", optuna.pruners.MedianPruner), ("hyperband", optuna.pruners.HyperbandPruner),
                       ("none", optuna.pruners.NopPruner)):
-        assert isinstance(S.make_pruner(name, epochs=10, n_startup_trials=2, n_warmup_steps=1, epochs_searched=False), cls)
+        assert isinstance(sweep.make_pruner(name, epochs=10, n_startup_trials=2, n_warmup_steps=1, epochs_searched=False), cls)
 
 
 def test_report_key_matches_the_study_direction():
     digits = C.load_experiment("digits")
-    assert S.report_key(digits, "classification") == "val_accuracy"
-    assert S.report_key(C.apply_overrides(digits, ["search.metric=val_f1_macro"]), "classification") == "val_accuracy"
-    assert S.report_key(C.apply_overrides(digits, ["search.metric=val_log_loss", "search.direction=auto"]), "classification") == "val_loss"
+    assert report_key(digits, "classification") == "val_accuracy"
+    assert report_key(C.apply_overrides(digits, ["search.metric=val_f1_macro"]), "classification") == "val_accuracy"
+    assert report_key(C.apply_overrides(digits, ["search.metric=val_log_loss", "search.direction=auto"]), "classification") == "val_loss"
     diabetes = C.load_experiment("diabetes")
-    assert S.report_key(diabetes, "regression") == "val_r2"
-    assert S.report_key(C.apply_overrides(diabetes, ["search.metric=val_rmse", "search.direction=minimize"]), "regression") == "val_loss"
+    assert report_key(diabetes, "regression") == "val_r2"
+    assert report_key(C.apply_overrides(diabetes, ["search.metric=val_rmse", "search.direction=minimize"]), "regression") == "val_loss"
 
 
 def test_train_once_metrics_and_config_in_the_model(tmp_path):
     cfg = C.load_experiment("diabetes", ["train.epochs=3"])
-    est, m = S.train_once(cfg)
+    est, m = train_once(cfg)
     assert m["epochs"] == 3 and {"val_r2", "val_rmse", "test_r2", "val_loss"} <= set(m)
     assert m["val_loss"] == m["val_mse"] and m["val_rmse"] == pytest.approx(math.sqrt(m["val_mse"]))
     est.save(tmp_path / "m.nbnet")
     loaded = __import__("nbnet").load(tmp_path / "m.nbnet")
     assert C.from_dict(loaded.config_, "diabetes") == cfg
     with pytest.raises(NbnetError, match="does not apply to regression"):
-        S.train_once(C.apply_overrides(cfg, ["search.metric=val_accuracy"]))
+        train_once(C.apply_overrides(cfg, ["search.metric=val_accuracy"]))
 
 
 def test_rerun_is_bit_identical_and_refuses_changed_data(store, tmp_path):
@@ -336,25 +339,25 @@ def test_rerun_is_bit_identical_and_refuses_changed_data(store, tmp_path):
     np.savez(data, X=X, y=(X[:, 0] > 0).astype(np.int64))
     f = tmp_path / "npz.toml"
     f.write_text(f'[data]\nsource = "npz:{data}"\n[model]\nhidden_layer_sizes = [8]\n[train]\nepochs = 4\nseed = 3\n')
-    out = S.train_run(C.load_experiment(f))
-    rep = S.rerun(out["run_id"])
+    out = train_run(C.load_experiment(f))
+    rep = rerun(out["run_id"])
     assert rep["bit_identical"] is True and rep["loss_history_identical"] and rep["loss_epochs_compared"] == 4
     assert rep["value"] == rep["original_value"]
     assert tracking.client(store).get_run(rep["run_id"]).data.tags["nbnet.rerun_of"] == out["run_id"]
     np.savez(data, X=X + 1e-9, y=(X[:, 0] > 0).astype(np.int64))
-    S._DATA_CACHE.clear()
+    prepared.clear_cache()
     with pytest.raises(NbnetError, match="the data changed since run"):
-        S.rerun(out["run_id"])
+        rerun(out["run_id"])
 
 
 def test_best_reports_the_best_trial(store, tmp_path):
-    r = S.run_sweep(experiment(tmp_path, n_trials=2), quiet=True, register=False)
-    b = S.best()
+    r = sweep.run_sweep(experiment(tmp_path, n_trials=2), quiet=True, register=False)
+    b = sweep.best()
     assert b["study"] == "tiny" and b["trial"] == r.best_trial and b["run_id"] == r.best_run_id
     assert b["model_uri"] == f"runs:/{r.best_run_id}/model" and b["value"] == r.best_value
     assert json.dumps(b, default=str)
     with pytest.raises(NbnetError, match="no study 'nope'"):
-        S.best("nope")
+        sweep.best("nope")
 
 
 def test_cleaning_runs_before_the_split_and_its_report_is_logged(store, tmp_path):
@@ -368,11 +371,11 @@ def test_cleaning_runs_before_the_split_and_its_report_is_logged(store, tmp_path
     f.write_text(f'[data]\nsource = "npz:{tmp_path / "d.npz"}"\ncleaning = {{ nan = "drop", drop_duplicates = true }}\n'
                  '[model]\nhidden_layer_sizes = [4]\n[train]\nepochs = 2\n')
     cfg = C.load_experiment(f)
-    data = S.prepare_data(cfg)
+    data = prepared.prepare_data(cfg)
     assert data.cleaning_report["duplicates_dropped"] == 10 and data.cleaning_report["nonfinite_rows_dropped"] == 1
     assert len(data.y_train) + len(data.y_val) == 89
     assert data.hash == __import__("nbnet.data.load", fromlist=["x"]).data_hash(X, y)  # the data as loaded
-    out = S.train_run(cfg)
+    out = train_run(cfg)
     report = tracking.client(store).download_artifacts(out["run_id"], "data/cleaning_report.json", str(tmp_path))
     assert json.loads(Path(report).read_text())["rows_out"] == 89
 
@@ -382,13 +385,13 @@ def test_trials_fit_the_preprocessing_once_and_get_the_same_model(tmp_path, pre)
     """train_once fits the preprocessing once per data set and reuses it for later trials; the
     model equals one fitted with the preprocessing inside fit, and takes raw X."""
     cfg = experiment(tmp_path, overrides=[f"data.preprocessing={pre}"])
-    data = S.prepare_data(cfg)
-    S._PREP_CACHE.clear()
-    est, _ = S.train_once(cfg, data=data)
-    (cached,) = S._PREP_CACHE.values()
-    est2, _ = S.train_once(C.with_values(cfg, {"train.learning_rate": 0.02}), data=data)
-    assert list(S._PREP_CACHE.values()) == [cached]  # the second trial reused it
-    ref = S.build_estimator(cfg, data).fit(data.X_train, data.y_train, validation_data=(data.X_val, data.y_val))
+    data = prepared.prepare_data(cfg)
+    prepared.clear_cache()
+    est, _ = train_once(cfg, data=data)
+    (cached,) = prepared.CACHE.preprocessed.values()
+    est2, _ = train_once(C.with_values(cfg, {"train.learning_rate": 0.02}), data=data)
+    assert list(prepared.CACHE.preprocessed.values()) == [cached]  # the second trial reused it
+    ref = build_estimator(cfg, data).fit(data.X_train, data.y_train, validation_data=(data.X_val, data.y_val))
     for a, b in zip(est.get_weights(), ref.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert est.get_params() == ref.get_params() and est.n_features_in_ == ref.n_features_in_ == data.X_train.shape[1]
@@ -396,9 +399,9 @@ def test_trials_fit_the_preprocessing_once_and_get_the_same_model(tmp_path, pre)
     est.save(tmp_path / "m.nbnet")
     np.testing.assert_array_equal(nbnet.load(tmp_path / "m.nbnet").predict(data.X_val), ref.predict(data.X_val))
     assert est2.preprocessor_ is est.preprocessor_ and cached[1] is est.preprocessor_
-    other = S.prepare_data(C.with_values(cfg, {"data.val_fraction": 0.4}))  # same data, another split
-    S.train_once(cfg, data=other)
-    assert list(S._PREP_CACHE.values())[0][0] is other and len(S._PREP_CACHE) == 1  # refitted on its split
+    other = prepared.prepare_data(C.with_values(cfg, {"data.val_fraction": 0.4}))  # same data, another split
+    train_once(cfg, data=other)
+    assert list(prepared.CACHE.preprocessed.values())[0][0] is other and len(prepared.CACHE.preprocessed) == 1  # refitted on its split
     assert est.preprocessor_.stats_["mean"].shape == (data.X_train.shape[1],)  # for nbnet monitor, always
 
 
@@ -408,26 +411,25 @@ def test_spawned_workers_map_the_parents_prepared_data(tmp_path, pre):
     (.npy, no pickle); a worker seeded from those files trains bit for bit the model the parent
     would, without loading or preprocessing anything, and the files go with the sweep."""
     cfg = experiment(tmp_path, overrides=[f"data.preprocessing={pre}"])
-    S._DATA_CACHE.clear()
-    data = S.prepare_data(cfg)
-    S._PREP_CACHE.clear()
-    ref, ref_m = S.train_once(cfg, data=data)
-    shared = S._SharedData()
+    prepared.clear_cache()
+    data = prepared.prepare_data(cfg)
+    prepared.clear_cache()
+    ref, ref_m = train_once(cfg, data=data)
+    shared = prepared.SharedData()
     try:
         assert not shared.ready.is_set()
-        shared.write(cfg, data)
+        shared.write(data, build_estimator(cfg, data))
         assert shared.ready.is_set()
         assert {p.suffix for p in shared.folder.iterdir()} == {".npy", ".json"}  # arrays and their description
-        S._DATA_CACHE.clear()
-        S._PREP_CACHE.clear()
-        S._shared_for_worker(shared.payload(), cfg)  # what a spawned worker does before its first trial
-        mapped = S.prepare_data(cfg)
+        prepared.clear_cache()
+        prepared.receive_shared(shared.payload(), cfg)  # what a spawned worker does before its first trial
+        mapped = prepared.prepare_data(cfg)
         assert mapped is not data and mapped.hash == data.hash and mapped.task == data.task
-        for k in S._SPLITS:
+        for k in prepared.SPLITS:
             a, b = getattr(mapped, k), getattr(data, k)
             assert (a is None and b is None) or (a.dtype == b.dtype and np.array_equal(a, b))
-        est, m = S.train_once(cfg, data=mapped)
-        assert len(S._PREP_CACHE) == 1 and list(S._PREP_CACHE.values())[0][0] is mapped  # no refit
+        est, m = train_once(cfg, data=mapped)
+        assert len(prepared.CACHE.preprocessed) == 1 and list(prepared.CACHE.preprocessed.values())[0][0] is mapped  # no refit
     finally:
         shared.close()
     assert not shared.folder.exists()
@@ -441,15 +443,15 @@ def test_labels_only_pickle_could_store_are_not_shared(tmp_path):
     """Object labels (mixed types) cannot go through .npy without pickle: the workers are told
     to load the data themselves (ready, but no meta.json)."""
     cfg = experiment(tmp_path)
-    data = S.prepare_data(cfg)
-    odd = S.Data(data.dataset, data.X_train, data.y_train.astype(object), data.X_val, data.y_val, None, None, data.hash)
-    shared = S._SharedData()
+    data = prepared.prepare_data(cfg)
+    odd = prepared.Data(data.dataset, data.X_train, data.y_train.astype(object), data.X_val, data.y_val, None, None, data.hash)
+    shared = prepared.SharedData()
     try:
-        shared.write(cfg, odd)
+        shared.write(odd, build_estimator(cfg, odd))
         assert shared.ready.is_set() and not any(shared.folder.iterdir())
-        S._DATA_CACHE.clear()
-        S._shared_for_worker(shared.payload(), cfg)
-        assert not S._DATA_CACHE  # nothing seeded: prepare_data loads as usual
+        prepared.clear_cache()
+        prepared.receive_shared(shared.payload(), cfg)
+        assert not prepared.CACHE.data  # nothing seeded: prepare_data loads as usual
     finally:
         shared.close()
 
@@ -460,8 +462,8 @@ def test_a_worker_killed_before_recording_its_run_still_leaves_one_failed_run(st
     sweep closes the run it made (found by name under the parent) or, if it made none, creates
     one, so every trial keeps exactly one run."""
     cfg = experiment(tmp_path, n_trials=1)
-    S.run_sweep(cfg, quiet=True, register=False)  # the study and its parent run exist
-    storage = S.open_storage(S.default_storage("tiny"))
+    sweep.run_sweep(cfg, quiet=True, register=False)  # the study and its parent run exist
+    storage = sweep.open_storage(sweep.default_storage("tiny"))
     study = optuna.load_study(study_name="tiny", storage=storage)
     parent = study.user_attrs["nbnet.parent_run_id"]
     t = study.ask()
@@ -471,7 +473,7 @@ def test_a_worker_killed_before_recording_its_run_still_leaves_one_failed_run(st
     exp_id = tracking.ensure_experiment("tiny", store)
     if created:
         made = tracking.start_run(exp_id, run_name=f"trial-{t.number}", parent_run_id=parent, uri=store)
-    S.run_sweep(cfg, trials=2, quiet=True, register=False)
+    sweep.run_sweep(cfg, trials=2, quiet=True, register=False)
     runs = [r for r in child_runs(store, "tiny", parent) if r.info.run_name == f"trial-{t.number}"]
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert runs[0].data.tags["optuna.state"] == "FAIL" and "died" in runs[0].data.tags["nbnet.reason"]
@@ -482,10 +484,10 @@ def test_a_worker_killed_before_recording_its_run_still_leaves_one_failed_run(st
 def test_shared_data_of_dead_sweeps_is_removed_and_live_ones_kept(tmp_path):
     """A SIGKILLed sweep leaves its shared-data folder (under /dev/shm: memory); the next sweep
     removes the folders whose process is gone, and only those."""
-    dead, live = tmp_path / f"{S._SharedData.PREFIX}{_dead_pid()}-abc", tmp_path / f"{S._SharedData.PREFIX}{os.getpid()}-def"
+    dead, live = tmp_path / f"{prepared.SharedData.PREFIX}{_dead_pid()}-abc", tmp_path / f"{prepared.SharedData.PREFIX}{os.getpid()}-def"
     other = tmp_path / "nbnet-sweep-data-notapid-x"
     for d in (dead, live, other):
         d.mkdir()
         (d / "X_train.npy").write_bytes(b"x")
-    assert S._SharedData.remove_orphans(tmp_path) == 1
+    assert prepared.SharedData.remove_orphans(tmp_path) == 1
     assert not dead.exists() and live.exists() and other.exists()

@@ -18,8 +18,9 @@ from servers import cli_server, free_port
 from test_predict_cli import COLS, champion, store  # noqa: F401 (fixtures)
 
 import nbnet
+from nbnet._sys.procs import group_alive
 from nbnet.cli import main
-from nbnet.ops.serve import group_alive, model_dir
+from nbnet.ops.serve import model_dir
 
 
 def _post(url: str, body, content_type: str = "application/json"):

@@ -15,7 +15,7 @@ from servers import cli_server, free_port
 
 from nbnet import MLPClassifier
 from nbnet.experiment import tracking
-from nbnet.ops.serve import group_alive
+from nbnet._sys.procs import group_alive
 
 pytestmark = pytest.mark.slow
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the dev extra) is not installed")

@@ -55,9 +55,10 @@ def test_update_continues_training_exactly(store, tmp_path, capsys):
     assert "registered: models:/exact/2" in out and "optimizer step 26 → 39" in out
     updated = tracking.load_model("models:/exact@challenger")[0]
     np.testing.assert_array_equal(updated._params, three._params)
-    np.testing.assert_array_equal(updated._opt.m, three._opt.m)
-    np.testing.assert_array_equal(updated._opt.v, three._opt.v)
-    assert updated._opt.step == three._opt.step == 39 and updated.n_epochs_ == 3
+    got, want = updated.training_state().optimizer, three.training_state().optimizer
+    np.testing.assert_array_equal(got.m, want.m)
+    np.testing.assert_array_equal(got.v, want.v)
+    assert got.step == want.step == 39 and updated.n_epochs_ == 3
     np.testing.assert_array_equal(updated._rng, three._rng)
     # a fresh optimizer (moments reset) would not have landed there
     reset = tracking.load_model("models:/exact/1")[0]

@@ -13,10 +13,11 @@ import pytest
 
 import reference as R
 from nbnet import MLPClassifier, MLPRegressor, viz
-from nbnet.ops import plot as plots
 from nbnet.experiment import tracking
 from nbnet.experiment import config as C
-from nbnet.experiment import search as S
+from nbnet.data.prepared import clear_cache
+from nbnet.experiment import sweep
+from nbnet.experiment.run import train_run
 from nbnet.cli import main
 from stores import fresh_store
 
@@ -165,14 +166,14 @@ def test_roc_points_match_scikit_learn_with_ties():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300).astype(bool)
     score = np.round(rng.normal(size=300) + y, 1)  # rounding makes many ties
-    fpr, tpr, auc = plots.roc_points(y, score, max_points=10_000)
+    fpr, tpr, auc = viz.roc_points(y, score, max_points=10_000)
     sf, st, _ = roc_curve(y, score, drop_intermediate=False)
     np.testing.assert_allclose(fpr, sf, atol=1e-5)
     np.testing.assert_allclose(tpr, st, atol=1e-5)
     assert auc == pytest.approx(roc_auc_score(y, score), abs=1e-12)
-    thin_f, thin_t, thin_auc = plots.roc_points(y, score, max_points=11)
+    thin_f, thin_t, thin_auc = viz.roc_points(y, score, max_points=11)
     assert len(thin_f) <= 11 and thin_f[0] == 0 and thin_f[-1] == 1 and thin_t[-1] == 1 and thin_auc == auc
-    assert plots.roc_points(np.ones(5, bool), np.arange(5.0)) == ([], [], None)  # one class: undefined
+    assert viz.roc_points(np.ones(5, bool), np.arange(5.0)) == ([], [], None)  # one class: undefined
 
 
 def test_evaluation_data_binary_multiclass_and_regression(blobs, regression):
@@ -181,7 +182,7 @@ def test_evaluation_data_binary_multiclass_and_regression(blobs, regression):
     X, y = blobs
     labels = np.array(["ant", "bee", "cat"])[y]
     clf = MLPClassifier((8,), epochs=5, seed=0).fit(X, labels)
-    ev = json.loads(json.dumps(plots.evaluation_data(clf, X, labels, "classification")))  # JSON-ready
+    ev = json.loads(json.dumps(viz.evaluation_data(clf, X, labels, "classification")))  # JSON-ready
     assert ev["classes"] == ["ant", "bee", "cat"] and ev["n"] == len(labels)
     np.testing.assert_array_equal(ev["confusion"], confusion_matrix(labels, clf.predict(X), labels=["ant", "bee", "cat"]))
     assert not ev["roc"]["binary"] and len(ev["roc"]["curves"]) == 3
@@ -191,13 +192,13 @@ def test_evaluation_data_binary_multiclass_and_regression(blobs, regression):
 
     yb = (y == 1).astype(int)
     bin_clf = MLPClassifier((8,), epochs=5, seed=0).fit(X, yb)
-    evb = plots.evaluation_data(bin_clf, X, yb, "classification")
+    evb = viz.evaluation_data(bin_clf, X, yb, "classification")
     assert evb["roc"]["binary"] and evb["roc"]["positive"] == 1 and len(evb["roc"]["curves"]) == 1
     assert evb["roc"]["macro_auc"] == pytest.approx(roc_auc_score(yb, bin_clf.predict_proba(X)[:, 1]), abs=1e-12)
 
     Xr, yr = regression
     reg = MLPRegressor((8,), epochs=5, seed=0).fit(Xr, yr)
-    evr = plots.evaluation_data(reg, Xr, yr, "regression")
+    evr = viz.evaluation_data(reg, Xr, yr, "regression")
     assert len(evr["y_true"]) == len(yr) == len(evr["y_pred"]) and evr["y_true"][:3] == [float(v) for v in yr[:3]]
     assert evr["rmse"] == pytest.approx(float(np.sqrt(np.mean((reg.predict(Xr) - yr) ** 2))))
 
@@ -232,7 +233,7 @@ def test_curves_leave_out_missing_nan_and_inf_values():
 def test_figures_of_each_kind_render_and_save_atomically(tmp_path):
     series = viz.series_from_history({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "grad_norm": [[1.0], [0.5]],
                                       "act_mean": [[0.1], [0.2]], "act_std": [[1.0], [1.1]], "act_dead": [[0.0], [0.5]]})
-    roc = plots.roc_data(np.array([0, 1, 1, 0, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5],
+    roc = viz.roc_data(np.array([0, 1, 1, 0, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5],
                                                              [0.1, 0.9]]), [0, 1])
     figs = {"loss": viz.loss_curves(series), "grad": viz.grad_norm_curves(series), "act": viz.activation_curves(series),
             "cm": viz.confusion_matrix([[3, 1], [0, 4]], ["a", "b"]), "roc": viz.roc_curve(roc),
@@ -275,7 +276,7 @@ def store(tmp_path, monkeypatch, empty_store_db):
     uri = fresh_store(tmp_path, empty_store_db)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    S._DATA_CACHE.clear()
+    clear_cache()
     return uri
 
 
@@ -292,7 +293,7 @@ def cli(argv, capsys):
 
 
 def test_train_run_logs_activation_metrics_and_nbnet_plot_draws_it(store, tmp_path, capsys):
-    out = S.train_run(experiment(tmp_path, epochs=3))
+    out = train_run(experiment(tmp_path, epochs=3))
     rid = out["run_id"]
     c = tracking.client(store)
     for key in ("act_mean", "act_std", "act_dead"):
@@ -322,12 +323,12 @@ def test_train_run_logs_activation_metrics_and_nbnet_plot_draws_it(store, tmp_pa
 
 
 def test_binary_and_regression_runs_get_roc_and_pred_vs_true(store, tmp_path, capsys):
-    binary = S.train_run(experiment(tmp_path, "breast_cancer", "val_f1", epochs=2))
+    binary = train_run(experiment(tmp_path, "breast_cancer", "val_f1", epochs=2))
     code, stdout, err = cli(["plot", binary["run_id"], "-o", tmp_path / "b"], capsys)
     assert code == 0, err
     assert "roc.png" in {Path(p).name for p in stdout.split()}
     png_size(tmp_path / "b" / "roc.png")
-    reg = S.train_run(experiment(tmp_path, "diabetes", "val_r2", epochs=2))
+    reg = train_run(experiment(tmp_path, "diabetes", "val_r2", epochs=2))
     code, stdout, err = cli(["plot", reg["run_id"], "-o", tmp_path / "r"], capsys)
     assert code == 0, err
     names = {Path(p).name for p in stdout.split()}
@@ -367,7 +368,7 @@ def test_plot_without_a_store_says_where_to_run_it(tmp_path, monkeypatch, capsys
 
 
 def test_plot_of_a_sweep_parent_draws_its_best_trial(store, tmp_path, capsys):
-    r = S.run_sweep(experiment(tmp_path, epochs=2, name="tiny"), quiet=True, register=False)
+    r = sweep.run_sweep(experiment(tmp_path, epochs=2, name="tiny"), quiet=True, register=False)
     c = tracking.client(store)
     for kid in c.search_runs([c.get_experiment_by_name("tiny").experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{r.parent_run_id}'"):
@@ -405,7 +406,7 @@ def _study(n: int, direction: str = "maximize"):
 
 def test_param_importances_are_the_variance_each_parameter_explains():
     study = _study(24)
-    imp = S.param_importances(study, bins=4)
+    imp = sweep.param_importances(study, bins=4)
     assert list(imp)[0] == "depth" and set(imp) == {"depth", "lr", "act"}
     assert sum(imp.values()) == pytest.approx(1.0) and imp["depth"] > 0.9
     # by hand: depth's groups are its 4 values; eta^2 = between-group / total sum of squares
@@ -417,13 +418,13 @@ def test_param_importances_are_the_variance_each_parameter_explains():
     eta["act"] = sum((a == k).sum() * (y[a == k].mean() - y.mean()) ** 2 for k in np.unique(a)) / ((y - y.mean()) ** 2).sum()
     raw = {k: v / sum(imp.values()) for k, v in imp.items()}
     assert raw["act"] / raw["depth"] == pytest.approx(eta["act"] / eta["depth"], rel=1e-9)
-    assert S.param_importances(_study(2)) == {}  # too few finished trials
+    assert sweep.param_importances(_study(2)) == {}  # too few finished trials
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
 def test_study_figures_render_as_pngs(direction):
     study = _study(12, direction)
-    figs = viz.study_pngs(study, importances=S.param_importances(study))
+    figs = viz.study_pngs(study, importances=sweep.param_importances(study))
     assert set(figs) == {"optimization_history", "param_importances", "parallel_coordinate", "intermediate_values"}
     for png in figs.values():
         w, h = png_size(png)

@@ -1,1 +1,1 @@
-"""Operating-system helpers shared by every layer: atomic files, locks, process liveness, interrupts."""
+"""Helpers shared by every layer: atomic files, locks, process liveness, interrupts, number formatting."""

@@ -38,6 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
+from nbnet.data.tables import csv_batches, encode_columns, one_line, parquet_batches, read_table, rebatch, target_column
 from nbnet.errors import NbnetError
 
 BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
@@ -104,7 +105,7 @@ def load_dataset(spec: str, *, target: str | None = None, categorical: list[str]
         if not target:
             raise NbnetError(f"{kind} data needs the label column: set target = \"<column name>\"")
         path = _resolve(arg, base_dir)
-        table = _read_table(path, kind, list(categorical or []))
+        table = read_table(path, kind, list(categorical or []))
         return _dataset_from_table(table, target=target, categorical=list(categorical or []),
                                    name=path.stem, path=path, task=task)
     if target is not None and kind != "npz":
@@ -171,12 +172,14 @@ def iter_feature_chunks(path, chunk_rows: int | None, *, feature_names, categori
         return
     columns = raw_columns(feature_names, categories)
     if kind == "csv":
-        batches = _csv_batches(path, columns, categories, target)
+        batches = csv_batches(path, columns, categories, target)
     else:
-        batches = _parquet_batches(path, columns, target, chunk_rows)
-    for table in _rebatch(batches, chunk_rows):
-        X, _, _ = _encode_columns(table, columns, categories, path, fixed_categories=True)
-        y = _target_array(table, target, path, task=None)[0] if target is not None else None
+        batches = parquet_batches(path, columns, target, chunk_rows)
+    for table in rebatch(batches, chunk_rows):
+        X, _, _ = encode_columns(table, columns, categories, path, fixed_categories=True)
+        y = None
+        if target is not None:
+            y = _labels(target_column(table, target, path), None, _target_what(target, path))[0]
         yield X, y
 
 
@@ -292,7 +295,7 @@ def _load_builtin(name: str, task: str | None) -> Dataset:
     name = name.lower()
     if name not in BUILTINS:
         raise NbnetError(f"unknown built-in data set {name!r}; choose one of {', '.join(BUILTINS)}")
-    from sklearn import datasets  # ships these offline; imported only when asked for
+    from sklearn import datasets  # heavy: ships these offline; imported only when asked for
 
     bunch = getattr(datasets, f"load_{name}")()
     X = np.ascontiguousarray(bunch.data, dtype=np.float64)
@@ -322,7 +325,7 @@ def _load_npz(path: Path, task: str | None, label: str = "y") -> Dataset:
     except NbnetError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise NbnetError(f"cannot read {path.name} as an NPZ file ({_one_line(e)}); save it with numpy.savez") from None
+        raise NbnetError(f"cannot read {path.name} as an NPZ file ({one_line(e)}); save it with numpy.savez") from None
     if X.dtype.kind not in "biuf":
         raise NbnetError(f"{path.name}: X must be numeric, got dtype {X.dtype}")
     image_shape = None
@@ -337,6 +340,10 @@ def _load_npz(path: Path, task: str | None, label: str = "y") -> Dataset:
         names = [f"x{j}" for j in range(X.shape[1])]
     y, task = _labels(y, task, f"{path.name} y")
     return Dataset(np.ascontiguousarray(X, dtype=np.float64), y, names, task, path.stem, image_shape=image_shape)
+
+
+def _target_what(target: str, path: Path) -> str:
+    return f"target column {target!r} of {path.name}"
 
 
 def _labels(y: np.ndarray, task: str | None, what: str) -> tuple[np.ndarray, str]:
@@ -364,7 +371,7 @@ def _labels(y: np.ndarray, task: str | None, what: str) -> tuple[np.ndarray, str
     raise NbnetError(f"{what} has unsupported dtype {y.dtype}")
 
 
-def _npz_member(path: Path, name: str):
+def memmap_npz_member(path: Path, name: str):
     """Memory-map the ``.npy`` member ``name`` of an uncompressed zip; None if it is compressed."""
     with zipfile.ZipFile(path) as z:
         try:
@@ -397,7 +404,7 @@ def _npz_member(path: Path, name: str):
 def _npz_chunks(path: Path, chunk_rows, n_features: int, target):
     _check_zip(path)
     try:
-        X = _npz_member(path, "X")
+        X = memmap_npz_member(path, "X")
         with np.load(path, allow_pickle=False) as z:
             if "X" not in z.files:
                 raise NbnetError(f"{path.name} holds no array 'X'; save with np.savez(path, X=X)")
@@ -411,7 +418,7 @@ def _npz_chunks(path: Path, chunk_rows, n_features: int, target):
     except NbnetError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise NbnetError(f"cannot read {path.name} as an NPZ file ({_one_line(e)}); save it with numpy.savez") from None
+        raise NbnetError(f"cannot read {path.name} as an NPZ file ({one_line(e)}); save it with numpy.savez") from None
     if X.dtype.kind not in "biuf":
         raise NbnetError(f"{path.name}: X must be numeric, got dtype {X.dtype}")
     if X.ndim == 3:
@@ -425,206 +432,6 @@ def _npz_chunks(path: Path, chunk_rows, n_features: int, target):
         yield np.asarray(X[s:s + step], dtype=np.float64), (None if y is None else np.asarray(y[s:s + step]))
 
 
-# --- tables (CSV, Parquet) ------------------------------------------------------------------
-def _one_line(e: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _csv_options(columns=None, categories=None, target=None):
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    if columns is None:
-        return pcsv.ConvertOptions(strings_can_be_null=True)
-    types = {c: (pa.string() if c in categories else pa.float64()) for c in columns}
-    include = list(columns) + ([target] if target is not None and target not in columns else [])
-    return pcsv.ConvertOptions(column_types=types, include_columns=include, strings_can_be_null=True)
-
-
-def _check_text(path: Path) -> None:
-    """Refuse a binary file up front (pyarrow would report a confusing parse error)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError as e:
-        raise NbnetError(f"cannot open {path.name} ({_one_line(e)})") from None
-    try:
-        head.decode("utf-8")
-        ok = True
-    except UnicodeDecodeError as e:
-        # a multi-byte character cut at the end of a full sample; a short file was read whole
-        ok = len(head) == 1 << 16 and e.start >= len(head) - 3
-    if not ok or b"\0" in head:
-        raise NbnetError(f"{path.name} is not a UTF-8 text CSV file (binary or another encoding); export it as UTF-8 CSV")
-
-
-def table_error(path: Path, kind: str, e: BaseException) -> NbnetError:
-    msg = _one_line(e)
-    m = re.search(r"Expected (\d+) columns, got (\d+): ?(.*)", msg)
-    if m:
-        row = m.group(3)
-        return NbnetError(f"{path.name}: ragged rows — the row {row!r} has {m.group(2)} fields, the header has "
-                          f"{m.group(1)}; fix the file")
-    if "Empty CSV file" in msg:
-        return NbnetError(f"{path.name} is empty; a CSV needs a header line and rows")
-    m = re.search(r"No match for FieldRef\.Name\((.*?)\)|Column '(.*?)' in include_columns does not exist", msg)
-    if m:
-        col = m.group(1) or m.group(2)
-        return NbnetError(f"{path.name} has no column {col!r}; it must have the training columns")
-    m = re.search(r"In CSV column #(\d+): .*?conversion error to double: invalid value '(.*?)'", msg)
-    if m:
-        return NbnetError(f"{path.name}: column #{m.group(1)} holds non-numeric value {m.group(2)!r}; "
-                          "declare the column categorical or fix the file")
-    return NbnetError(f"cannot read {path.name} as {kind} ({msg}); check that it is a valid {kind} file")
-
-
-def _read_table(path: Path, kind: str, categorical: list[str]):
-    import pyarrow as pa
-
-    try:
-        if kind == "csv":
-            import pyarrow.csv as pcsv
-
-            _check_text(path)
-            # categorical columns stay text, exactly as read_features will read them later
-            convert = _csv_options()
-            convert.column_types = {c: pa.string() for c in categorical}
-            return pcsv.read_csv(path, convert_options=convert)
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path)
-    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
-        raise table_error(path, kind, e) from None
-
-
-def _csv_batches(path: Path, columns, categories, target):
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    _check_text(path)
-    convert = _csv_options(columns, categories, target)
-    try:
-        reader = pcsv.open_csv(path, convert_options=convert)
-        for batch in reader:
-            yield pa.Table.from_batches([batch])
-    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
-        raise table_error(path, "csv", e) from None
-
-
-def _parquet_batches(path: Path, columns, target, chunk_rows):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        f = pq.ParquetFile(path)
-        have = set(f.schema_arrow.names)
-        need = list(columns) + ([target] if target is not None and target not in columns else [])
-        missing = [c for c in need if c not in have]
-        if missing:
-            raise NbnetError(f"{path.name} has no column {missing[0]!r}; it must have the training columns")
-        for batch in f.iter_batches(batch_size=chunk_rows or 65536, columns=need):
-            yield pa.Table.from_batches([batch])
-    except NbnetError:
-        raise
-    except (pa.ArrowException, OSError) as e:
-        raise table_error(path, "parquet", e) from None
-
-
-def _rebatch(tables, chunk_rows):
-    """Regroup a stream of tables into tables of exactly ``chunk_rows`` rows (the last one shorter);
-    ``chunk_rows=None``: one table."""
-    import pyarrow as pa
-
-    pending, n_pending = [], 0
-    for t in tables:
-        if t.num_rows == 0:
-            continue
-        pending.append(t)
-        n_pending += t.num_rows
-        while chunk_rows is not None and n_pending >= chunk_rows:
-            whole = pa.concat_tables(pending)
-            yield whole.slice(0, chunk_rows)
-            rest = whole.slice(chunk_rows)
-            pending, n_pending = ([rest] if rest.num_rows else []), rest.num_rows
-    if n_pending:
-        yield pa.concat_tables(pending)
-
-
-def _parses_as_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _is_numeric(t) -> bool:
-    import pyarrow.types as pt
-
-    return pt.is_integer(t) or pt.is_floating(t) or pt.is_boolean(t) or pt.is_null(t) or pt.is_decimal(t)
-
-
-def _encode_columns(table, columns, categories, path: Path, *, fixed_categories: bool):
-    """(X float64, feature_names, categories) from ``columns`` of a pyarrow table; categorical
-    columns one-hot (learning their categories unless ``fixed_categories``)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = table.num_rows
-    have = set(table.column_names)
-    for c in columns:
-        if c not in have:
-            raise NbnetError(f"{path.name} has no column {c!r}; it must have the training columns")
-    cats_out, names, blocks = {}, [], []
-    for c in columns:
-        col = table.column(c)
-        if c in categories:
-            text = pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
-            if fixed_categories:
-                cats = categories[c]
-            else:
-                cats = sorted(str(v) for v in pc.unique(text).to_pylist() if v is not None)
-            cats_out[c] = cats
-            idx = pc.index_in(text, value_set=pa.array(cats, pa.string())).to_numpy(zero_copy_only=False)
-            block = np.zeros((n, len(cats)))
-            ok = ~np.isnan(idx.astype(np.float64)) if idx.dtype.kind == "f" else np.ones(n, bool)
-            block[np.flatnonzero(ok), idx[ok].astype(np.int64)] = 1.0
-            blocks.append(block)
-            names += [f"{c}={k}" for k in cats]
-            continue
-        if not _is_numeric(col.type):
-            sample = next((v for v in col.to_pylist() if v is not None and not _parses_as_number(v)), None)
-            raise NbnetError(f"{path.name}: column {c!r} is not numeric (e.g. {sample!r}); declare it categorical "
-                             f"(categorical = [\"{c}\"]) or drop it")
-        blocks.append(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).reshape(n, 1))
-        names.append(c)
-    X = np.hstack(blocks) if blocks else np.zeros((n, 0))
-    return np.ascontiguousarray(X, dtype=np.float64), names, cats_out
-
-
-def _target_array(table, target: str, path: Path, task):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if target not in table.column_names:
-        shown = ", ".join(table.column_names[:12]) + (" …" if table.num_columns > 12 else "")
-        raise NbnetError(f"target column {target!r} not found in {path.name}; its columns are: {shown}")
-    col = table.column(target)
-    if col.null_count:
-        first = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-        raise NbnetError(f"target column {target!r} of {path.name} has {col.null_count} missing values "
-                         f"(first at row {first}); drop those rows")
-    if pa.types.is_dictionary(col.type):
-        col = pc.cast(col, pa.string())
-    if _is_numeric(col.type):
-        y = col.to_numpy(zero_copy_only=False)
-    else:
-        y = np.asarray(pc.cast(col, pa.string()).to_pylist(), dtype=str)
-    return _labels(y, task, f"target column {target!r} of {path.name}")
-
-
 def _dataset_from_table(table, *, target: str, categorical: list[str], name: str, path: Path, task) -> Dataset:
     if table.num_rows == 0:
         raise NbnetError(f"{path.name} has a header but no rows")
@@ -632,7 +439,7 @@ def _dataset_from_table(table, *, target: str, categorical: list[str], name: str
     if len(set(cols)) != len(cols):
         dup = next(c for c in cols if cols.count(c) > 1)
         raise NbnetError(f"{path.name} has two columns named {dup!r}; column names must be unique")
-    y, task = _target_array(table, target, path, task)
+    y, task = _labels(target_column(table, target, path), task, _target_what(target, path))
     unknown = [c for c in categorical if c not in cols]
     if unknown:
         raise NbnetError(f"categorical column {unknown[0]!r} not found in {path.name}; its columns are: {', '.join(cols[:12])}")
@@ -641,5 +448,5 @@ def _dataset_from_table(table, *, target: str, categorical: list[str], name: str
     features = [c for c in cols if c != target]
     if not features:
         raise NbnetError(f"{path.name} has no feature columns besides the target {target!r}")
-    X, names, cats = _encode_columns(table, features, {c: None for c in categorical}, path, fixed_categories=False)
+    X, names, cats = encode_columns(table, features, {c: None for c in categorical}, path, fixed_categories=False)
     return Dataset(X, y, names, task, name, categories=cats)

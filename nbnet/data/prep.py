@@ -34,6 +34,7 @@ array([[0. , 0. ],
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -273,6 +274,32 @@ def _infer_task(y: np.ndarray) -> str:
     return "regression" if (y.dtype.kind == "f" and not np.all(y == np.round(y))) or y.ndim == 2 else "classification"
 
 
+def _univariate_scores(X: np.ndarray, y: np.ndarray, task: str) -> np.ndarray:
+    """Each column's score against y: ANOVA F (classification) or |r| (regression)."""
+    if task not in ("classification", "regression"):
+        raise NbnetError(f"task must be 'classification' or 'regression', got {task!r}")
+    if task == "regression":
+        return abs_correlation(X, y)
+    y1 = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
+    if np.unique(y1).size < 2:
+        raise NbnetError("select_k with ANOVA F needs at least two classes in y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return f_classif(X, y1)
+
+
+class _Kept(NamedTuple):
+    """The columns a fit keeps so far: input indices, their center and scale, and the scaled data."""
+
+    columns: np.ndarray  # (k,) indices into the input columns
+    center: np.ndarray  # (k,)
+    scale: np.ndarray  # (k,)
+    X: np.ndarray  # (n, k) the training data after the steps so far
+
+    def subset(self, keep: np.ndarray) -> "_Kept":
+        return _Kept(self.columns[keep], self.center[keep], self.scale[keep], self.X[:, keep])
+
+
 class Preprocessor:
     """Impute → drop constant → scale → variance threshold → select k → PCA, fitted on train only.
 
@@ -340,101 +367,104 @@ class Preprocessor:
         self.stats_ = feature_stats(X)
         raw = not self.stats_["n_missing"].any()  # X as given, so its statistics are X's own (reused below)
         report = {"imputed_cells": int(self.stats_["n_missing"].sum()) if self.allows_nan else 0}
-
-        # 1. impute (a column with no value at all is filled with 0)
-        self.fill_ = None
-        if self.impute is not None:
-            if self.impute == "mean":
-                fill = self.stats_["mean"].copy()
-            elif self.impute == "median":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    fill = np.nanmedian(X, axis=0)
-            else:
-                fill = np.full(d, self.impute_value)
-            self.fill_ = np.nan_to_num(fill, nan=0.0)
-            if not raw:
-                X = np.where(np.isnan(X), self.fill_, X)
-        cols = np.arange(d)
-
-        # 2. constant columns
-        if self.drop_constant:
-            const = (self.stats_["max"] == self.stats_["min"]) if raw else (np.ptp(X, axis=0) == 0)
-            report["constant_dropped"] = cols[const].tolist()
-            cols = cols[~const]
-            if len(cols) == 0:
-                raise NbnetError("every column is constant on the training data; there is nothing to learn from")
+        X = self._fit_impute(X, raw)
+        cols = self._fit_constant(X, raw, report)
         whole = len(cols) == d
         Xs = X if whole else X[:, cols]
-
-        # 3. scale
-        if self.scale == "standard" and raw and whole:  # the same reductions of the same array as feature_stats'
-            center, scale = self.stats_["mean"].copy(), _safe_scale(self.stats_["std"])
-        elif self.scale == "standard":
-            center, scale = Xs.mean(0), _safe_scale(Xs.std(0))
-        elif self.scale == "minmax":
-            lo = Xs.min(0)
-            center, scale = lo, _safe_scale(Xs.max(0) - lo)
-        elif self.scale == "robust":
-            q25, q50, q75 = np.percentile(Xs, [25, 50, 75], axis=0)
-            center, scale = q50, _safe_scale(q75 - q25)
-        else:
-            center, scale = np.zeros(len(cols)), np.ones(len(cols))
+        center, scale = self._fit_scale(Xs, raw and whole)
         if self.variance_threshold is not None or self.select_k is not None or self.pca is not None:
             Xs = (Xs - center) / scale  # the later steps work on the scaled data
-
-        # 4. variance threshold (on the scaled data; 0 keeps exactly the non-constant columns)
+        kept = _Kept(cols, center, scale, Xs)
         if self.variance_threshold is not None:
-            var = Xs.var(0)
-            if self.variance_threshold == 0:
-                var = np.minimum(var, np.ptp(Xs, axis=0))
-            keep = var > self.variance_threshold
-            report["low_variance_dropped"] = cols[~keep].tolist()
-            if not keep.any():
-                raise NbnetError(f"variance_threshold={self.variance_threshold} removes every feature "
-                                 f"(largest variance {var.max():.4g}); lower it")
-            cols, center, scale, Xs = cols[keep], center[keep], scale[keep], Xs[:, keep]
-
-        # 5. top-k univariate selection
+            kept = kept.subset(self._variance_mask(kept, report))
         self.task_ = None
         self.scores_ = None
         if self.select_k is not None:
-            if y is None:
-                raise NbnetError("preprocessing select_k needs the targets y to rank features; pass y to fit")
-            y = np.asarray(y)
-            if len(y) != n:
-                raise NbnetError(f"X has {n} rows but y has {len(y)}; they must match")
-            if self.select_k > len(cols):
-                raise NbnetError(f"select_k={self.select_k} is larger than the number of features ({len(cols)} left "
-                                 f"after the earlier steps); lower it")
-            task = task or _infer_task(y)
-            if task not in ("classification", "regression"):
-                raise NbnetError(f"task must be 'classification' or 'regression', got {task!r}")
-            if task == "classification":
-                y1 = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
-                if np.unique(y1).size < 2:
-                    raise NbnetError("select_k with ANOVA F needs at least two classes in y")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    scores = f_classif(Xs, y1)
-            else:
-                scores = abs_correlation(Xs, y)
-            self.task_ = task
-            self.scores_ = scores
-            ranked = np.where(np.isnan(scores), np.finfo(np.float64).min, scores)
-            keep = np.zeros(len(cols), bool)
-            keep[np.argsort(ranked, kind="mergesort")[len(cols) - self.select_k:]] = True  # as SelectKBest
-            report["not_selected"] = cols[~keep].tolist()
-            cols, center, scale, Xs = cols[keep], center[keep], scale[keep], Xs[:, keep]
-        self.columns_, self.center_, self.scale_ = cols, center, scale
-
-        # 6. PCA (Pearson 1901; components signed as scikit-learn does)
+            kept = kept.subset(self._selection_mask(kept, y, task, report))
+        self.columns_, self.center_, self.scale_ = kept.columns, kept.center, kept.scale
+        # PCA (Pearson 1901; components signed as scikit-learn does)
         self.pca_mean_ = self.pca_components_ = self.explained_variance_ = self.explained_variance_ratio_ = None
         if self.pca is not None:
-            self._fit_pca(Xs)
-        self.n_features_out_ = len(cols) if self.pca_components_ is None else self.pca_components_.shape[0]
+            self._fit_pca(kept.X)
+        self.n_features_out_ = len(kept.columns) if self.pca_components_ is None else self.pca_components_.shape[0]
         self.report_ = report
         return self
+
+    def _fit_impute(self, X: np.ndarray, raw: bool) -> np.ndarray:
+        """Step 1, the fill value of each column (a column with no value at all is filled with 0);
+        returns X imputed."""
+        self.fill_ = None
+        if self.impute is None:
+            return X
+        if self.impute == "mean":
+            fill = self.stats_["mean"].copy()
+        elif self.impute == "median":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                fill = np.nanmedian(X, axis=0)
+        else:
+            fill = np.full(X.shape[1], self.impute_value)
+        self.fill_ = np.nan_to_num(fill, nan=0.0)
+        return X if raw else np.where(np.isnan(X), self.fill_, X)
+
+    def _fit_constant(self, X: np.ndarray, raw: bool, report: dict) -> np.ndarray:
+        """Step 2, the indices of the columns kept after dropping constant ones (when asked)."""
+        cols = np.arange(X.shape[1])
+        if not self.drop_constant:
+            return cols
+        const = (self.stats_["max"] == self.stats_["min"]) if raw else (np.ptp(X, axis=0) == 0)
+        report["constant_dropped"] = cols[const].tolist()
+        if const.all():
+            raise NbnetError("every column is constant on the training data; there is nothing to learn from")
+        return cols[~const]
+
+    def _fit_scale(self, Xs: np.ndarray, own_stats: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Step 3, ``(center, scale)`` of each kept column; ``own_stats``: Xs is the raw X, whose
+        mean and std ``stats_`` already holds (the same reductions of the same array)."""
+        if self.scale == "standard" and own_stats:
+            return self.stats_["mean"].copy(), _safe_scale(self.stats_["std"])
+        if self.scale == "standard":
+            return Xs.mean(0), _safe_scale(Xs.std(0))
+        if self.scale == "minmax":
+            lo = Xs.min(0)
+            return lo, _safe_scale(Xs.max(0) - lo)
+        if self.scale == "robust":
+            q25, q50, q75 = np.percentile(Xs, [25, 50, 75], axis=0)
+            return q50, _safe_scale(q75 - q25)
+        return np.zeros(Xs.shape[1]), np.ones(Xs.shape[1])
+
+    def _variance_mask(self, kept: "_Kept", report: dict) -> np.ndarray:
+        """Step 4, the columns whose variance (of the scaled data) exceeds the threshold; 0 keeps
+        exactly the non-constant columns."""
+        var = kept.X.var(0)
+        if self.variance_threshold == 0:
+            var = np.minimum(var, np.ptp(kept.X, axis=0))
+        keep = var > self.variance_threshold
+        report["low_variance_dropped"] = kept.columns[~keep].tolist()
+        if not keep.any():
+            raise NbnetError(f"variance_threshold={self.variance_threshold} removes every feature "
+                             f"(largest variance {var.max():.4g}); lower it")
+        return keep
+
+    def _selection_mask(self, kept: "_Kept", y, task: str | None, report: dict) -> np.ndarray:
+        """Step 5, the ``select_k`` columns of the highest univariate scores, as ``SelectKBest``."""
+        n_cols = len(kept.columns)
+        if y is None:
+            raise NbnetError("preprocessing select_k needs the targets y to rank features; pass y to fit")
+        y = np.asarray(y)
+        if len(y) != kept.X.shape[0]:
+            raise NbnetError(f"X has {kept.X.shape[0]} rows but y has {len(y)}; they must match")
+        if self.select_k > n_cols:
+            raise NbnetError(f"select_k={self.select_k} is larger than the number of features ({n_cols} left "
+                             f"after the earlier steps); lower it")
+        task = task or _infer_task(y)
+        scores = _univariate_scores(kept.X, y, task)
+        self.task_, self.scores_ = task, scores
+        ranked = np.where(np.isnan(scores), np.finfo(np.float64).min, scores)
+        keep = np.zeros(n_cols, bool)
+        keep[np.argsort(ranked, kind="mergesort")[n_cols - self.select_k:]] = True
+        report["not_selected"] = kept.columns[~keep].tolist()
+        return keep
 
     def _fit_pca(self, Xs: np.ndarray) -> None:
         n, d = Xs.shape

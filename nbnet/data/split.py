@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from nbnet import metrics as M
 from nbnet.errors import NbnetError
 
 
@@ -166,63 +167,72 @@ def cross_validate(estimator, X, y, cv=5, stratified: bool = True, metrics=None,
     summary for leave-one-out, whose one-sample folds leave R² and ROC AUC undefined),
     ``fit_time`` (seconds per fold), ``n_splits`` and ``splitter``.
     """
-    from nbnet import metrics as M
-
-    X = np.asarray(X)
-    y = np.asarray(y)
-    if X.ndim != 2:
-        raise NbnetError(f"X must be 2-D (n_samples, n_features), got {X.ndim}-D")
-    n = len(X)
-    if len(y) != n:
-        raise NbnetError(f"X has {n} samples but y has {len(y)}; they must match")
+    X, y = np.asarray(X), np.asarray(y)
     is_clf = getattr(estimator, "_estimator_type", None) == "classifier"
-    names = list(metrics or M.DEFAULT_METRICS["classification" if is_clf else "regression"])
-    for name in names:
-        M.get_metric(name)
-        if name in M.NEEDS_PROBA and not is_clf:
-            raise NbnetError(f"metric {name!r} needs class probabilities; use it with a classifier")
-    if isinstance(cv, str):
-        if cv.lower() != "loo":
-            raise NbnetError(f"cv must be a number of folds or 'loo', got {cv!r}")
-        folds, splitter = loo_indices(n), "leave-one-out"
-    else:
-        strat = is_clf and stratified
-        folds = kfold_indices(n, cv, y if strat else None, shuffle=True, seed=seed)
-        splitter = f"{'stratified ' if strat else ''}{cv}-fold"
+    names = _check_cv_inputs(X, y, is_clf, metrics)
+    folds, splitter = _cv_folds(cv, len(X), y, is_clf and stratified, seed)
     classes = np.unique(y) if is_clf else None
     need_proba = is_clf and any(name in M.NEEDS_PROBA for name in names)
     per_fold = {name: [] for name in names}
     fit_time = []
-    oof_pred = np.empty(y.shape, dtype=y.dtype) if not is_clf else np.empty(n, dtype=classes.dtype)
-    oof_proba = np.zeros((n, len(classes))) if need_proba else None
+    oof_pred = np.empty(len(X), dtype=classes.dtype) if is_clf else np.empty(y.shape, dtype=y.dtype)
+    oof_proba = np.zeros((len(X), len(classes))) if need_proba else None
     for train, test in folds:
         est = clone(estimator)
         t0 = time.perf_counter()
         est.fit(X[train], y[train])
         fit_time.append(time.perf_counter() - t0)
-        proba = None
-        if need_proba:
-            part = est.predict_proba(X[test])
-            proba = np.zeros((len(test), len(classes)))
-            proba[:, np.searchsorted(classes, est.classes_)] = part  # a class absent from training: 0
-            proba /= proba.sum(1, keepdims=True)  # float32 outputs sum to 1 only within ~1e-7
-            pred = classes[proba.argmax(1)]
-            oof_proba[test] = proba
-        else:
-            pred = est.predict(X[test])
+        pred, proba = _predict_fold(est, X[test], classes, need_proba)
         oof_pred[test] = pred
+        if proba is not None:
+            oof_proba[test] = proba
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", M.UndefinedMetricWarning)  # NaN is recorded instead
             scores = M.score_predictions(names, y[test], pred, proba, classes)
         for name in names:
             per_fold[name].append(scores[name])
-    pooled = M.score_predictions(names, y, oof_pred, oof_proba, classes)
     return {
         "folds": per_fold,
         "mean": {k: float(np.mean(v)) for k, v in per_fold.items()},
         "std": {k: float(np.std(v)) for k, v in per_fold.items()},
-        "pooled": pooled,
+        "pooled": M.score_predictions(names, y, oof_pred, oof_proba, classes),
         "fit_time": fit_time,
         "n_splits": len(folds),
         "splitter": splitter,
     }
+
+
+def _check_cv_inputs(X: np.ndarray, y: np.ndarray, is_clf: bool, metrics) -> list[str]:
+    """The metric names to score (checked against the estimator's kind), after checking X and y."""
+    if X.ndim != 2:
+        raise NbnetError(f"X must be 2-D (n_samples, n_features), got {X.ndim}-D")
+    if len(y) != len(X):
+        raise NbnetError(f"X has {len(X)} samples but y has {len(y)}; they must match")
+    names = list(metrics or M.DEFAULT_METRICS["classification" if is_clf else "regression"])
+    for name in names:
+        M.get_metric(name)
+        if name in M.NEEDS_PROBA and not is_clf:
+            raise NbnetError(f"metric {name!r} needs class probabilities; use it with a classifier")
+    return names
+
+
+def _cv_folds(cv, n: int, y: np.ndarray, stratify: bool, seed: int) -> tuple[list, str]:
+    """(list of (train, test) index arrays, the splitter's description) for ``cv``."""
+    if isinstance(cv, str):
+        if cv.lower() != "loo":
+            raise NbnetError(f"cv must be a number of folds or 'loo', got {cv!r}")
+        return loo_indices(n), "leave-one-out"
+    folds = kfold_indices(n, cv, y if stratify else None, shuffle=True, seed=seed)
+    return folds, f"{'stratified ' if stratify else ''}{cv}-fold"
+
+
+def _predict_fold(est, X_test: np.ndarray, classes, need_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predicted labels or values, class probabilities (len(X_test), len(classes)) or None) of a
+    fitted fold; a class absent from the fold's training data gets probability 0."""
+    if not need_proba:
+        return est.predict(X_test), None
+    part = est.predict_proba(X_test)
+    proba = np.zeros((len(X_test), len(classes)))
+    proba[:, np.searchsorted(classes, est.classes_)] = part
+    proba /= proba.sum(1, keepdims=True)  # float32 outputs sum to 1 only within ~1e-7
+    return classes[proba.argmax(1)], proba

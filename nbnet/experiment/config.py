@@ -29,14 +29,17 @@ Example
 from __future__ import annotations
 
 import ast
-import difflib
 import json
-import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace  # noqa: F401 (fields is re-exported)
 from pathlib import Path
 
+from nbnet import optim
 from nbnet.errors import NbnetError
+from nbnet.experiment.typecheck import coerce, type_hints, unknown_key
+from nbnet.kernels import BACKENDS
+from nbnet.kernels.tables import ACTIVATIONS
+from nbnet.metrics import METRICS, direction
 
 try:  # Python 3.11+
     import tomllib
@@ -178,100 +181,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sea
 
 def metric_direction(metric: str) -> str:
     """Direction of a ``val_<name>``/``test_<name>`` metric (nbnet.metrics.direction)."""
-    from nbnet.metrics import direction
-
     return direction(metric)
-
-
-# --- type checking ---------------------------------------------------------------------------
-_HINTS: dict = {}
-
-
-def _hints(cls) -> dict:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
-def _type_name(tp) -> str:
-    if tp is type(None):
-        return "None"
-    if isinstance(tp, type):
-        return tp.__name__
-    return str(tp).replace("typing.", "")
-
-
-def coerce(value, tp, key: str):
-    """``value`` checked against the annotation ``tp`` (int, float, bool, str, dict, X | None,
-    tuple[int, ...], tuple[float, float]); lists become tuples, ints are accepted as floats,
-    "true"/"false"/"none" strings as bools/None. Raises NbnetError naming ``key``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(value, a, key)
-            except NbnetError:
-                pass
-        raise NbnetError(f"{key} must be {_type_name(tp)}, got {value!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            if len(args) == 2 and args[1] is Ellipsis and isinstance(value, int) and not isinstance(value, bool):
-                value = (value,)  # hidden_layer_sizes=64 means (64,)
-            else:
-                raise NbnetError(f"{key} must be a list like {_example(tp)}, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise NbnetError(f"{key} must have {len(args)} values like {_example(tp)}, got {value!r}")
-        return tuple(coerce(v, a, key) for v, a in zip(value, args))
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise NbnetError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise NbnetError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise NbnetError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise NbnetError(f"{key} must be a string, got {value!r}")
-        return value
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise NbnetError(f"{key} must be a table like {{key = value}}, got {value!r}")
-        return dict(value)
-    if tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise NbnetError(f"{key} must be a list, got {value!r}")
-        return tuple(value)
-    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module, not the user's
-
-
-def _example(tp) -> str:
-    args = typing.get_args(tp)
-    if len(args) == 2 and args[1] is Ellipsis:
-        return "[128, 64]"
-    return "[" + ", ".join("0.9" if a is float else "1" for a in args) + "]"
-
-
-def _unknown(key: str, valid) -> NbnetError:
-    valid = sorted(valid)
-    close = difflib.get_close_matches(key, valid, n=1) or difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return NbnetError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(valid)}")
 
 
 # --- building from dicts ---------------------------------------------------------------------
@@ -279,11 +189,11 @@ def _section(cls, raw: dict, prefix: str):
     if not isinstance(raw, dict):
         raise NbnetError(f"[{prefix}] must be a table, got {raw!r}")
     names = {f.name for f in fields(cls)}
-    hints = _hints(cls)
+    hints = type_hints(cls)
     kw = {}
     for key, value in raw.items():
         if key not in names:
-            raise _unknown(f"{prefix}.{key}", [f"{prefix}.{n}" for n in names if n != "space"])
+            raise unknown_key(f"{prefix}.{key}", [f"{prefix}.{n}" for n in names if n != "space"])
         kw[key] = coerce(value, hints[key], f"{prefix}.{key}")
     return cls(**kw)
 
@@ -300,11 +210,11 @@ def _param_spec(path: str, raw) -> ParamSpec:
     if "choices" in raw and "type" not in raw:
         raw["type"] = "categorical"
     names = {f.name for f in fields(ParamSpec)}
-    hints = _hints(ParamSpec)
+    hints = type_hints(ParamSpec)
     kw = {}
     for k, v in raw.items():
         if k not in names:
-            raise _unknown(f"{key}.{k}", [f"{key}.{n}" for n in names])
+            raise unknown_key(f"{key}.{k}", [f"{key}.{n}" for n in names])
         kw[k] = coerce(v, hints[k], f"{key}.{k}")
     if "type" not in kw:
         raise NbnetError(f"{key} needs type = \"int\", \"float\" or \"categorical\"")
@@ -337,11 +247,11 @@ def field_type(path: str):
     section, _, name = path.partition(".")
     if section not in SECTIONS or section == "search":
         valid = [f"{s}.{f.name}" for s, c in SECTIONS.items() if s != "search" for f in fields(c)]
-        raise _unknown(path, valid)
+        raise unknown_key(path, valid)
     cls = SECTIONS[section]
-    hints = _hints(cls)
+    hints = type_hints(cls)
     if name not in hints:
-        raise _unknown(path, [f"{section}.{f.name}" for f in fields(cls)])
+        raise unknown_key(path, [f"{section}.{f.name}" for f in fields(cls)])
     return hints[name]
 
 
@@ -368,7 +278,7 @@ def from_dict(raw: dict, name: str = "experiment") -> ExperimentConfig:
     name = raw.pop("name", name)
     unknown = set(raw) - set(SECTIONS)
     if unknown:
-        raise _unknown(sorted(unknown)[0], list(SECTIONS) + ["name"])
+        raise unknown_key(sorted(unknown)[0], list(SECTIONS) + ["name"])
     search = dict(raw.get("search", {}))
     space = search.pop("space", {})
     if not isinstance(space, dict):
@@ -396,10 +306,6 @@ def monitor_config(raw: dict) -> MonitorConfig:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Value checks beyond types: names from nbnet's tables, ranges, search settings."""
-    from nbnet import optim
-    from nbnet.kernels import BACKENDS
-    from nbnet.kernels import cpu as K
-
     d, m, t, s = cfg.data, cfg.model, cfg.train, cfg.search
     if ":" not in d.source:
         raise NbnetError(f"data.source {d.source!r} needs a kind prefix: builtin:digits, csv:PATH, npz:PATH, parquet:PATH or synthetic:n=1000,d=20")
@@ -409,8 +315,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise NbnetError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if not 0.0 <= d.test_fraction < 1.0 or d.val_fraction + d.test_fraction >= 1.0:
         raise NbnetError(f"data.test_fraction must be in [0, 1) with val_fraction + test_fraction < 1, got {d.test_fraction}")
-    if m.activation not in K.ACTIVATIONS:
-        raise NbnetError(f"model.activation {m.activation!r} is unknown; choose one of {', '.join(K.ACTIVATIONS)}")
+    if m.activation not in ACTIVATIONS:
+        raise NbnetError(f"model.activation {m.activation!r} is unknown; choose one of {', '.join(ACTIVATIONS)}")
     if not 0.0 <= m.dropout < 1.0:
         raise NbnetError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if m.n_layers is not None and m.n_layers < 0 or m.width is not None and m.width < 1 or m.width_ratio <= 0:
@@ -453,8 +359,6 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def _check_metric(metric: str) -> None:
-    from nbnet.metrics import METRICS
-
     if metric[len("val_"):] not in METRICS and metric != "val_loss":
         names = ["val_loss"] + [f"val_{k}" for k in METRICS]
         raise NbnetError(f"search.metric {metric!r} is unknown; choose one of {', '.join(names)}")
@@ -537,7 +441,7 @@ def _set(raw: dict, key: str, value) -> None:
         raw["name"] = str(value)
         return
     if section not in SECTIONS:
-        raise _unknown(key, list(SECTIONS) + ["name"])
+        raise unknown_key(key, list(SECTIONS) + ["name"])
     if not rest:
         raise NbnetError(f"override {key!r} names a whole table; set one key, e.g. {section}.{fields(SECTIONS[section])[0].name}=...")
     if section == "search" and rest.startswith("space."):
@@ -559,12 +463,12 @@ def _set(raw: dict, key: str, value) -> None:
         return
     name, _, sub = rest.partition(".")
     cls = SECTIONS[section]
-    hints = _hints(cls)
+    hints = type_hints(cls)
     if name not in hints or name == "space":
-        raise _unknown(key, [f"{section}.{f.name}" for f in fields(cls) if f.name != "space"])
+        raise unknown_key(key, [f"{section}.{f.name}" for f in fields(cls) if f.name != "space"])
     if sub:  # a key inside a dict field: data.preprocessing.scale=standard
         if not (hints[name] is dict or typing.get_origin(hints[name]) is dict):
-            raise _unknown(key, [f"{section}.{f.name}" for f in fields(cls)])
+            raise unknown_key(key, [f"{section}.{f.name}" for f in fields(cls)])
         target = raw[section].setdefault(name, {})
         *heads, last = sub.split(".")
         for h in heads:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from nbnet.errors import NbnetError
+from nbnet.experiment.tracking import default_tracking_uri
 
 INTERVAL_ENV = "NBNET_SYSTEM_METRICS_INTERVAL"
 DEFAULT_INTERVAL = 5.0  # seconds between samples; MLflow's own default (10 s) misses most of a short run
@@ -54,8 +55,8 @@ def sampling_interval() -> float:
 def _monitor_class():
     """MLflow's ``SystemMetricsMonitor``, with a first sample that covers a whole interval and a
     count of the samples it logged."""
-    import psutil
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    import psutil  # heavy: imported on first use
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor  # heavy: imported on first use
 
     class Monitor(SystemMetricsMonitor):
         published = 0
@@ -85,8 +86,6 @@ class SystemMetrics:
     """
 
     def __init__(self, run_id: str, *, uri: str | None = None, interval: float | None = None):
-        from nbnet.experiment.tracking import default_tracking_uri
-
         self.run_id, self.uri = run_id, uri or default_tracking_uri()
         self.interval = sampling_interval() if interval is None else float(interval)
         self._monitor = None
@@ -94,7 +93,7 @@ class SystemMetrics:
     def start(self) -> SystemMetrics:
         if self.interval <= 0 or self._monitor is not None:
             return self
-        import psutil
+        import psutil  # heavy: imported on first use
 
         try:
             # the run's own store, explicitly: by default the monitor logs wherever MLflow's global URI points
@@ -160,7 +159,7 @@ class TrialUsage:
     """
 
     def __init__(self):
-        import psutil
+        import psutil  # heavy: imported on first use
 
         self._proc = psutil.Process()
         self.peak_is_per_trial = _reset_peak_rss()

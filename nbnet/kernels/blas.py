@@ -1,7 +1,7 @@
 """Single-threaded GEMM callable from compiled kernels.
 
 The fused CPU kernels split each mini-batch over numba's threads and call a *single-threaded*
-GEMM inside every chunk (one thread pool, see PERF_NOTES.md). The GEMM is the CBLAS
+GEMM inside every chunk (one thread pool, see docs/performance.md). The GEMM is the CBLAS
 ``?gemm`` of a library found at import time:
 
 * ``openblas``: the OpenBLAS that SciPy bundles (``scipy_cblas_?gemm``, LP64), which numba's own
@@ -26,7 +26,9 @@ import contextlib
 import ctypes
 import glob
 import os
+import shutil
 import sys
+import tempfile
 import threading
 
 import llvmlite.binding as llvm
@@ -115,9 +117,6 @@ def _open_with_coretype(path, coretype):
 def _private_copy(path):
     """A copy of the library under another inode, so dlopen loads it afresh (with our core type)
     even though SciPy already loaded the original; kept in the temp dir, keyed by size and mtime."""
-    import shutil
-    import tempfile
-
     st = os.stat(path)
     d = os.path.join(tempfile.gettempdir(), f"nbnet-blas-{os.getuid()}")
     os.makedirs(d, exist_ok=True)
@@ -150,7 +149,7 @@ def _load_openblas():
     keep theirs as configured."""
     global _PRIVATE
     try:
-        import scipy
+        import scipy  # heavy: only to find the OpenBLAS that SciPy bundles
     except ImportError:
         return None
     libdir = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")

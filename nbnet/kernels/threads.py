@@ -1,7 +1,7 @@
 """The one place that owns the thread budget.
 
 Two thread pools on the same cores (numba's and BLAS's) spin against each other: measured 40×
-slower here (PERF_NOTES.md). So exactly one pool works at a time:
+slower here (docs/performance.md). So exactly one pool works at a time:
 
 * the fused kernels (``train_epoch_fused``, ``forward_fused``) run on **numba's** threads and call
   a single-threaded GEMM inside each thread's block (``nbnet.kernels.blas``);
@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
+import importlib
 import os
 import sys
 import threading
@@ -33,13 +34,19 @@ import numba
 from nbnet.errors import NbnetError
 
 
+def _load_tbb_pool() -> None:
+    """Load numba's tbb extension (ImportError when libtbb cannot be loaded): a probe, which is
+    why it goes through importlib rather than an import statement."""
+    importlib.import_module("numba.np.ufunc.tbbpool")
+
+
 def _setup_threading_layer() -> str:
     """Make numba's tbb layer loadable (PyPI's libtbb lives in ``<prefix>/lib``, which is not on
     the loader path of numba's extension) and select it. Returns the layer asked for."""
     if os.environ.get("NUMBA_THREADING_LAYER"):
         return numba.config.THREADING_LAYER
     try:
-        from numba.np.ufunc import tbbpool  # noqa: F401
+        _load_tbb_pool()
     except ImportError:
         libs = []
         for d in dict.fromkeys((os.path.join(sys.prefix, "lib"), os.path.join(sys.base_prefix, "lib"))):
@@ -47,7 +54,7 @@ def _setup_threading_layer() -> str:
         for path in libs:
             try:
                 ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-                from numba.np.ufunc import tbbpool  # noqa: F401, F811
+                _load_tbb_pool()
                 break
             except (OSError, ImportError):
                 continue
@@ -85,7 +92,7 @@ def default_threads() -> int:
 def thread_budget(n_threads: int | None = None):
     """``n_threads`` for numba's pool (fused kernels) and for BLAS (reference kernels' ``np.dot``);
     only one of them runs at a time. Yields the thread count."""
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # heavy: imported on first use
 
     if n_threads is None:
         n_threads = default_threads()  # its own error names the environment variable

@@ -39,9 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nbnet._sys import locks as _locks
+from nbnet._sys import locks
 from nbnet.errors import NbnetError
 from nbnet.io import read_bundle, write_bundle
+from nbnet.nn.base import json_value
+from nbnet.nn.callbacks import EarlyStoppingState
+from nbnet.nn.estimator import from_bundle
 
 #: Hyperparameters that may differ between the killed fit and its resume.
 _FREE_PARAMS = frozenset({"epochs", "verbose", "n_threads", "device"})
@@ -49,8 +52,6 @@ _FREE_PARAMS = frozenset({"epochs", "verbose", "n_threads", "device"})
 
 def params_fingerprint(estimator, extra: str | None = None) -> str:
     """SHA-256 over the estimator's hyperparameters (those that change the result) and ``extra``."""
-    from nbnet.nn.estimator import json_value
-
     params = {k: json_value(v) for k, v in estimator.get_params().items() if k not in _FREE_PARAMS}
     blob = json.dumps([type(estimator).__name__, params, extra], sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -90,7 +91,7 @@ def history_logs(estimator, upto: int) -> list[tuple[int, dict]]:
     and ``act_*_l`` where activation statistics were recorded):
     a resumed run replays them to its tracker so its curves start at epoch 1."""
     h = estimator.history_
-    score_key = f"val_{estimator._score_name}"
+    score_key = estimator.val_score_key
     out = []
     for i in range(min(upto, len(h["loss"]))):
         logs = {"loss": h["loss"][i]}
@@ -187,7 +188,7 @@ class Checkpoint:
             raise NbnetError(f"checkpoint folder {str(folder)!r} does not exist; create it first")
         self._lock_path = folder / f".{self.path.name}.lock"
         try:
-            self._fd = _locks.acquire(self._lock_path, blocking=False)
+            self._fd = locks.acquire(self._lock_path, blocking=False)
         except BlockingIOError:
             raise NbnetError(f"checkpoint {str(self.path)!r} is in use by another running fit; wait for it to "
                              "finish or give this one another checkpoint path") from None
@@ -196,30 +197,27 @@ class Checkpoint:
         fd, self._fd = getattr(self, "_fd", None), None
         if fd is not None:
             Path(self._lock_path).unlink(missing_ok=True)  # while still holding it
-            _locks.release(fd)
+            locks.release(fd)
 
     # --- state ------------------------------------------------------------------------------------
     def save(self, estimator) -> None:
         """Write the estimator's full training state to ``path`` atomically."""
-        estimator._sync_host()
         meta, arrays = estimator.to_bundle()
-        es = getattr(estimator, "_es_state", None)
+        es = estimator.training_state().early_stopping
         ck = {"epoch": int(estimator.n_epochs_), "fingerprint": params_fingerprint(estimator, self.fingerprint),
               "es": None, "extra": self.extra}
         if es is not None:
-            (best_loss, best_params, best_epoch), wait = es
-            ck["es"] = {"best_loss": None if not np.isfinite(best_loss) else float(best_loss),
-                        "best_epoch": int(best_epoch), "wait": int(wait), "has_params": best_params is not None}
-            if best_params is not None:
-                arrays = dict(arrays, **{"ckpt.es_best_params": best_params})
+            ck["es"] = {"best_loss": None if not np.isfinite(es.best_loss) else float(es.best_loss),
+                        "best_epoch": int(es.best_epoch), "wait": int(es.wait),
+                        "has_params": es.best_params is not None}
+            if es.best_params is not None:
+                arrays = dict(arrays, **{"ckpt.es_best_params": es.best_params})
         meta = dict(meta, checkpoint=ck)
         write_bundle(self.path, meta, arrays)
         self.writes += 1
 
     def restore(self, estimator) -> None:
         """Replace a freshly initialised estimator's state by the checkpoint's."""
-        from nbnet.nn.estimator import from_bundle
-
         meta, arrays = read_bundle(self.path)
         ck = meta.get("checkpoint")
         where = str(self.path)
@@ -242,16 +240,12 @@ class Checkpoint:
                 f"checkpoint {where!r} is at epoch {saved.n_epochs_}, beyond epochs={estimator.epochs}; "
                 "raise epochs or delete the checkpoint"
             )
-        estimator._params = saved._params
-        estimator._opt = saved._opt
-        estimator._rng = saved._rng
-        estimator.n_epochs_ = saved.n_epochs_
-        estimator.history_ = {k: list(v) for k, v in saved.history_.items()}
         es = ck.get("es")
-        estimator._es_state = None
         if es:
             best_loss = np.inf if es["best_loss"] is None else float(es["best_loss"])
-            estimator._es_state = ((best_loss, es_params, int(es["best_epoch"])), int(es["wait"]))
+            es = EarlyStoppingState(best_loss, es_params, int(es["best_epoch"]), int(es["wait"]))
+        estimator.set_training_state(saved.training_state()._replace(early_stopping=es or None))
+        estimator.history_ = {k: list(v) for k, v in saved.history_.items()}
         self.resumed_from_epoch = saved.n_epochs_
 
     def _remove_stale_temporaries(self) -> None:

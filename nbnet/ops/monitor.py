@@ -46,6 +46,7 @@ the alias history, the version tags and the monitoring run (tag ``nbnet.rollback
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -55,8 +56,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 
+from nbnet import metrics
+from nbnet._sys.fmt import number
+from nbnet.data.load import data_hash
+from nbnet.data.prep import histogram_counts
 from nbnet.errors import NbnetError
+from nbnet.experiment import config as C
+from nbnet.experiment import tags as T
+from nbnet.experiment import tracking
+from nbnet.experiment.tracking import registry
+from nbnet.ops.labelled import load_labelled, score, task_of
 
 PSI_EPS = 1e-4  # proportions are clipped below at this, so an empty bin adds a finite amount
 
@@ -97,8 +108,6 @@ def drift(stats: dict, X) -> dict[str, np.ndarray]:
     """Per-feature drift of ``X`` (m, d) against training ``stats`` (``Preprocessor.stats_``):
     ``psi``, ``ks`` (d,), the new bin ``counts`` (d, B), ``mean``, ``missing`` (fraction of NaN)
     for new and training data."""
-    from nbnet.data.prep import histogram_counts
-
     X = np.asarray(X, dtype=np.float64)
     edges = np.asarray(stats["edges"], dtype=np.float64)
     train = np.asarray(stats["counts"], dtype=np.int64)
@@ -127,82 +136,10 @@ def drift(stats: dict, X) -> dict[str, np.ndarray]:
             "new_missing": new_missing / max(len(X), 1)}
 
 
-# --- data and scores ----------------------------------------------------------------------------
-def _file_columns(path: Path) -> list[str]:
-    """The columns (CSV/Parquet) or arrays (NPZ) of a data file."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return list(z.files)
-        if suffix in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
-        import pyarrow.csv as pcsv
-
-        with pcsv.open_csv(path) as r:
-            return list(r.schema.names)
-    except Exception as e:  # a broken file: the reader proper gives the detailed message
-        raise NbnetError(f"cannot read the columns of {path.name}: {str(e).splitlines()[0][:160]}") from None
-
-
-def load_labelled(data, spec, target: str | None, est, *, require_target: bool = False):
-    """Read ``data`` (.csv, .parquet or .npz) into the model's feature matrix; returns
-    ``(X, y or None, target column or None)``. The target is ``target`` if given (it must exist),
-    else the training config's ``data.target`` (NPZ: ``y``) when the file has it."""
-    from nbnet.data.load import read_features
-    from nbnet.experiment.tracking import input_columns
-
-    path = Path(str(data).split(":", 1)[1] if re.match(r"^(csv|parquet|npz):", str(data)) else str(data))
-    if not path.is_file():
-        raise NbnetError(f"data file {str(path)!r} not found; check the path")
-    if path.suffix.lower() not in (".csv", ".parquet", ".pq", ".npz"):
-        raise NbnetError(f"data file {path.name!r} must be .csv, .parquet or .npz")
-    names, cats = spec
-    cols = _file_columns(path)
-    npz = path.suffix.lower() == ".npz"
-    if target is not None:
-        if target not in cols:
-            raise NbnetError(f"{path.name} has no {'array' if npz else 'column'} {target!r}; "
-                             f"it has {', '.join(cols[:12])}{' ...' if len(cols) > 12 else ''}")
-    else:
-        cfg_target = ((getattr(est, "config_", None) or {}).get("data") or {}).get("target")
-        guess = "y" if npz else cfg_target
-        target = guess if guess and guess in cols else None
-    if target is None and require_target:
-        raise NbnetError(f"{path.name} needs labels: pass --target COLUMN (the label column)")
-    n_feat = est.n_features_in_
-    names = input_columns(est, names, cats, None if npz else [c for c in cols if c != target], path.name)
-    X, y = read_features(path, feature_names=names, categories=cats, target=target)
-    if len(X) == 0:
-        raise NbnetError(f"{path.name} holds no rows")
-    if X.shape[1] != n_feat:
-        raise NbnetError(f"{path.name} gives {X.shape[1]} features but the model takes {n_feat}")
-    return X, y, target
-
-
-def task_of(est) -> str:
-    return "classification" if hasattr(est, "predict_proba") else "regression"
-
-
-def score(est, X, y, key: str) -> float | None:
-    """``key`` (``val_accuracy``, ``val_loss``, ...) of the fitted ``est`` on (X, y), computed
-    as the validation metrics of a training run are (:func:`nbnet.experiment.search.evaluate`)."""
-    from nbnet.experiment.search import evaluate
-
-    base = key.split("_", 1)[1] if key.startswith(("val_", "test_")) else key
-    out = evaluate(est, X, y, task_of(est), "val_", extra=(base,) if base != "loss" else ())
-    v = out.get("val_" + base)
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
 # --- thresholds ---------------------------------------------------------------------------------
 def thresholds(est=None, *, psi=None, ks=None, tolerance=None, experiment=None) -> dict:
     """``{"psi", "ks", "tolerance", "source"}``: flags, else ``experiment``'s [monitor] table,
     else the model's stored config, else :class:`nbnet.experiment.config.MonitorConfig` defaults."""
-    from nbnet.experiment import config as C
-
     base, source = C.MonitorConfig(), "defaults"
     stored = ((getattr(est, "config_", None) or {}).get("monitor")) if est is not None else None
     if experiment is not None:
@@ -278,17 +215,9 @@ class Report:
             w = max(7, *(len(f["feature"]) for f in ranked))
             lines.append(f"  {'feature':<{w}}  {'psi':>8}  {'ks':>6}")
             for f in ranked:
-                lines.append(f"  {f['feature']:<{w}}  {_fmt(f['psi']):>8}  {_fmt(f['ks']):>6}"
+                lines.append(f"  {f['feature']:<{w}}  {number(f['psi'], 4):>8}  {number(f['ks'], 4):>6}"
                              + ("  DRIFT" if f["drift"] else ""))
-        m = self.metric
-        if m is None:
-            lines.append("metric: no labels in the data (pass --target COLUMN to check the model's metric)")
-        elif m.get("recorded") is None:
-            lines.append(f"metric: {m['key']} {_fmt(m['new'])} on the new data (no recorded validation value to compare)")
-        else:
-            gap = f"worse by {_fmt(m['drop'])}" if m["drop"] is None or m["drop"] >= 0 else f"better by {_fmt(-m['drop'])}"
-            lines.append(f"metric: {m['key']} {_fmt(m['new'])} on the new data vs {_fmt(m['recorded'])} recorded "
-                         f"({gap}, tolerance {t['tolerance']:g})" + ("  FAIL" if m["failed"] else ""))
+        lines.append(self._metric_line())
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"verdict: {self.verdict.upper()}" + (f" ({'; '.join(self.reasons)})" if self.reasons else ""))
         if self.rollback:
@@ -297,13 +226,21 @@ class Report:
             lines.append(f"monitoring run: {self.monitoring_run} (experiment {self.experiment})")
         return "\n".join(lines)
 
+    def _metric_line(self) -> str:
+        m = self.metric
+        if m is None:
+            return "metric: no labels in the data (pass --target COLUMN to check the model's metric)"
+        new = number(m["new"], 4)
+        if m.get("recorded") is None:
+            return f"metric: {m['key']} {new} on the new data (no recorded validation value to compare)"
+        drop = m["drop"]
+        gap = f"worse by {number(drop, 4)}" if drop is None or drop >= 0 else f"better by {number(-drop, 4)}"
+        return (f"metric: {m['key']} {new} on the new data vs {number(m['recorded'], 4)} recorded "
+                f"({gap}, tolerance {self.thresholds['tolerance']:g})" + ("  FAIL" if m["failed"] else ""))
+
 
 def _num(v) -> float:
     return v if isinstance(v, (int, float)) and math.isfinite(v) else -1.0
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4g}"
 
 
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -327,10 +264,6 @@ def check(model_uri: str, data, *, target: str | None = None, psi: float | None 
           uri: str | None = None, log: bool = True) -> Report:
     """Run the drift and performance checks of ``model_uri`` on ``data``, log the monitoring run
     and, with ``rollback``, roll a failing champion back. See the module docstring."""
-    from nbnet.experiment.tracking import registry
-    from nbnet.experiment import tracking
-    from nbnet.data.load import data_hash
-
     uri = uri or tracking.default_tracking_uri()
     ref = registry.resolve(model_uri, uri)
     est, spec = tracking.load_model(ref.uri, tracking_uri=uri)
@@ -342,27 +275,19 @@ def check(model_uri: str, data, *, target: str | None = None, psi: float | None 
     th = thresholds(est, psi=psi, ks=ks, tolerance=tolerance, experiment=experiment)
     X, y, tcol = load_labelled(data, spec, target, est)
     names = spec[0] if spec[0] is not None and len(spec[0]) == X.shape[1] else [f"x{j}" for j in range(X.shape[1])]
-    d = drift(stats, X)
-    feats = []
-    for j, n in enumerate(names):
-        p, k = float(d["psi"][j]), float(d["ks"][j])
-        feats.append({"feature": str(n), "psi": p, "ks": k,
-                      "drift": bool((math.isfinite(p) and p > th["psi"]) or (math.isfinite(k) and k > th["ks"])),
-                      "train_mean": float(d["train_mean"][j]), "new_mean": float(d["new_mean"][j]),
-                      "train_missing": float(d["train_missing"][j]), "new_missing": float(d["new_missing"][j])})
-    rep = Report(str(model_uri), str(data), int(len(X)), ref.name, ref.version, ref.run_id, th, feats,
-                 data_hash=data_hash(X, y if y is not None else np.zeros(0)))
+    rep = Report(str(model_uri), str(data), int(len(X)), ref.name, ref.version, ref.run_id, th,
+                 _feature_rows(names, drift(stats, X), th), data_hash=data_hash(X, y if y is not None else np.zeros(0)))
     if rep.drifted():
         worst = max(rep.drifted(), key=lambda f: _num(f["psi"]))
         rep.reasons.append(f"drift in {len(rep.drifted())} feature(s), worst {worst['feature']} "
-                           f"(PSI {_fmt(worst['psi'])}, KS {_fmt(worst['ks'])})")
+                           f"(PSI {number(worst['psi'], 4)}, KS {number(worst['ks'], 4)})")
     if len(X) < 100:
         rep.notes.append(f"only {len(X)} rows: PSI and KS are noisy on small samples (about 9/rows and 1/sqrt(rows))")
     if y is not None:
-        rep.metric = _metric_check(est, X, y, ref, th["tolerance"], uri)
-        m = rep.metric
+        rep.metric = m = _metric_check(est, X, y, ref, th["tolerance"], uri)
         if m["failed"]:
-            rep.reasons.append(f"{m['key']} worse by {_fmt(m['drop'])} than recorded (> tolerance {th['tolerance']:g})")
+            rep.reasons.append(f"{m['key']} worse by {number(m['drop'], 4)} than recorded "
+                               f"(> tolerance {th['tolerance']:g})")
     rep.verdict = "fail" if rep.reasons else "pass"
     if log:
         _log_run(rep, ref, tcol, uri)
@@ -371,10 +296,21 @@ def check(model_uri: str, data, *, target: str | None = None, psi: float | None 
     return rep
 
 
-def _metric_check(est, X, y, ref, tol: float, uri: str) -> dict:
-    from nbnet.experiment.tracking import registry
-    from nbnet.experiment import tracking
+def _feature_rows(names, d: dict, th: dict) -> list[dict]:
+    """One report row per feature from :func:`drift`'s arrays ``d``, with its drift verdict."""
+    feats = []
+    for j, n in enumerate(names):
+        p, k = float(d["psi"][j]), float(d["ks"][j])
+        feats.append({"feature": str(n), "psi": p, "ks": k,
+                      "drift": bool((math.isfinite(p) and p > th["psi"]) or (math.isfinite(k) and k > th["ks"])),
+                      "train_mean": float(d["train_mean"][j]), "new_mean": float(d["new_mean"][j]),
+                      "train_missing": float(d["train_missing"][j]), "new_missing": float(d["new_missing"][j])})
+    return feats
 
+
+def _metric_check(est, X, y, ref, tol: float, uri: str) -> dict:
+    """The model's metric on the new data against the value its run recorded: the key, its
+    direction, both values, the drop (positive: worse) and whether it exceeds ``tol``."""
     c = tracking.client(uri)
     mv = None
     if ref.name and ref.version:
@@ -385,7 +321,7 @@ def _metric_check(est, X, y, ref, tol: float, uri: str) -> dict:
     if key is None:
         key = ((getattr(est, "config_", None) or {}).get("search") or {}).get("metric")
     if key is None:
-        key = "val_accuracy" if task_of(est) == "classification" else "val_r2"
+        key = metrics.default_metric(task_of(est))
     direction = registry.direction_of(mv, key) if mv is not None else registry.direction_of(_NoTags, key)
     recorded = None
     if ref.run_id:
@@ -401,8 +337,7 @@ class _NoTags:
 
 
 def _log_run(rep: Report, ref, tcol, uri: str) -> None:
-    from nbnet.experiment import tracking
-
+    """Log the check as a run of ``<name>-monitoring`` and tag the monitored version."""
     exp_name = f"{ref.name or _run_experiment(ref, uri) or Path(rep.model_uri).stem or 'nbnet'}-monitoring"
     exp = tracking.ensure_experiment(exp_name, uri)
     params = {"monitor.psi": rep.thresholds["psi"], "monitor.ks": rep.thresholds["ks"],
@@ -411,32 +346,17 @@ def _log_run(rep: Report, ref, tcol, uri: str) -> None:
               "model.version": ref.version, "model.run_id": ref.run_id, "data.path": str(Path(rep.data).resolve()),
               "data.rows": rep.rows, "data.target": tcol, "data.hash": rep.data_hash}
     tags = tracking.standard_tags(data_hash=rep.data_hash)
-    tags.update({"nbnet.kind": "monitor", "nbnet.verdict": rep.verdict,
-                 "nbnet.verdict_reason": "; ".join(rep.reasons) or "within thresholds",
-                 "nbnet.model_uri": rep.model_uri})
+    tags.update({T.KIND: "monitor", T.VERDICT: rep.verdict,
+                 T.VERDICT_REASON: "; ".join(rep.reasons) or "within thresholds",
+                 T.MODEL_URI: rep.model_uri})
     if ref.version:
-        tags["nbnet.model_version"] = str(ref.version)
+        tags[T.MODEL_VERSION] = str(ref.version)
     run_name = f"monitor-v{ref.version}" if ref.version else "monitor"
     run_id = tracking.start_run(exp, run_name=run_name, tags=tags, params=params, uri=uri)
     rep.monitoring_run, rep.experiment = run_id, exp_name
     status = "FAILED"
     try:
-        keys = metric_keys([f["feature"] for f in rep.features])
-        m: dict = {}
-        for k, f in zip(keys, rep.features):
-            for stat in ("psi", "ks"):
-                if math.isfinite(f[stat]):
-                    m[f"{stat}/{k}"] = f[stat]
-        finite = [f for f in rep.features if math.isfinite(f["psi"])]
-        m["psi_max"] = max((f["psi"] for f in finite), default=float("nan"))
-        m["ks_max"] = max((f["ks"] for f in rep.features if math.isfinite(f["ks"])), default=float("nan"))
-        m["drifted_features"] = len(rep.drifted())
-        m["rows"] = rep.rows
-        if rep.metric:
-            mk = rep.metric["key"]
-            m[f"new_{mk}"] = rep.metric["new"]
-            m[f"recorded_{mk}"] = rep.metric["recorded"]
-            m["metric_drop"] = rep.metric["drop"]
+        m = _run_metrics(rep)
         tracking.log_metrics(run_id, {k: v for k, v in m.items() if v is not None and math.isfinite(v)}, uri=uri)
         with tempfile.TemporaryDirectory(prefix="nbnet-monitor-") as tmp:
             Path(tmp, "report.json").write_text(json.dumps(rep.to_dict(), indent=1))
@@ -451,21 +371,38 @@ def _log_run(rep: Report, ref, tcol, uri: str) -> None:
         c.set_model_version_tag(ref.name, str(ref.version), "monitor.last_run", run_id)
 
 
-def _run_experiment(ref, uri: str) -> str | None:
-    from nbnet.experiment import tracking
+def _run_metrics(rep: Report) -> dict:
+    """The monitoring run's metrics: ``psi/<feature>``, ``ks/<feature>``, the maxima, the number
+    of drifted features and rows, and the metric on the new data against the recorded one."""
+    m: dict = {}
+    for k, f in zip(metric_keys([f["feature"] for f in rep.features]), rep.features):
+        for stat in ("psi", "ks"):
+            if math.isfinite(f[stat]):
+                m[f"{stat}/{k}"] = f[stat]
+    m["psi_max"] = max((f["psi"] for f in rep.features if math.isfinite(f["psi"])), default=float("nan"))
+    m["ks_max"] = max((f["ks"] for f in rep.features if math.isfinite(f["ks"])), default=float("nan"))
+    m["drifted_features"] = len(rep.drifted())
+    m["rows"] = rep.rows
+    if rep.metric:
+        mk = rep.metric["key"]
+        m[f"new_{mk}"] = rep.metric["new"]
+        m[f"recorded_{mk}"] = rep.metric["recorded"]
+        m["metric_drop"] = rep.metric["drop"]
+    return m
 
+
+def _run_experiment(ref, uri: str) -> str | None:
+    """The experiment name of the model's run, if it has one."""
     if not ref.run_id:
         return None
     c = tracking.client(uri)
     try:
         return c.get_experiment(c.get_run(ref.run_id).info.experiment_id).name
-    except tracking.MlflowException:
+    except MlflowException:
         return None
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    import csv
-
     cols = ["feature", "psi", "ks", "drift", "train_mean", "new_mean", "train_missing", "new_missing"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
@@ -475,9 +412,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _maybe_rollback(rep: Report, ref, uri: str) -> None:
-    from nbnet.experiment.tracking import registry
-    from nbnet.experiment import tracking
-
+    """Move ``champion`` back when the check of the current champion failed; say what happened."""
     if not rep.failed:
         rep.rollback = "not needed (the check passed)"
         return
@@ -493,7 +428,7 @@ def _maybe_rollback(rep: Report, ref, uri: str) -> None:
         except NbnetError as e:
             rep.rollback = f"not done: {e}"
     if rep.monitoring_run:
-        tracking.set_tags(rep.monitoring_run, {"nbnet.rollback": rep.rollback}, uri=uri)
+        tracking.set_tags(rep.monitoring_run, {T.ROLLBACK: rep.rollback}, uri=uri)
 
 
-__all__ = ["psi", "ks_binned", "drift", "check", "Report", "thresholds", "load_labelled", "score"]
+__all__ = ["psi", "ks_binned", "drift", "check", "Report", "thresholds", "metric_keys"]

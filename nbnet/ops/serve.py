@@ -1,5 +1,5 @@
-"""Deployment: offline batch prediction (``nbnet predict``), online serving (``nbnet serve``) and
-the MLflow UI (``nbnet ui``).
+"""Deployment: online serving (``nbnet serve``) and the MLflow UI (``nbnet ui``); batch
+prediction is :mod:`nbnet.ops.predict`.
 
 Both servers are MLflow's own (``mlflow models serve``: FastAPI under uvicorn; ``mlflow
 server``). :func:`run_server` starts one in its own process group with the venv's bin folder
@@ -8,7 +8,6 @@ with a deadline), turns SIGTERM/SIGHUP into Ctrl-C, and stops the whole group on
 
 Example
 -------
->>> predict_file("models:/digits@champion", "new.parquet", "pred.csv", proba=True)   # doctest: +SKIP
 >>> serve_model("models:/digits@champion", port=5001)   # blocks; Ctrl-C stops it  # doctest: +SKIP
 """
 
@@ -28,192 +27,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nbnet._sys.procs import group_alive
 from nbnet.errors import NbnetError
-from nbnet.experiment.tracking import default_tracking_uri, input_columns, load_model
-
-# --- batch prediction (nbnet predict) -------------------------------------------------------------
-_OUTPUT_KINDS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
-
-
-class _Progress:
-    """A one-line progress display on stderr: rows done (and % when the total is known); the final
-    line also counts the chunks."""
-
-    def __init__(self, total: int | None, stream=None):
-        self.total, self.stream = total, stream or sys.stderr
-        self.done, self.chunks, self.t0, self.last = 0, 0, time.perf_counter(), 0.0
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.every = 0.2 if self.tty else 5.0  # a redrawn line on a terminal, sparse lines in a log
-
-    def update(self, n: int, final: bool = False) -> None:
-        self.done += n
-        if n:
-            self.chunks += 1
-        now = time.perf_counter()
-        if not final and now - self.last < self.every:
-            return
-        self.last = now
-        rate = self.done / max(now - self.t0, 1e-9)
-        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        line = f"predict: {self.done:,} rows{pct}, {rate:,.0f} rows/s"
-        if final:  # how many pieces the input was read in (chunk_rows at a time)
-            line += f", {self.chunks:,} chunk{'s' if self.chunks != 1 else ''}"
-        self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
-        self.stream.flush()
-
-
-def _input_rows(path: Path) -> int | None:
-    """Row count when it is cheap to know (Parquet metadata, an NPZ header); None for CSV."""
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(path).metadata.num_rows
-        if path.suffix.lower() == ".npz":
-            with np.load(path, mmap_mode="r", allow_pickle=False) as z:
-                return int(z["X"].shape[0]) if "X" in z.files else None
-    except Exception:  # the reader proper reports a broken file with a clear message
-        return None
-    return None
-
-
-def _file_columns(path: Path) -> list[str]:
-    import pyarrow as pa
-
-    from nbnet.data.load import table_error
-
-    parquet = path.suffix.lower() in (".parquet", ".pq")
-    try:
-        if parquet:
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
-        import pyarrow.csv as pcsv
-
-        with pcsv.open_csv(path) as r:
-            return list(r.schema.names)
-    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # ragged rows, junk bytes: one line
-        raise table_error(path, "parquet" if parquet else "csv", e) from None
-
-
-def _output_frame(est, X: np.ndarray, proba: bool) -> pd.DataFrame:
-    pred = est.predict(X)
-    cols = {"prediction": pred} if np.ndim(pred) == 1 else {f"prediction_{j}": pred[:, j] for j in range(pred.shape[1])}
-    if proba:
-        P = est.predict_proba(X)
-        cols.update({f"proba_{c}": P[:, j] for j, c in enumerate(est.classes_)})
-    return pd.DataFrame(cols)
-
-
-def predict_file(model: str, input_path, output_path, *, proba: bool = False, chunk_rows: int = 100_000,
-                 progress=None) -> int:
-    """Predict every row of ``input_path`` (.csv, .parquet or .npz) with ``model`` (an MLflow URI
-    or a local nbnet file) and write ``output_path`` (.csv, .parquet or .npz by extension):
-    column ``prediction`` (``prediction_j`` for several outputs) and, with ``proba``, one
-    ``proba_<class>`` column per class. The input is read ``chunk_rows`` rows at a time; the output
-    appears atomically (a temporary file renamed at the end), so a failure leaves no partial
-    file. Returns the number of rows written."""
-    from nbnet.data.load import iter_feature_chunks
-    from nbnet._sys.atomic import atomic_write
-
-    inp, out = Path(input_path), Path(output_path)
-    kind = _OUTPUT_KINDS.get(out.suffix.lower())
-    if kind is None:
-        raise NbnetError(f"output {str(out)!r} must end in .csv, .parquet or .npz")
-    if not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise NbnetError(f"--chunk-rows must be a positive integer, got {chunk_rows!r}")
-    if not inp.is_file():
-        raise NbnetError(f"input file {str(inp)!r} not found; check the path")
-    if out.resolve() == inp.resolve():
-        raise NbnetError("the output file would overwrite the input; choose another -o path")
-    est, (names, cats) = load_model(model)
-    if proba and not hasattr(est, "predict_proba"):
-        raise NbnetError("--proba needs a classifier; this model is a regressor")
-    names = input_columns(est, names, cats, None if inp.suffix.lower() == ".npz" else _file_columns(inp), inp.name)
-    bar = _Progress(_input_rows(inp), stream=progress)
-    chunks = iter_feature_chunks(inp, chunk_rows, feature_names=names, categories=cats)
-    rows = 0
-
-    def frames():
-        nonlocal rows
-        for X, _ in chunks:
-            df = _output_frame(est, X, proba)
-            rows += len(df)
-            bar.update(len(df))
-            yield df
-
-    def write(f):
-        if kind == "csv":
-            first = True
-            for df in frames():
-                f.write(df.to_csv(index=False, header=first).encode())
-                first = False
-            if first:
-                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
-        elif kind == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            writer = None
-            try:
-                for df in frames():
-                    table = pa.Table.from_pandas(df, preserve_index=False)
-                    if writer is None:
-                        writer = pq.ParquetWriter(f, table.schema)
-                    writer.write_table(table.cast(writer.schema))
-            finally:
-                if writer is not None:
-                    writer.close()
-            if writer is None:
-                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
-        else:  # npz cannot be appended to: gather the (small) outputs, then write once
-            parts = list(frames())
-            if not parts:
-                raise NbnetError(f"{inp.name} holds no rows; nothing to predict")
-            df = pd.concat(parts, ignore_index=True)
-            arrays = {}
-            pred_cols = [c for c in df.columns if c.startswith("prediction")]
-            arrays["prediction"] = df[pred_cols[0]].to_numpy() if len(pred_cols) == 1 else df[pred_cols].to_numpy()
-            if proba:
-                arrays["proba"] = df[[c for c in df.columns if c.startswith("proba_")]].to_numpy()
-                arrays["classes"] = np.asarray(est.classes_)
-            if arrays["prediction"].dtype.kind in "OU":
-                arrays = {k: (v.astype(str) if v.dtype.kind in "OU" else v) for k, v in arrays.items()}
-            np.savez(f, **arrays)
-
-    try:
-        atomic_write(out, write)
-    except OSError as e:
-        raise NbnetError(f"could not write {str(out)!r}: {e.strerror or e}") from None
-    bar.update(0, final=True)
-    return rows
+from nbnet.experiment import tracking
+from nbnet.nn.estimator import load
 
 
 # --- servers in their own process group (nbnet ui, nbnet serve) ----------------------------------
-def group_alive(pgid: int) -> bool:
-    """Whether a process group still has a live (non-zombie) member."""
-    proc = Path("/proc")
-    if proc.is_dir():
-        for d in proc.iterdir():
-            if not d.name.isdigit():
-                continue
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _base_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -296,12 +116,10 @@ def run_server(cmd: list[str], env: dict, *, ready_url: str, what: str, banner, 
 # --- the MLflow UI (nbnet ui) ----------------------------------------------------------------------
 def ui_command(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None) -> tuple[list[str], dict]:
     """The ``mlflow server`` command line and environment that serve the project's store."""
-    from nbnet.experiment.tracking import artifact_root
-
-    uri = uri or default_tracking_uri()
+    uri = uri or tracking.default_tracking_uri()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", uri,
            "--host", host, "--port", str(port), "--workers", "1"]
-    root = artifact_root(uri)
+    root = tracking.artifact_root(uri)
     if root is not None:  # artifacts uploaded through this server land beside the database too
         cmd += ["--artifacts-destination", Path(root).as_uri()]
     env = _server_env()
@@ -319,7 +137,7 @@ def serve_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, 
     in its own process group, which is stopped as a whole when nbnet ui exits.
     """
     stream = stream or sys.stdout
-    uri = uri or default_tracking_uri()
+    uri = uri or tracking.default_tracking_uri()
     if uri.startswith(("http://", "https://")):  # already a tracking server: it serves its own UI
         print(f"MLflow UI: {uri}  (MLFLOW_TRACKING_URI is a tracking server; open it in a browser)", file=stream)
         return 0
@@ -343,12 +161,9 @@ def _pyfunc_from_file(path: Path, dst: Path) -> Path:
     An nbnet file stores no column names, so the signature has no input schema: the request's
     columns are taken in order (n_features_in_ of them), as ``nbnet predict`` takes a bare
     file's. A model logged to MLflow keeps its names and categories: serve its URI instead."""
-    import mlflow.pyfunc
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
-
-    from nbnet.experiment import tracking
-    from nbnet.nn.estimator import load
+    import mlflow.pyfunc  # heavy: imported on first use
+    from mlflow.models import ModelSignature  # heavy: imported on first use
+    from mlflow.types.schema import ParamSchema, ParamSpec  # heavy: imported on first use
 
     est = load(path)
     n = est.n_features_in_
@@ -366,8 +181,6 @@ def model_dir(model: str, dst, tracking_uri: str | None = None) -> Path:
     """A local MLflow pyfunc folder for ``model`` under ``dst``: an MLflow URI of an nbnet model
     (``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``) is downloaded from
     the tracking store; a local ``.nbnet`` file is wrapped (:func:`_pyfunc_from_file`)."""
-    from nbnet.experiment import tracking
-
     s, dst = str(model), Path(dst)
     if s.startswith(_MLFLOW_URI):
         nbnet_file, _ = tracking.download_model(s, dst=str(dst), tracking_uri=tracking_uri)

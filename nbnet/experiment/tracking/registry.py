@@ -1,10 +1,11 @@
-"""Model versions: the ``champion`` alias, its history, the promotion gate and rollback.
+"""Model versions: registering runs, the ``champion`` alias, its history, and rollback.
 
 A registered model (named after its experiment) has versions ``1, 2, …``; the alias
 ``champion`` names the one that is served, ``challenger`` the latest fine-tuned candidate
 (``nbnet update``). Every move of ``champion`` — a sweep or ``nbnet train --register`` that beat
-the incumbent (:func:`nbnet.experiment.tracking.register_champion`), ``nbnet promote``, ``nbnet rollback``,
-``nbnet monitor --rollback`` — goes through :func:`move_champion`, which records it three ways:
+the incumbent (:func:`register_champion`), ``nbnet promote`` (:func:`nbnet.ops.promote.promote`),
+``nbnet rollback``, ``nbnet monitor --rollback`` (:func:`rollback`) — goes through
+:func:`move_champion`, which records it three ways:
 
 * **version tags** (visible on each version in the MLflow UI): on the new champion
   ``champion.since`` (UTC time), ``champion.replaced`` (the version it displaced) and
@@ -21,8 +22,8 @@ the incumbent (:func:`nbnet.experiment.tracking.register_champion`), ``nbnet pro
   holds 5000 characters on a SQL store).
 
 If the alias was moved by something else (the MLflow UI), the stack is resynchronised: the
-current alias is pushed before the next move. A model registered before this bookkeeping
-existed gets its stack rebuilt from the ``champion.replaced`` chain of version tags.
+current alias is pushed before the next move. A registered model without a ``champion.stack``
+tag gets its stack rebuilt from the ``champion.replaced`` chain of version tags.
 
 Two processes moving the alias of one model at the same instant can interleave their tag
 updates; the alias itself is always set last, so it is never left pointing at an unchecked
@@ -30,8 +31,10 @@ version.
 
 Example
 -------
->>> promote("iris", 3, tolerance=0.01)                     # doctest: +SKIP
->>> rollback("iris", reason="drift in petal_length")       # doctest: +SKIP
+>>> register_champion("iris", run_id, "val_accuracy", "maximize")  # doctest: +SKIP
+(3, True)
+>>> rollback("iris", reason="drift in petal_length")               # doctest: +SKIP
+(3, 2)
 """
 
 from __future__ import annotations
@@ -40,18 +43,25 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from nbnet.experiment import tracking
-from nbnet.errors import NbnetError
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
 
-CHAMPION = tracking.CHAMPION
-CHALLENGER = "challenger"
-STACK_TAG = "champion.stack"
-HISTORY_TAG = "champion.history"
+from nbnet.errors import NbnetError
+from nbnet.experiment import tags as T
+from nbnet.metrics import direction as metric_direction
+
+from .client import client, default_tracking_uri, global_uri, retrying
+from .pyfunc import MODEL_NAME
+
+CHAMPION = "champion"  # the alias of the served version
+CHALLENGER = "challenger"  # the alias of the latest fine-tuned candidate
 _MAX_RM_TAG = 5000  # registered_model_tags.value is VARCHAR(5000) on SQL stores
 ACTIONS = ("register", "promote", "rollback", "monitor-rollback")
 
 
 def now() -> str:
+    """The current UTC time as the champion tags record it."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
@@ -62,10 +72,10 @@ def _code(e) -> str | None:
 # --- looking things up ---------------------------------------------------------------------
 def get_registered_model(name: str, uri: str | None = None):
     """The registered model ``name``, or NbnetError (one line) if there is none."""
-    c = tracking.client(uri)
+    c = client(uri)
     try:
         return c.get_registered_model(name)
-    except tracking.MlflowException as e:
+    except MlflowException as e:
         if _code(e) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
             known = sorted(m.name for m in c.search_registered_models(max_results=50))
             hint = f"; registered models: {', '.join(known)}" if known else "; none is registered yet"
@@ -80,8 +90,8 @@ def get_version(name: str, version, uri: str | None = None):
     if not v.isdigit():
         raise NbnetError(f"--version must be a version number like 3, got {version!r}")
     try:
-        return tracking.client(uri).get_model_version(name, v)
-    except tracking.MlflowException as e:
+        return client(uri).get_model_version(name, v)
+    except MlflowException as e:
         if _code(e) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
             have = versions(name, uri)
             raise NbnetError(f"{name} has no version {v}; versions: {', '.join(map(str, have)) or 'none'}") from None
@@ -89,14 +99,15 @@ def get_version(name: str, version, uri: str | None = None):
 
 
 def versions(name: str, uri: str | None = None) -> list[int]:
-    return sorted(int(mv.version) for mv in tracking.client(uri).search_model_versions(f"name = '{name}'"))
+    """The version numbers of ``name``, ascending."""
+    return sorted(int(mv.version) for mv in client(uri).search_model_versions(f"name = '{name}'"))
 
 
 def alias_version(name: str, alias: str = CHAMPION, uri: str | None = None):
     """The model version behind ``name@alias``, or None when the alias is not set."""
     try:
-        return tracking.client(uri).get_model_version_by_alias(name, alias)
-    except tracking.MlflowException as e:
+        return client(uri).get_model_version_by_alias(name, alias)
+    except MlflowException as e:
         if _code(e) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
             return None
         raise
@@ -121,7 +132,7 @@ def resolve(model_uri: str, uri: str | None = None) -> ModelRef:
     """Resolve ``models:/NAME@ALIAS``, ``models:/NAME/N``, ``runs:/RUN_ID/model`` (its registered
     version, when exactly one exists) or a local nbnet file (no registry information)."""
     s = str(model_uri)
-    c = tracking.client(uri)
+    c = client(uri)
     if s.startswith("models:/"):
         body = s[len("models:/"):].strip("/")
         if "@" in body:
@@ -141,8 +152,8 @@ def resolve(model_uri: str, uri: str | None = None) -> ModelRef:
         run_id = s[len("runs:/"):].split("/", 1)[0]
         try:
             c.get_run(run_id)
-        except tracking.MlflowException:
-            raise NbnetError(f"no MLflow run {run_id!r} in {tracking.default_tracking_uri()}") from None
+        except MlflowException:
+            raise NbnetError(f"no MLflow run {run_id!r} in {default_tracking_uri()}") from None
         mvs = c.search_model_versions(f"run_id = '{run_id}'")
         if len(mvs) == 1:
             mv = mvs[0]
@@ -161,16 +172,16 @@ def _json_tag(tags: dict, key: str) -> list | None:
 
 
 def _chain_stack(name: str, current: int | None, uri: str | None) -> list[int]:
-    """Rebuild the stack of a model registered before ``champion.stack`` existed: follow the
-    ``champion.replaced`` tags back from the current champion."""
-    c = tracking.client(uri)
+    """The stack of a registered model without a ``champion.stack`` tag: the
+    ``champion.replaced`` tags followed back from the current champion."""
+    c = client(uri)
     out: list[int] = []
     v = current
     while v is not None and v not in out:
         out.append(v)
         try:
-            prev = c.get_model_version(name, str(v)).tags.get("champion.replaced")
-        except tracking.MlflowException:
+            prev = c.get_model_version(name, str(v)).tags.get(T.CHAMPION_REPLACED)
+        except MlflowException:
             break
         v = int(prev) if prev and str(prev).isdigit() else None
     return out[::-1]
@@ -182,7 +193,7 @@ def stack(name: str, uri: str | None = None) -> list[int]:
     rm = get_registered_model(name, uri)
     cur = alias_version(name, CHAMPION, uri)
     cur_v = int(cur.version) if cur is not None else None
-    st = _json_tag(dict(rm.tags), STACK_TAG)
+    st = _json_tag(dict(rm.tags), T.CHAMPION_STACK)
     if st is None:
         return _chain_stack(name, cur_v, uri)
     st = [int(v) for v in st if str(v).isdigit()]
@@ -200,7 +211,7 @@ def stack(name: str, uri: str | None = None) -> list[int]:
 
 def history(name: str, uri: str | None = None) -> list[dict]:
     """The recorded moves of ``champion`` (latest last)."""
-    return _json_tag(dict(get_registered_model(name, uri).tags), HISTORY_TAG) or []
+    return _json_tag(dict(get_registered_model(name, uri).tags), T.CHAMPION_HISTORY) or []
 
 
 def _fit(items: list, limit: int = _MAX_RM_TAG) -> str:
@@ -220,7 +231,7 @@ def move_champion(name: str, version: int, *, action: str, reason: str, uri: str
     default (push ``version``). Returns the version that was champion before (or None)."""
     if action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")  # a bug, not a user error
-    c = tracking.client(uri)
+    c = client(uri)
     version = int(version)
     if old is None:
         old = alias_version(name, CHAMPION, uri)
@@ -234,19 +245,19 @@ def move_champion(name: str, version: int, *, action: str, reason: str, uri: str
     v = str(version)
     # version tags first, the alias last: a crash in between leaves the alias where it was
     mv_tags = dict(c.get_model_version(name, v).tags)
-    for stale in ("champion.until", "champion.replaced_by", "champion.rollback_reason"):
+    for stale in (T.CHAMPION_UNTIL, T.CHAMPION_REPLACED_BY, T.CHAMPION_ROLLBACK_REASON):
         if stale in mv_tags:
             c.delete_model_version_tag(name, v, stale)
-    c.set_model_version_tag(name, v, "champion.since", ts)
-    c.set_model_version_tag(name, v, "champion.reason", f"{action}: {reason}"[:5000])
+    c.set_model_version_tag(name, v, T.CHAMPION_SINCE, ts)
+    c.set_model_version_tag(name, v, T.CHAMPION_REASON, f"{action}: {reason}"[:5000])
     if old_v is not None and old_v != version:
-        c.set_model_version_tag(name, v, "champion.replaced", str(old_v))
-        c.set_model_version_tag(name, str(old_v), "champion.until", ts)
-        c.set_model_version_tag(name, str(old_v), "champion.replaced_by", v)
+        c.set_model_version_tag(name, v, T.CHAMPION_REPLACED, str(old_v))
+        c.set_model_version_tag(name, str(old_v), T.CHAMPION_UNTIL, ts)
+        c.set_model_version_tag(name, str(old_v), T.CHAMPION_REPLACED_BY, v)
         if action in ("rollback", "monitor-rollback"):
-            c.set_model_version_tag(name, str(old_v), "champion.rollback_reason", reason[:5000])
-    c.set_registered_model_tag(name, STACK_TAG, _fit(new_stack))
-    c.set_registered_model_tag(name, HISTORY_TAG, _fit(events))
+            c.set_model_version_tag(name, str(old_v), T.CHAMPION_ROLLBACK_REASON, reason[:5000])
+    c.set_registered_model_tag(name, T.CHAMPION_STACK, _fit(new_stack))
+    c.set_registered_model_tag(name, T.CHAMPION_HISTORY, _fit(events))
     c.set_registered_model_alias(name, CHAMPION, v)
     return old_v
 
@@ -255,35 +266,78 @@ def move_champion(name: str, version: int, *, action: str, reason: str, uri: str
 def create_version(name: str, run_id: str, uri: str | None = None):
     """Register ``runs:/<run_id>/model`` as a new version of ``name`` (created if missing);
     returns the ModelVersion."""
-    import mlflow  # registration needs MLflow's module-level helpers
-
-    uri = uri or tracking.default_tracking_uri()
-    c = tracking.client(uri)
+    uri = uri or default_tracking_uri()
+    c = client(uri)
     try:
         c.create_registered_model(name)
-    except tracking.MlflowException as e:
+    except MlflowException as e:
         if _code(e) != "RESOURCE_ALREADY_EXISTS":
             raise
-    model_id = c.get_run(run_id).data.tags.get("nbnet.model_id")
-    with tracking.global_uri(uri):  # the SQL registry resolves models:/<model_id> through the global URI
+    model_id = c.get_run(run_id).data.tags.get(T.MODEL_ID)
+    with global_uri(uri):  # the SQL registry resolves models:/<model_id> through the global URI
         if model_id:
-            return tracking.retrying(c.create_model_version, name, f"models:/{model_id}", run_id=run_id,
-                                      model_id=model_id, await_creation_for=0)
+            return retrying(c.create_model_version, name, f"models:/{model_id}", run_id=run_id,
+                            model_id=model_id, await_creation_for=0)
         # a model logged by other means: let MLflow resolve runs:/<id>/model
-        return mlflow.register_model(f"runs:/{run_id}/{tracking.MODEL_NAME}", name, await_registration_for=0)
+        return mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", name, await_registration_for=0)
+
+
+def register_champion(name: str, run_id: str, metric_key: str, direction: str,
+                      uri: str | None = None) -> tuple[int, bool]:
+    """Register ``runs:/<run_id>/model`` as a new version of ``name`` and move the alias
+    ``champion`` to it only if its run's ``metric_key`` beats the current champion's
+    (``direction`` "maximize" or "minimize"; a tie keeps the incumbent) or there is none.
+
+    Every version gets tags ``nbnet.metric_key``, ``nbnet.metric`` and ``nbnet.promoted``; the
+    alias history is kept as version tags: ``champion.since`` (and ``champion.replaced``) on the
+    new champion, ``champion.until`` and ``champion.replaced_by`` on the one it displaced, and
+    as the model's ``champion.stack``/``champion.history`` tags (see the module docstring).
+    Returns ``(version, promoted)``.
+    """
+    if direction not in ("maximize", "minimize"):
+        raise NbnetError(f"direction must be 'maximize' or 'minimize', got {direction!r}")
+    uri = uri or default_tracking_uri()
+    c = client(uri)
+    new = metric_of(c, run_id, metric_key)
+    if new is None:
+        raise NbnetError(f"run {run_id} has no finite metric {metric_key!r}; cannot compare it with the champion")
+    version = str(create_version(name, run_id, uri).version)
+    try:
+        old = c.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        old = None
+    old_metric = None if old is None or old.run_id is None else metric_of(c, old.run_id, metric_key)
+    if old is None or old_metric is None:
+        promoted, why = True, "no champion yet" if old is None else f"champion v{old.version} has no {metric_key}"
+    else:
+        better = new > old_metric if direction == "maximize" else new < old_metric
+        promoted = bool(better)
+        why = f"{metric_key} {new:.6g} vs champion v{old.version} {old_metric:.6g} ({direction})"
+    for k, v in {T.METRIC_KEY: metric_key, T.METRIC: repr(new), T.DIRECTION: direction,
+                 T.PROMOTED: str(promoted).lower(), T.PROMOTION_REASON: why}.items():
+        c.set_model_version_tag(name, version, k, v)
+    if promoted:  # alias, champion.* version tags and the champion.stack/history of the model
+        move_champion(name, int(version), action="register", reason=why, uri=uri, old=old)
+    return int(version), promoted
 
 
 # --- the metric a version is judged by ----------------------------------------------------------
+def metric_of(c: mlflow.MlflowClient, run_id: str, key: str) -> float | None:
+    """The run's final value of metric ``key``; None when it has none or it is not finite."""
+    v = c.get_run(run_id).data.metrics.get(key)
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
 def metric_key(mv, uri: str | None = None) -> str | None:
     """The metric a version was selected on: its ``nbnet.metric_key`` tag, else its run's
     ``search.metric`` param."""
-    key = (mv.tags or {}).get("nbnet.metric_key")
+    key = (mv.tags or {}).get(T.METRIC_KEY)
     if key:
         return key
     if mv.run_id:
         try:
-            return tracking.client(uri).get_run(mv.run_id).data.params.get("search.metric")
-        except tracking.MlflowException:
+            return client(uri).get_run(mv.run_id).data.params.get("search.metric")
+        except MlflowException:
             return None
     return None
 
@@ -293,18 +347,17 @@ def recorded_metric(mv, key: str, uri: str | None = None) -> float | None:
     if not mv.run_id:
         return None
     try:
-        return tracking.metric_of(tracking.client(uri), mv.run_id, key)
-    except tracking.MlflowException:
+        return metric_of(client(uri), mv.run_id, key)
+    except MlflowException:
         return None
 
 
 def direction_of(mv, key: str) -> str:
-    d = (mv.tags or {}).get("nbnet.direction")
+    """The version's ``nbnet.direction`` tag, else the direction of the metric ``key``."""
+    d = (mv.tags or {}).get(T.DIRECTION)
     if d in ("maximize", "minimize"):
         return d
-    from nbnet.metrics import direction
-
-    return direction(key)
+    return metric_direction(key)
 
 
 def worse_by(candidate: float, incumbent: float, direction: str) -> float:
@@ -312,122 +365,13 @@ def worse_by(candidate: float, incumbent: float, direction: str) -> float:
     return incumbent - candidate if direction == "maximize" else candidate - incumbent
 
 
-# --- promote and rollback ------------------------------------------------------------------------
-@dataclass
-class GateResult:
-    name: str
-    version: int
-    champion: int | None  # the champion before
-    passed: bool
-    moved: bool
-    metric: str | None = None
-    direction: str | None = None
-    source: str = ""  # "holdout DATA (n rows)" or "recorded validation metrics"
-    candidate_value: float | None = None
-    champion_value: float | None = None
-    tolerance: float = 0.0
-    reason: str = ""
-
-    def lines(self) -> list[str]:
-        out = []
-        if self.metric and self.candidate_value is not None and self.champion_value is not None:
-            out.append(f"gate: {self.metric} on {self.source}: v{self.version} {self.candidate_value:.6g} vs champion "
-                       f"v{self.champion} {self.champion_value:.6g} ({self.direction}, tolerance {self.tolerance:g})")
-        out.append(("PASS: " if self.passed else "FAIL: ") + self.reason)
-        if self.moved:
-            out.append(f"champion: {'v' + str(self.champion) if self.champion else 'none'} → v{self.version}  "
-                       f"(models:/{self.name}@{CHAMPION})")
-        else:
-            out.append(f"champion unchanged: {'v' + str(self.champion) if self.champion else 'none'}")
-        return out
-
-
-def default_tolerance(mv=None, uri: str | None = None) -> float:
-    """``monitor.tolerance`` of the version's training run (its experiment file's [monitor]
-    table, logged as a param), else the config default."""
-    from nbnet.experiment.config import MonitorConfig
-
-    if mv is not None and mv.run_id:
-        try:
-            v = tracking.client(uri).get_run(mv.run_id).data.params.get("monitor.tolerance")
-            if v is not None:
-                return float(v)
-        except (tracking.MlflowException, ValueError):
-            pass
-    return MonitorConfig().tolerance
-
-
-def _holdout_scores(key: str, refs: list, data, target: str | None) -> tuple[list[float], int]:
-    """Each model's ``key`` on the same holdout file (each read with its own feature columns)."""
-    from nbnet.ops.monitor import load_labelled, score
-
-    out, rows = [], 0
-    for ref in refs:
-        est, spec = tracking.load_model(ref)
-        X, y, _ = load_labelled(data, spec, target, est, require_target=True)
-        v = score(est, X, y, key)
-        if v is None:
-            raise NbnetError(f"{key} cannot be computed on {data} for {ref}; pick another metric or data")
-        out.append(v)
-        rows = len(X)
-    return out, rows
-
-
-def promote(name: str, version, *, data=None, target: str | None = None, tolerance: float | None = None,
-            uri: str | None = None) -> GateResult:
-    """Move ``champion`` of ``name`` to ``version`` if it passes the gate: not worse than the
-    current champion by more than ``tolerance`` on the metric the model is selected on,
-    measured on ``data`` (a CSV/Parquet/NPZ file with the ``target`` column) when given, else
-    on each version's recorded validation metric. No champion yet: promoted directly."""
-    uri = uri or tracking.default_tracking_uri()
-    mv = get_version(name, version, uri)
-    v = int(mv.version)
-    if tolerance is not None and not tolerance >= 0:
-        raise NbnetError(f"--tolerance must be a number >= 0, got {tolerance}")
-    old = alias_version(name, CHAMPION, uri)
-    if old is None:
-        move_champion(name, v, action="promote", reason="no champion yet", uri=uri, old=old)
-        return GateResult(name, v, None, True, True, reason="no champion yet: promoted directly")
-    old_v = int(old.version)
-    if old_v == v:
-        return GateResult(name, v, old_v, True, False, reason=f"v{v} is already the champion")
-    tol = default_tolerance(mv, uri) if tolerance is None else float(tolerance)
-    key = metric_key(mv, uri) or metric_key(old, uri)
-    if key is None:
-        raise NbnetError(f"neither v{v} nor champion v{old_v} records the metric it was selected on "
-                         "(tag nbnet.metric_key); register versions with nbnet train --register or a sweep")
-    direction = direction_of(mv, key)
-    if data is not None:
-        (cand, champ), rows = _holdout_scores(key, [f"models:/{name}/{v}", f"models:/{name}/{old_v}"], data, target)
-        source = f"holdout {data} ({rows} rows)"
-    else:
-        cand, champ = recorded_metric(mv, key, uri), recorded_metric(old, key, uri)
-        missing = [f"v{x}" for x, val in ((v, cand), (old_v, champ)) if val is None]
-        if missing:
-            raise NbnetError(f"{' and '.join(missing)} record no {key}; compare on a holdout instead: "
-                             f"--data FILE --target COLUMN")
-        source = "recorded validation metrics (each version's own validation split)"
-    gap = worse_by(cand, champ, direction)
-    res = GateResult(name, v, old_v, gap <= tol, False, key, direction, source, cand, champ, tol)
-    if res.passed:
-        how = "better than" if gap < 0 else "as good as" if gap == 0 else f"worse by {gap:.4g} (within {tol:g}) than"
-        res.reason = f"v{v} is {how} champion v{old_v} on {key}"
-        move_champion(name, v, action="promote", uri=uri, old=old,
-                      reason=f"{key} {cand:.6g} vs v{old_v} {champ:.6g} on {source}, tolerance {tol:g}")
-        res.moved = True
-    else:
-        res.reason = f"v{v} is worse than champion v{old_v} by {gap:.4g} on {key} (> tolerance {tol:g}); champion stays v{old_v}"
-    c = tracking.client(uri)
-    c.set_model_version_tag(name, str(v), "nbnet.gate", f"{'pass' if res.passed else 'fail'} at {now()}: {res.reason}"[:5000])
-    return res
-
-
+# --- rollback ------------------------------------------------------------------------------------
 def rollback(name: str, to=None, *, reason: str = "manual rollback", action: str = "rollback",
              uri: str | None = None) -> tuple[int, int]:
     """Move ``champion`` of ``name`` back to the previous champion (``stack[-2]``) or to
     version ``to``; returns ``(from_version, to_version)``. NbnetError when there is nothing to
     roll back to."""
-    uri = uri or tracking.default_tracking_uri()
+    uri = uri or default_tracking_uri()
     get_registered_model(name, uri)
     old = alias_version(name, CHAMPION, uri)
     if old is None:
@@ -450,6 +394,3 @@ def rollback(name: str, to=None, *, reason: str = "manual rollback", action: str
     move_champion(name, target, action=action, reason=reason, uri=uri, old=old, new_stack=new_stack)
     return old_v, target
 
-
-__all__ = ["CHAMPION", "CHALLENGER", "resolve", "ModelRef", "stack", "history", "move_champion", "create_version",
-           "promote", "rollback", "GateResult", "get_version", "get_registered_model", "alias_version"]

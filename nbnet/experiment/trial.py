@@ -1,0 +1,258 @@
+"""One sweep trial: Optuna's suggestions → a config → one tracked child run → the metric.
+
+:func:`suggest` turns a config's ``[search.space]`` into ``trial.suggest_*`` calls (and
+:func:`grid_space` into the grid sampler's grid); :class:`Objective` is ``objective(trial)``,
+which trains through :func:`nbnet.experiment.run.train_once` with a :class:`PruningReport`
+callback and closes the child run FINISHED / FAILED / KILLED (pruned) with the Optuna state as tag
+``optuna.state``; :func:`progress_line` is the line a sweep prints per finished trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+from dataclasses import dataclass
+
+import optuna
+
+from nbnet._sys import interrupt
+from nbnet._sys.fmt import number
+from nbnet._sys.procs import pid_started
+from nbnet.data.prepared import Data
+from nbnet.errors import NbnetError
+from nbnet.experiment import config as C
+from nbnet.experiment import tags as T
+from nbnet.experiment import resources, tracking
+from nbnet.experiment.run import COST_KEYS, Clock, train_once
+from nbnet.metrics import default_metric
+
+
+# --- the search space --------------------------------------------------------------------------
+def _encode_choice(c):
+    """Optuna categorical choices must be None/bool/int/float/str: lists travel as JSON text."""
+    return json.dumps(list(c)) if isinstance(c, (tuple, list)) else c
+
+
+def _decode_choice(c, spec: C.ParamSpec):
+    if isinstance(c, str) and any(isinstance(x, (tuple, list)) for x in spec.choices):
+        return tuple(json.loads(c))
+    return c
+
+
+def suggest(trial, space: dict) -> dict:
+    """Dotted config path → value suggested by ``trial`` for every entry of ``space``."""
+    out = {}
+    for path, spec in space.items():
+        if spec.type == "categorical":
+            choice = trial.suggest_categorical(path, [_encode_choice(c) for c in spec.choices])
+            out[path] = _decode_choice(choice, spec)
+        elif spec.type == "int":
+            out[path] = trial.suggest_int(path, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+        else:
+            out[path] = trial.suggest_float(path, float(spec.low), float(spec.high), step=spec.step, log=spec.log)
+    return out
+
+
+def grid_space(space: dict) -> dict:
+    """The grid of a space: categorical choices, int ranges and stepped float ranges."""
+    grid = {}
+    for path, spec in space.items():
+        if spec.type == "categorical":
+            grid[path] = [_encode_choice(c) for c in spec.choices]
+        elif spec.type == "int":
+            grid[path] = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
+        elif spec.type == "float" and spec.step:
+            n = int(round((spec.high - spec.low) / spec.step))
+            grid[path] = [float(spec.low + i * spec.step) for i in range(n + 1)]
+        else:
+            raise NbnetError(f"the grid sampler needs choices, an int range or a float step for {path!r}; "
+                             f"add step = ... to it or use another sampler")
+    return grid
+
+
+# --- pruning -----------------------------------------------------------------------------------
+class PruningReport:
+    """Training callback: ``trial.report`` the validation metric every epoch and raise
+    ``optuna.TrialPruned`` when the pruner says so.
+
+    The reported key is the search metric when the training loop logs it each epoch
+    (``val_accuracy``, ``val_r2``, ``val_loss``); otherwise the loop's own validation score for
+    maximised metrics (e.g. ``val_f1`` → ``val_accuracy``) or ``val_loss`` for minimised ones
+    (e.g. ``val_rmse``) — same direction as the study, which is what pruners compare.
+    """
+
+    def __init__(self, trial, key: str):
+        self.trial = trial
+        self.key = key
+
+    def __call__(self, epoch: int, logs: dict):
+        value = logs.get(self.key)
+        if value is None or not math.isfinite(value):
+            return None
+        self.trial.report(float(value), epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.key}={value:.4g})")
+        return None
+
+
+def report_key(cfg: C.ExperimentConfig, task: str) -> str:
+    """The per-epoch key :class:`PruningReport` reports for ``cfg``'s search metric on ``task`` data."""
+    metric = cfg.search.metric
+    native = default_metric(task)
+    if metric in ("val_loss", native):
+        return metric
+    return native if cfg.direction() == "maximize" else "val_loss"
+
+
+# --- the objective -----------------------------------------------------------------------------
+@dataclass
+class TrialContext:
+    """What every trial of one sweep shares (rebuilt in each worker process)."""
+
+    cfg: C.ExperimentConfig
+    data: Data
+    study_name: str
+    experiment_id: str
+    parent_run_id: str
+    uri: str
+    worker: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class _Outcome:
+    """How a trial ended: the MLflow run status, the Optuna state and why (None: it completed)."""
+
+    status: str = "FAILED"
+    state: str = "FAIL"
+    reason: str | None = None
+
+
+class Objective:
+    """``objective(trial)``: suggestions → config → one tracked child run → the metric. A
+    diverging trial or an invalid combination of suggested values raises NbnetError (recorded
+    FAIL with user attr ``fail_reason``); an interrupted one is enqueued again."""
+
+    def __init__(self, ctx: TrialContext):
+        self.ctx = ctx
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.pid_started = pid_started(self.pid)
+
+    def __call__(self, trial) -> float:
+        cfg = self.ctx.cfg
+        trial.set_user_attr(T.TRIAL_HOST, self.host)
+        trial.set_user_attr(T.TRIAL_PID, self.pid)
+        if self.pid_started is not None:
+            trial.set_user_attr(T.TRIAL_PID_STARTED, self.pid_started)
+        values = suggest(trial, cfg.search.space)
+        try:
+            tcfg, invalid = C.with_values(cfg, values), None
+        except NbnetError as e:  # an invalid combination, e.g. nesterov with momentum 0: a FAILED run says so
+            tcfg, invalid = cfg, e
+        params = C.to_flat_dict(tcfg) if invalid is None else {**C.to_flat_dict(cfg), **values}
+        clock, usage = Clock(), resources.TrialUsage()
+        with clock():
+            run_id = self._start_run(trial, tcfg, params)
+        trial.set_user_attr(T.TRIAL_RUN_ID, run_id)
+        logger = tracking.MetricLogger(run_id, uri=self.ctx.uri)  # sends the trial's last values with its end tags, at once
+        out, metrics = _Outcome(), {}
+        try:
+            if invalid is not None:
+                raise invalid
+            metrics = self._train(trial, tcfg, run_id, logger)
+            value = _objective_value(trial, cfg.search.metric, metrics)
+            out.status, out.state = "FINISHED", "COMPLETE"
+            return value
+        except optuna.TrialPruned as e:
+            out.status, out.state, out.reason = "KILLED", "PRUNED", str(e)
+            raise
+        except KeyboardInterrupt:
+            out.status, out.state, out.reason = "KILLED", "FAIL", "interrupted"
+            _retry_later(trial)
+            raise
+        except NbnetError as e:  # DivergedError included
+            out.reason = str(e)
+            raise
+        except BaseException as e:
+            out.reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            raise
+        finally:
+            self._close(trial, run_id, logger, out, metrics, clock, usage)
+
+    def _start_run(self, trial, tcfg: C.ExperimentConfig, params: dict) -> str:
+        ctx = self.ctx
+        tags = tracking.standard_tags(data_hash=ctx.data.hash, seed=tcfg.train.seed, trial=trial.number, study=ctx.study_name)
+        tags.update({T.OPTUNA_STATE: "RUNNING", T.KIND: "trial"})
+        return tracking.start_run(ctx.experiment_id, run_name=f"trial-{trial.number}", parent_run_id=ctx.parent_run_id,
+                                  tags=tags, params=params, uri=ctx.uri)
+
+    def _train(self, trial, tcfg: C.ExperimentConfig, run_id: str, logger) -> dict:
+        ctx = self.ctx
+        key = report_key(tcfg, ctx.data.task)
+        _, metrics = train_once(tcfg, run_id=run_id, callbacks=[PruningReport(trial, key), interrupt.check],
+                                uri=ctx.uri, data=ctx.data, logger=logger, experiment_id=ctx.experiment_id)
+        return metrics
+
+    def _close(self, trial, run_id: str, logger, out: _Outcome, metrics: dict, clock: Clock, usage) -> None:
+        """Record why the trial did not complete, send the run's last values and end tags in one
+        batch, end the run, and record the trial's tracking time and costs on the trial."""
+        if out.reason:
+            trial.set_user_attr(T.TRIAL_FAIL_REASON if out.state == "FAIL" else T.TRIAL_PRUNE_REASON, out.reason)
+        # tracking so far: run creation + train_once's (or, if it raised, the logger's flushes)
+        inside = metrics["tracking_seconds"] if "tracking_seconds" in metrics else logger.seconds
+        with clock():
+            logger.tag(T.OPTUNA_STATE, out.state)
+            if out.reason:
+                logger.tag(T.REASON, out.reason)
+            step = int(metrics.get("epochs", 0))
+            for k, v in usage.metrics().items():  # system/cpu_percent, peak_rss_mb
+                logger.log(k, v, step)
+            logger.log("tracking_seconds", clock.seconds + inside, step)
+            logger.flush()
+            tracking.end_run(run_id, out.status, uri=self.ctx.uri)
+        # all of it, the last batch and the run's end included (the run's metric cannot hold those);
+        # "costs" lets the sweep sum them from the study instead of reading every run back
+        trial.set_user_attr(T.TRIAL_TRACKING_SECONDS, clock.seconds + inside)
+        costs = {k: logger.latest[k] for k in COST_KEYS if k in logger.latest}
+        trial.set_user_attr(T.TRIAL_COSTS, {**costs, "tracking_seconds": clock.seconds + inside})
+
+
+def _objective_value(trial, metric: str, metrics: dict) -> float:
+    """The trial's value of ``metric`` (an NbnetError when it is missing or not finite); records
+    the costs and epochs on the trial."""
+    value = metrics.get(metric)
+    if value is None or not math.isfinite(value):
+        raise NbnetError(f"{metric} is {value} for this trial; the model predicts nothing useful")
+    for k in COST_KEYS + ("epochs",):
+        trial.set_user_attr(k, metrics.get(k))
+    return float(value)
+
+
+def _retry_later(trial) -> None:
+    """An interrupted trial does not count towards n_trials: its parameters are enqueued to run
+    again when the sweep resumes (``retry_of``, as for a dead worker's trial)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna would log the interrupt with a traceback
+    with contextlib.suppress(Exception):
+        if trial.params:
+            trial.study.enqueue_trial(dict(trial.params), user_attrs={T.TRIAL_RETRY_OF: trial.number})
+
+
+def progress_line(trial, metric: str, worker: int, workers: int) -> str:
+    """The line a sweep prints when ``trial`` finishes: worker, number, state, seconds, result, params."""
+    state = trial.state.name
+    secs = float("nan")
+    if trial.datetime_complete and trial.datetime_start:
+        secs = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    if state == "COMPLETE":
+        res = f"{metric}={trial.value:.4f}"
+    elif state == "PRUNED":
+        res = trial.user_attrs.get(T.TRIAL_PRUNE_REASON, "pruned")
+    else:
+        res = "failed: " + str(trial.user_attrs.get(T.TRIAL_FAIL_REASON, "see the log"))[:120]
+    params = " ".join(f"{k.split('.')[-1]}={number(v)}" for k, v in trial.params.items())
+    who = f"[w{worker}] " if workers > 1 else ""
+    return f"{who}trial {trial.number:>3} {state:<8} {secs:6.1f}s  {res}  {params}"
