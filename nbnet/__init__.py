@@ -10,19 +10,16 @@ import os
 
 from nbnet.data.split import cross_validate
 from nbnet.errors import NbnetError
+from nbnet.io import MLFLOW_URI_PREFIXES
 from nbnet.nn.estimator import MLPClassifier, MLPRegressor
 from nbnet.nn.estimator import load as load_file
 from nbnet.version import __version__
-
-#: Prefixes of the MLflow model URIs that :func:`load` resolves through the tracking store.
-MODEL_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
-
 
 def load(path_or_uri: str | os.PathLike):
     """Load an estimator from a local model file, or from an MLflow URI (``models:/NAME@alias``,
     ``models:/NAME/3``, ``runs:/RUN_ID/model``)."""
     s = str(path_or_uri)
-    if s.startswith(MODEL_URI_PREFIXES):
+    if s.startswith(MLFLOW_URI_PREFIXES):
         from nbnet.experiment.tracking import download_model_file  # heavy: imports mlflow
 
         s = download_model_file(s)

@@ -90,7 +90,7 @@ def _headless() -> None:
 def cmd_sweep(args) -> int:
     _headless()
     cfg = config.load_experiment(args.experiment, args.overrides)  # before MLflow loads: errors come fast
-    from nbnet.experiment import sweep  # heavy: loads MLflow (and Optuna)
+    from nbnet.experiment import sweep  # heavy: the command's module loads MLflow
 
     r = sweep.run_sweep(cfg, trials=args.trials, workers=args.workers, study_name=args.study, storage=args.storage,
                         sampler=args.sampler, pruner=args.pruner, register=args.register, quiet=args.quiet)
@@ -112,7 +112,7 @@ def cmd_train(args) -> int:
     cfg = config.load_experiment(args.experiment, args.overrides)
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise NbnetError(f"--checkpoint-every must be a positive number of epochs, got {args.checkpoint_every}")
-    from nbnet.experiment import run  # heavy: loads MLflow (and Optuna)
+    from nbnet.experiment import run  # heavy: the command's module loads MLflow
 
     out = run.train_run(cfg, register=args.register, checkpoint_every=args.checkpoint_every)
     if out["resumed_from_epoch"]:
@@ -128,7 +128,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from nbnet.experiment import sweep  # heavy: loads MLflow (and Optuna)
+    from nbnet.experiment import sweep  # heavy: the command's module loads MLflow
 
     b = sweep.best(args.study, args.storage)
     if args.json:
@@ -147,7 +147,7 @@ def cmd_best(args) -> int:
 
 def cmd_rerun(args) -> int:
     _headless()
-    from nbnet.experiment import run  # heavy: loads MLflow (and Optuna)
+    from nbnet.experiment import run  # heavy: the command's module loads MLflow
 
     r = run.rerun(args.run_id)
     if args.json:
@@ -185,7 +185,7 @@ def _add_model_commands(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from nbnet.ops.predict import predict_file  # heavy: loads MLflow (and Optuna)
+    from nbnet.ops.predict import predict_file  # heavy: the command's module loads MLflow
 
     n = predict_file(args.model, args.input, args.output, proba=args.proba, chunk_rows=args.chunk_rows)
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
@@ -193,7 +193,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from nbnet.ops.serve import serve_ui  # heavy: loads MLflow (and Optuna)
+    from nbnet.ops.serve import serve_ui  # heavy: the command's module loads MLflow
 
     return serve_ui(args.host, args.port)
 
@@ -212,7 +212,7 @@ def _add_deploy_commands(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from nbnet.ops.serve import serve_model  # heavy: loads MLflow (and Optuna)
+    from nbnet.ops.serve import serve_model  # heavy: the command's module loads MLflow
 
     return serve_model(args.model, args.host, args.port, args.workers)
 
@@ -271,7 +271,7 @@ def _add_lifecycle_commands(sub) -> None:
 
 def cmd_monitor(args) -> int:
     _headless()
-    from nbnet.ops.monitor import check  # heavy: loads MLflow (and Optuna)
+    from nbnet.ops.monitor import check  # heavy: the command's module loads MLflow
 
     rep = check(args.model, args.data, target=args.target, psi=args.psi, ks=args.ks, tolerance=args.tolerance,
                 rollback=args.rollback, experiment=args.experiment)
@@ -284,7 +284,7 @@ def cmd_monitor(args) -> int:
 
 def cmd_promote(args) -> int:
     _headless()
-    from nbnet.ops.promote import promote  # heavy: loads MLflow (and Optuna)
+    from nbnet.ops.promote import promote  # heavy: the command's module loads MLflow
 
     res = promote(args.name, args.version, data=args.data, target=args.target, tolerance=args.tolerance)
     print("\n".join(res.lines()))
@@ -293,7 +293,7 @@ def cmd_promote(args) -> int:
 
 def cmd_rollback(args) -> int:
     _headless()
-    from nbnet.experiment.tracking.registry import rollback  # heavy: loads MLflow (and Optuna)
+    from nbnet.experiment.tracking.registry import rollback  # heavy: the command's module loads MLflow
 
     old, new = rollback(args.name, args.to, reason=args.reason)
     print(f"champion of {args.name}: v{old} → v{new}  (models:/{args.name}@champion; reason: {args.reason})")
@@ -302,7 +302,7 @@ def cmd_rollback(args) -> int:
 
 def cmd_update(args) -> int:
     _headless()
-    from nbnet.ops.update import update  # heavy: loads MLflow (and Optuna)
+    from nbnet.ops.update import update  # heavy: the command's module loads MLflow
 
     r = update(args.model, args.data, target=args.target, epochs=args.epochs, lr=args.lr,
                val_fraction=args.val_fraction, quiet=False)
@@ -334,7 +334,7 @@ def _add_viz_commands(sub) -> None:
 
 def cmd_plot(args) -> int:
     _headless()
-    from nbnet.ops.plot import plot_run  # heavy: loads MLflow (and Optuna)
+    from nbnet.ops.plot import plot_run  # heavy: the command's module loads MLflow
 
     paths, notes = plot_run(args.run_id, args.output)
     for note in notes:

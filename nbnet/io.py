@@ -24,6 +24,9 @@ from nbnet.errors import NbnetError
 FORMAT = "nbnet-model"
 FORMAT_VERSION = 1
 META = "meta.json"
+#: Model references that name an MLflow model instead of a file (``nbnet.load``, ``nbnet predict``,
+#: ``nbnet serve`` resolve them through the tracking store).
+MLFLOW_URI_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 #: Array member names: no folders, no "..", nothing but what write_bundle produces.
 _MEMBER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*\.npy")
 

@@ -1,5 +1,5 @@
-"""The import path that the code file of MLflow models logged by nbnet 0.1 names
-(``from nbnet.tracking import NbnetPyfuncModel``): kept so that those models still load."""
+"""``nbnet.tracking.NbnetPyfuncModel``: the import path that the ``_pyfunc_model.py`` code file of
+some stored MLflow models names; kept so that those models load."""
 
 from nbnet.experiment.tracking.pyfunc import NbnetPyfuncModel
 

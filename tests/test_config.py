@@ -1,4 +1,4 @@
-"""Experiment files, overrides and search spaces (nbnet/config.py)."""
+"""Experiment files, overrides and search spaces (nbnet/experiment/config.py)."""
 
 from __future__ import annotations
 

@@ -405,7 +405,7 @@ def test_set_train_device_cuda_reaches_the_cuda_backend():
     assert kw["device"] == "cuda"
     X, y = _blobs(12)
     clf = MLPClassifier(**kw).fit(X, y)
-    assert clf._device() == "cuda" and ("nbnet.kernels.cuda", "<f4") in _compiled_keys()
+    assert clf.resolved_device() == "cuda" and ("nbnet.kernels.cuda", "<f4") in _compiled_keys()
     assert np.isfinite(clf.history_["loss"][0])
 
 
@@ -417,7 +417,7 @@ def _compiled_keys():
 
 def test_auto_never_picks_the_simulator():
     if G.SIMULATOR:
-        assert MLPClassifier(device="auto")._device() == "cpu"
+        assert MLPClassifier(device="auto").resolved_device() == "cpu"
         assert cuda_available() and not cuda_available(simulator=False)
 
 

@@ -418,7 +418,7 @@ def test_spawned_workers_map_the_parents_prepared_data(tmp_path, pre):
     shared = prepared.SharedData()
     try:
         assert not shared.ready.is_set()
-        shared.write(data, build_estimator(cfg, data))
+        shared.write(data, lambda: build_estimator(cfg, data))
         assert shared.ready.is_set()
         assert {p.suffix for p in shared.folder.iterdir()} == {".npy", ".json"}  # arrays and their description
         prepared.clear_cache()
@@ -447,7 +447,7 @@ def test_labels_only_pickle_could_store_are_not_shared(tmp_path):
     odd = prepared.Data(data.dataset, data.X_train, data.y_train.astype(object), data.X_val, data.y_val, None, None, data.hash)
     shared = prepared.SharedData()
     try:
-        shared.write(odd, build_estimator(cfg, odd))
+        shared.write(odd, lambda: build_estimator(cfg, odd))
         assert shared.ready.is_set() and not any(shared.folder.iterdir())
         prepared.clear_cache()
         prepared.receive_shared(shared.payload(), cfg)

@@ -193,7 +193,7 @@ def test_models_from_one_template_keep_their_own_ids_and_weights(store, iris_clf
         uris.append((run_id, tracking.log_model(run_id, clf, X[:5])))
         models.append(clf)
         tracking.end_run(run_id)
-    assert len(pyfunc._TEMPLATES) == 1  # the second model reused the first one's template
+    assert len(pyfunc.TEMPLATES) == 1  # the second model reused the first one's template
     raw = pd.DataFrame(X, columns=["x0", "x1", "x2", "x3"])
     infos = []
     for (run_id, uri), clf in zip(uris, models):
@@ -227,14 +227,14 @@ def test_the_template_is_reused_across_processes_and_a_tampered_one_replaced(sto
     monkeypatch.setattr(mlflow.pyfunc, "save_model", lambda *a, **k: saves.append(1) or real(*a, **k))
 
     def log():
-        pyfunc._TEMPLATES.clear()
+        pyfunc.TEMPLATES.clear()
         run_id = tracking.start_run(exp, run_name="t")
         uri = tracking.log_model(run_id, clf, pd.DataFrame(X[:5], columns=["x0", "x1", "x2", "x3"]))
         tracking.end_run(run_id)
         return uri
 
     log()
-    ((local, *_),) = pyfunc._TEMPLATES.values()
+    ((local, *_),) = pyfunc.TEMPLATES.values()
     folder = local.parent
     assert folder.parent == tracking.template_cache_dir()
     assert oct(tracking.template_cache_dir().stat().st_mode & 0o777) == "0o700"

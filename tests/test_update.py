@@ -54,17 +54,17 @@ def test_update_continues_training_exactly(store, tmp_path, capsys):
     assert code == 0, err
     assert "registered: models:/exact/2" in out and "optimizer step 26 → 39" in out
     updated = tracking.load_model("models:/exact@challenger")[0]
-    np.testing.assert_array_equal(updated._params, three._params)
+    np.testing.assert_array_equal(updated.params_, three.params_)
     got, want = updated.training_state().optimizer, three.training_state().optimizer
     np.testing.assert_array_equal(got.m, want.m)
     np.testing.assert_array_equal(got.v, want.v)
     assert got.step == want.step == 39 and updated.n_epochs_ == 3
-    np.testing.assert_array_equal(updated._rng, three._rng)
+    np.testing.assert_array_equal(updated.training_state().rng, three.training_state().rng)
     # a fresh optimizer (moments reset) would not have landed there
     reset = tracking.load_model("models:/exact/1")[0]
     reset.set_weights(reset.get_weights())
     reset.partial_fit(X, y)
-    assert not np.array_equal(reset._params, three._params)
+    assert not np.array_equal(reset.params_, three.params_)
 
 
 def test_update_registers_a_challenger_that_the_gate_promotes(store, capsys):

@@ -115,10 +115,10 @@ def test_callback_samples_a_fixed_subset_and_uses_the_preprocessing(blobs, max_r
     clf = MLPClassifier((5,), epochs=1, seed=0, dtype="float64", preprocessing={"scale": "standard"})
     clf.fit(X * 10 + 3, y, callbacks=[cb])
     k = max_rows or 128  # the default keeps the cost per epoch small (README: visualisation)
-    assert cb._Xt.shape == (k, 5)
+    assert cb.sample.shape == (k, 5)
     rows = np.sort(np.random.default_rng(0).choice(720, k, replace=False))  # drawn once, seeded
-    np.testing.assert_array_equal(cb._Xt, clf._prepare_X((Xbig * 10 + 3)[rows], fit=False))
-    assert abs(cb._Xt.mean()) < 0.2  # standardised, not the raw *10+3 values
+    np.testing.assert_array_equal(cb.sample, clf.network_input((Xbig * 10 + 3)[rows]))
+    assert abs(cb.sample.mean()) < 0.2  # standardised, not the raw *10+3 values
 
 
 def test_callback_every_k_epochs_records_nan_between(blobs):

@@ -199,13 +199,14 @@ class SharedData:
         """What a spawned worker needs to find the files (picklable: the folder and the event)."""
         return {"folder": str(self.folder), "ready": self.ready}
 
-    def write(self, data: Data, est) -> None:
-        """Write ``data`` and the preprocessing of ``est`` (an unfitted estimator of the sweep's
-        config) fitted on it, then set ``ready``, also when nothing could be written."""
+    def write(self, data: Data, make_estimator) -> None:
+        """Write ``data`` and the preprocessing of ``make_estimator()`` (an unfitted estimator of
+        the sweep's config) fitted on it, then set ``ready``, also when nothing could be written."""
         try:
             arrays = {k: getattr(data, k) for k in SPLITS if getattr(data, k) is not None}
             if any(a.dtype.hasobject for a in arrays.values()):
                 return
+            est = make_estimator()
             pre, Xt, Xv = preprocessed(est, data)
             meta, pre_arrays = pre.to_state()
             for name, a in {**arrays, "pre_X_train": Xt, "pre_X_val": Xv,

@@ -215,3 +215,24 @@ def target_column(table, target: str, path: Path) -> np.ndarray:
     if _is_numeric(col.type):
         return col.to_numpy(zero_copy_only=False)
     return np.asarray(pc.cast(col, pa.string()).to_pylist(), dtype=str)
+
+
+def file_columns(path: Path) -> list[str]:
+    """The columns (CSV/Parquet: from the header or schema, no rows read) or arrays (NPZ) of a
+    data file; a file that cannot be read is a one-line :class:`nbnet.errors.NbnetError`."""
+    suffix = path.suffix.lower()
+    kind = "npz" if suffix == ".npz" else "parquet" if suffix in (".parquet", ".pq") else "csv"
+    try:
+        if kind == "npz":
+            with np.load(path, allow_pickle=False) as z:
+                return list(z.files)
+        if kind == "parquet":
+            import pyarrow.parquet as pq  # heavy: imported on first use
+
+            return list(pq.read_schema(path).names)
+        import pyarrow.csv as pcsv  # heavy: imported on first use
+
+        with pcsv.open_csv(path) as r:
+            return list(r.schema.names)
+    except Exception as e:  # ragged rows, junk bytes, not a zip: one line, not a traceback
+        raise table_error(path, kind, e) from None

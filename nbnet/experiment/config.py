@@ -65,7 +65,7 @@ class DataConfig:
     test_fraction: float = 0.0  # held out, untouched, for a final test score (0: no test split)
     split_seed: int = 0  # seed of the splits, kept apart from train.seed so searching seeds keeps data fixed
     stratify: bool = True  # stratify the splits by class (classification only)
-    cleaning: dict = field(default_factory=dict)  # row cleaning before splitting (keys of nbnet.data.load.clean), e.g. {drop_duplicates = true}
+    cleaning: dict = field(default_factory=dict)  # row cleaning before splitting (keys of nbnet.data.prep.clean), e.g. {drop_duplicates = true}
     preprocessing: dict = field(default_factory=dict)  # nbnet.data.prep.Preprocessor spec, fitted on train only, saved in the model
 
 

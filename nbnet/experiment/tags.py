@@ -68,6 +68,8 @@ DIRECTION = "nbnet.direction"  # maximize or minimize
 PROMOTED = "nbnet.promoted"  # "true" when registering the version made it champion
 PROMOTION_REASON = "nbnet.promotion_reason"  # why it was or was not made champion
 GATE = "nbnet.gate"  # the last ``nbnet promote`` gate verdict on the version
+MONITOR_LAST_VERDICT = "monitor.last_verdict"  # the verdict of the latest ``nbnet monitor`` of the version
+MONITOR_LAST_RUN = "monitor.last_run"  # the MLflow run of that check
 
 # --- model-version tags: the champion alias history (see nbnet.experiment.tracking.registry) -----------
 CHAMPION_SINCE = "champion.since"  # UTC time the version became champion

@@ -155,7 +155,8 @@ class BaseMLP:
         """Validate hyperparameters once; return what training needs."""
         return resolve_hyperparameters(self.get_params())
 
-    def _device(self) -> str:
+    def resolved_device(self) -> str:
+        """The backend a fit runs on: ``device``, with ``auto`` resolved (a GPU if one is usable)."""
         if self.device == "auto":
             return "cuda" if cuda_available(simulator=False) else "cpu"  # never the slow simulator
         return self.device
@@ -316,7 +317,7 @@ class BaseMLP:
                restore_best: bool) -> None:
         """``n_epochs`` epochs on the chosen backend; X (n, n_features) and Y (n, n_outputs)
         prepared and encoded, ``val`` a prepared and encoded (X_val, Y_val) or None."""
-        backend = kernels.backend(self._device())
+        backend = kernels.backend(self.resolved_device())
         plan = self._plan(hyper, X.shape)
         validation = None if val is None else Validation(*val, self._score_outputs, self.val_score_key)
         with thread_budget(self.n_threads):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from nbnet import metrics
 from nbnet.data.load import read_features
+from nbnet.data.tables import file_columns
 from nbnet.errors import NbnetError
 from nbnet.experiment import tracking
-from nbnet.ops.predict import file_columns
 
 _KINDS = (".csv", ".parquet", ".pq", ".npz")
 

@@ -367,8 +367,8 @@ def _log_run(rep: Report, ref, tcol, uri: str) -> None:
         tracking.end_run(run_id, status, uri=uri)
     if ref.name and ref.version:
         c = tracking.client(uri)
-        c.set_model_version_tag(ref.name, str(ref.version), "monitor.last_verdict", rep.verdict)
-        c.set_model_version_tag(ref.name, str(ref.version), "monitor.last_run", run_id)
+        c.set_model_version_tag(ref.name, str(ref.version), T.MONITOR_LAST_VERDICT, rep.verdict)
+        c.set_model_version_tag(ref.name, str(ref.version), T.MONITOR_LAST_RUN, run_id)
 
 
 def _run_metrics(rep: Report) -> dict:

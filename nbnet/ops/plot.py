@@ -112,7 +112,7 @@ def _run_to_plot(c, run_id: str, uri: str, notes: list[str]):
     if not best or best == "None":
         raise NbnetError(f"run {run_id} is a sweep's parent run with no completed trial; plot a trial's run instead")
     notes.append(f"run {run_id} is a sweep's parent run: plotted its best trial "
-                 f"{tags.get('best.trial', '?')} (run {best}) and copied the study figures")
+                 f"{tags.get(T.BEST_TRIAL, '?')} (run {best}) and copied the study figures")
     study_pngs: list[str] = []
     with contextlib.suppress(Exception):  # no study figures: the best trial's plots still come
         study_pngs = [a.path for a in c.list_artifacts(run_id, "study") if a.path.endswith(".png")]

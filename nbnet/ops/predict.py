@@ -20,7 +20,7 @@ import pandas as pd
 
 from nbnet._sys.atomic import atomic_write
 from nbnet.data.load import iter_feature_chunks
-from nbnet.data.tables import table_error
+from nbnet.data.tables import file_columns
 from nbnet.errors import NbnetError
 from nbnet.experiment import tracking
 
@@ -61,27 +61,6 @@ def predict_file(model: str, input_path, output_path, *, proba: bool = False, ch
         raise NbnetError(f"could not write {str(out)!r}: {e.strerror or e}") from None
     bar.update(0, final=True)
     return rows
-
-
-def file_columns(path: Path) -> list[str]:
-    """The columns (CSV/Parquet: from the header or schema, no rows read) or arrays (NPZ) of a
-    data file; a file that cannot be read is a one-line :class:`nbnet.errors.NbnetError`."""
-    suffix = path.suffix.lower()
-    kind = "npz" if suffix == ".npz" else "parquet" if suffix in (".parquet", ".pq") else "csv"
-    try:
-        if kind == "npz":
-            with np.load(path, allow_pickle=False) as z:
-                return list(z.files)
-        if kind == "parquet":
-            import pyarrow.parquet as pq  # heavy: imported on first use
-
-            return list(pq.read_schema(path).names)
-        import pyarrow.csv as pcsv  # heavy: imported on first use
-
-        with pcsv.open_csv(path) as r:
-            return list(r.schema.names)
-    except Exception as e:  # ragged rows, junk bytes, not a zip: one line, not a traceback
-        raise table_error(path, kind, e) from None
 
 
 def _check_paths(inp: Path, out: Path, chunk_rows) -> str:
@@ -197,4 +176,4 @@ class _Progress:
         self.stream.flush()
 
 
-__all__ = ["predict_file", "file_columns"]
+__all__ = ["predict_file"]

@@ -29,6 +29,7 @@ import pandas as pd
 
 from nbnet._sys.procs import group_alive
 from nbnet.errors import NbnetError
+from nbnet.io import MLFLOW_URI_PREFIXES
 from nbnet.experiment import tracking
 from nbnet.nn.estimator import load
 
@@ -150,9 +151,6 @@ def serve_ui(host: str = "127.0.0.1", port: int = 5000, uri: str | None = None, 
 
 
 # --- online serving (nbnet serve) ------------------------------------------------------------------
-_MLFLOW_URI = ("models:/", "runs:/", "mlflow-artifacts:/")
-
-
 def _pyfunc_from_file(path: Path, dst: Path) -> Path:
     """Wrap a local nbnet file as an MLflow pyfunc model folder at ``dst``: the same "models from
     code" model ``tracking.log_model`` logs (code file, the nbnet file, the ``proba`` param), so
@@ -182,7 +180,7 @@ def model_dir(model: str, dst, tracking_uri: str | None = None) -> Path:
     (``models:/NAME@alias``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/model``) is downloaded from
     the tracking store; a local ``.nbnet`` file is wrapped (:func:`_pyfunc_from_file`)."""
     s, dst = str(model), Path(dst)
-    if s.startswith(_MLFLOW_URI):
+    if s.startswith(MLFLOW_URI_PREFIXES):
         nbnet_file, _ = tracking.download_model(s, dst=str(dst), tracking_uri=tracking_uri)
         return Path(nbnet_file).parent.parent  # <model>/artifacts/model.nbnet → <model>
     if Path(s).is_file():

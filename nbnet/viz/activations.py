@@ -63,6 +63,9 @@ class ActivationStats:
     placed *after* it in the callback list logs them, and appends the per-layer lists to
     ``estimator.history_["act_mean"]`` etc. (NaN for skipped epochs). It only reads the weights.
 
+    After ``on_train_begin``, ``sample`` holds the rows the statistics are computed on, as the
+    network sees them (preprocessed, model dtype), shape (min(n, max_rows), n_inputs).
+
     Example
     -------
     >>> from sklearn.datasets import load_iris
@@ -89,9 +92,9 @@ class ActivationStats:
             rows = np.sort(np.random.default_rng(self.seed).choice(n, self.max_rows, replace=False))
             X = X.iloc[rows] if hasattr(X, "iloc") else np.asarray(X)[rows]
         self._est = estimator
-        self._Xt = estimator.network_input(X)  # the fitted preprocessing, model dtype
+        self.sample = estimator.network_input(X)  # the fitted preprocessing, model dtype
         lay = estimator.layout_
-        self._bufs = [np.empty((self._Xt.shape[0], int(w)), self._Xt.dtype) for w in lay.sizes[1:-1]]
+        self._bufs = [np.empty((self.sample.shape[0], int(w)), self.sample.dtype) for w in lay.sizes[1:-1]]
         self.seconds += time.perf_counter() - t0
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
@@ -113,7 +116,7 @@ class ActivationStats:
         else:
             # params_ is current during a fit (the CUDA backend trains on device copies); a writable
             # copy keeps the kernel's compiled signature (numba types read-only arrays apart)
-            stats = hidden_activation_stats(est.layout_, np.array(est.params_), self._Xt, self._bufs)
+            stats = hidden_activation_stats(est.layout_, np.array(est.params_), self.sample, self._bufs)
             for j, key in enumerate(ACT_STATS):
                 values = [float(v) for v in stats[:, j]]
                 h[key].append(values)

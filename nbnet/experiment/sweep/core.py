@@ -224,13 +224,13 @@ def _run_trials(payload: dict, cfg: C.ExperimentConfig, data: Data, remaining: i
     metrics meanwhile; an NbnetError when a spawned worker died."""
     workers, parent, uri = payload["workers"], payload["parent_run_id"], payload["uri"]
     tickets = new_tickets(remaining)
-    base = build_estimator(cfg, data) if workers > 1 else None  # its preprocessing is fitted once for all workers
-    shared = SharedData() if base is not None else None  # the prepared data, for spawned workers
+    shared = SharedData() if workers > 1 else None  # the prepared data, for spawned workers
     payload["shared"] = shared.payload() if shared else None
     try:
         # the first Ctrl-C / SIGTERM stops every worker at its next epoch boundary (nbnet._sys.interrupt)
         with interrupt.graceful(new_stop_event()) as stop, resources.SystemMetrics(parent, uri=uri):
-            codes = run_workers(payload, workers, tickets, stop, share=shared and (lambda: shared.write(data, base)))
+            codes = run_workers(payload, workers, tickets, stop,
+                               share=shared and (lambda: shared.write(data, lambda: build_estimator(cfg, data))))
             if interrupt.requested():
                 raise interrupt.Interrupted()
     finally:

@@ -26,11 +26,6 @@ from nbnet._sys import locks
 from nbnet.errors import NbnetError
 from nbnet.experiment.sweep.recovery import RetryStaleTrial
 
-try:  # flock exists on Linux and macOS
-    import fcntl
-except ImportError:  # pragma: no cover  (Windows: Optuna's own lock)
-    fcntl = None
-
 try:  # the base class is private in Optuna; JournalFileBackend only calls acquire() and release()
     from optuna.storages.journal._file import BaseJournalFileLock
 except ImportError:  # pragma: no cover
@@ -62,7 +57,7 @@ class FlockJournalLock(BaseJournalFileLock):
 
 def journal_lock(journal_path: str) -> FlockJournalLock | None:
     """The flock lock where ``fcntl`` exists (Linux, macOS), else None (Optuna's default)."""
-    return FlockJournalLock(journal_path) if fcntl is not None else None
+    return FlockJournalLock(journal_path) if locks.AVAILABLE else None
 
 
 def default_storage(study_name: str, root: Path | None = None) -> str:

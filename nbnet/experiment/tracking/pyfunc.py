@@ -1,7 +1,7 @@
 """The MLflow pyfunc model around nbnet's safe model file: log, download and load it.
 
 A logged model is an MLflow "model from code": its code file is
-``nbnet/experiment/tracking/model_code.py`` (it imports :class:`NbnetPyfuncModel` from the installed
+``nbnet/experiment/tracking/_pyfunc_model.py`` (it imports :class:`NbnetPyfuncModel` from the installed
 nbnet), its weights the checksummed nbnet file ``artifacts/model.nbnet``. Nothing is pickled.
 
 Example
@@ -35,6 +35,7 @@ from mlflow.models import Model, infer_signature
 
 from nbnet.data.load import raw_columns
 from nbnet.errors import NbnetError
+from nbnet.io import MLFLOW_URI_PREFIXES
 from nbnet.experiment import tags as T
 from nbnet.nn.estimator import load as load_file
 from nbnet.version import __version__
@@ -44,7 +45,7 @@ from .runs import MetricLogger, set_tags
 
 MODEL_NAME = "model"  # artifact name of the pyfunc model in a run: runs:/<run_id>/model
 MODEL_FILE = "model.nbnet"  # the nbnet file inside the pyfunc model's artifacts/
-PYFUNC_CODE = Path(__file__).with_name("model_code.py")
+PYFUNC_CODE = Path(__file__).with_name("_pyfunc_model.py")
 
 
 # --- a model's input columns -----------------------------------------------------------------------
@@ -106,7 +107,7 @@ def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_feat
 
 class NbnetPyfuncModel(mlflow.pyfunc.PythonModel):
     """The MLflow pyfunc face of an nbnet model. MLflow loads it through the code file
-    ``nbnet/experiment/tracking/model_code.py`` (models from code: nothing is pickled); the weights
+    ``nbnet/experiment/tracking/_pyfunc_model.py`` (models from code: nothing is pickled); the weights
     come from the safe nbnet file in ``context.artifacts["model"]``.
 
     ``predict(DataFrame)`` returns class labels for a classifier, values for a regressor; with
@@ -162,7 +163,7 @@ def pip_requirements() -> list[str]:
 # Fields of a model's MLmodel file that differ between two models of one template (see _template).
 _PLACEHOLDERS = {"artifact_path": "NBNETXARTIFACTPATHX", "run_id": "NBNETXRUNIDX", "model_uuid": "NBNETXMODELUUIDX",
                  "model_id": "NBNETXMODELIDX", "utc_time_created": "NBNETXCREATEDX"}
-_TEMPLATES: dict = {}  # key -> (folder, MLmodel text, size of the folder's model file, model_size_bytes)
+TEMPLATES: dict = {}  # key -> (folder, MLmodel text, size of the folder's model file, model_size_bytes)
 
 
 def template_cache_dir() -> Path:
@@ -231,7 +232,7 @@ def _template(key: tuple, estimator, example, config: dict, signature_of) -> tup
     digest of the key, MLflow's and Python's versions and nbnet's pyfunc code file, created
     atomically), so a sweep's worker processes and later sweeps reuse it; in a temporary folder
     of the process if that cannot be written."""
-    hit = _TEMPLATES.get(key)
+    hit = TEMPLATES.get(key)
     if hit is not None and Path(hit[0]).is_dir():
         return hit
     code = PYFUNC_CODE.read_text()
@@ -250,8 +251,8 @@ def _template(key: tuple, estimator, example, config: dict, signature_of) -> tup
     text = (local / "MLmodel").read_text()
     m = re.search(r"^model_size_bytes: (\d+)$", text, re.M)
     hit = (local, text, (local / "artifacts" / MODEL_FILE).stat().st_size, int(m.group(1)) if m else None)
-    _TEMPLATES.clear()  # one sweep's models at a time
-    _TEMPLATES[key] = hit
+    TEMPLATES.clear()  # one sweep's models at a time
+    TEMPLATES[key] = hit
     return hit
 
 
@@ -298,7 +299,7 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
     """Log ``estimator`` to run ``run_id`` as an MLflow pyfunc model and return ``runs:/<id>/model``.
 
     The model directory holds the nbnet file (``artifacts/model.nbnet``: npz + JSON, checksummed),
-    the code file ``model_code.py`` (a copy of ``nbnet/experiment/tracking/model_code.py``, which
+    the code file ``_pyfunc_model.py`` (a copy of ``nbnet/experiment/tracking/_pyfunc_model.py``, which
     imports :class:`NbnetPyfuncModel` from the installed nbnet), ``MLmodel`` with the signature,
     and the input example (the first rows of ``X_example``, a DataFrame or an array). Nothing is
     pickled.
@@ -367,7 +368,7 @@ def download_model_file(uri: str, tracking_uri: str | None = None) -> str:
 def load_model(uri_or_path: str, tracking_uri: str | None = None):
     """``(estimator, (feature_names, categories))`` from an MLflow model URI or a local file."""
     s = str(uri_or_path)
-    if s.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+    if s.startswith(MLFLOW_URI_PREFIXES):
         path, config = download_model(s, tracking_uri=tracking_uri)
         est = load_file(path)
         return est, feature_spec(est, config)
