@@ -293,7 +293,7 @@ def cmd_promote(args) -> int:
 
 def cmd_rollback(args) -> int:
     _headless()
-    from nbnet.experiment.tracking.registry import rollback  # heavy: the command's module loads MLflow
+    from nbnet.ops.promote import rollback  # heavy: the command's module loads MLflow
 
     old, new = rollback(args.name, args.to, reason=args.reason)
     print(f"champion of {args.name}: v{old} → v{new}  (models:/{args.name}@champion; reason: {args.reason})")

@@ -12,6 +12,7 @@ from nbnet import MLPClassifier
 from nbnet.experiment.tracking import registry
 from nbnet.experiment import tracking
 from nbnet.cli import main
+from nbnet.ops import promote
 from stores import module_store
 
 COLS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -152,8 +153,8 @@ def test_stack_follows_an_alias_moved_elsewhere(iris):
     # the champion.replaced chain
     c.delete_registered_model_tag(name, "champion.stack")
     assert registry.stack(name) == [1, 2, 3, 4]
-    assert registry.rollback(name) == (4, 3)
-    assert registry.rollback(name) == (3, 2)
+    assert promote.rollback(name) == (4, 3)
+    assert promote.rollback(name) == (3, 2)
     assert json.loads(c.get_registered_model(name).tags["champion.stack"]) == [1, 2]
 
 

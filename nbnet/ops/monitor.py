@@ -40,7 +40,7 @@ the drop), ``monitor/report.json`` and ``monitor/drift.csv``, and tags ``nbnet.v
 ``monitor.last_verdict`` and ``monitor.last_run``.
 
 With ``rollback=True`` a failed check of the champion (``models:/NAME@champion`` or its version)
-moves ``champion`` back to the previous champion (:func:`nbnet.experiment.tracking.registry.rollback`), recorded in
+moves ``champion`` back to the previous champion (:func:`nbnet.ops.promote.rollback`), recorded in
 the alias history, the version tags and the monitoring run (tag ``nbnet.rollback``).
 """
 
@@ -68,6 +68,7 @@ from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
 from nbnet.experiment.tracking import registry
 from nbnet.ops.labelled import load_labelled, score, task_of
+from nbnet.ops.promote import rollback, worse_by
 
 PSI_EPS = 1e-4  # proportions are clipped below at this, so an empty bin adds a finite amount
 
@@ -327,7 +328,7 @@ def _metric_check(est, X, y, ref, tol: float, uri: str) -> dict:
     if ref.run_id:
         recorded = tracking.metric_of(c, ref.run_id, key)
     new = score(est, X, y, key)
-    drop = None if recorded is None or new is None else registry.worse_by(new, recorded, direction)
+    drop = None if recorded is None or new is None else worse_by(new, recorded, direction)
     return {"key": key, "direction": direction, "new": new, "recorded": recorded, "drop": drop,
             "failed": bool((drop is not None and drop > tol) or (new is None and recorded is not None))}
 
@@ -423,7 +424,7 @@ def _maybe_rollback(rep: Report, ref, uri: str) -> None:
     else:
         why = f"monitoring run {rep.monitoring_run}: " + "; ".join(rep.reasons)
         try:
-            old, new = registry.rollback(ref.name, reason=why, action="monitor-rollback", uri=uri)
+            old, new = rollback(ref.name, reason=why, action="monitor-rollback", uri=uri)
             rep.rollback = f"champion of {ref.name} moved back v{old} → v{new}"
         except NbnetError as e:
             rep.rollback = f"not done: {e}"

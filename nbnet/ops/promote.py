@@ -1,10 +1,10 @@
-"""``nbnet promote``: the gate a version passes before it becomes ``champion``.
+"""``nbnet promote`` and ``nbnet rollback``: the gate a version passes before it becomes
+``champion``, and the way back to an earlier champion.
 
 A version is promoted when it is not worse than the current champion by more than a tolerance on
 the metric the model is selected on, measured on a labelled holdout file when one is given, else
 on each version's recorded validation metric. The move itself, and its record in the alias
-history, is :func:`nbnet.experiment.tracking.registry.move_champion`; going back is
-:func:`nbnet.experiment.tracking.registry.rollback`.
+history, is :func:`nbnet.experiment.tracking.registry.move_champion`; going back is :func:`rollback`.
 
 Example
 -------
@@ -123,7 +123,7 @@ def promote(name: str, version, *, data=None, target: str | None = None, toleran
                          "(tag nbnet.metric_key); register versions with nbnet train --register or a sweep")
     direction = registry.direction_of(mv, key)
     cand, champ, source = _measure(name, mv, old, key, data, target, uri)
-    gap = registry.worse_by(cand, champ, direction)
+    gap = worse_by(cand, champ, direction)
     res = GateResult(name, v, old_v, gap <= tol, False, key, direction, source, cand, champ, tol)
     if res.passed:
         how = "better than" if gap < 0 else "as good as" if gap == 0 else f"worse by {gap:.4g} (within {tol:g}) than"
@@ -140,3 +140,40 @@ def promote(name: str, version, *, data=None, target: str | None = None, toleran
 
 
 __all__ = ["GateResult", "default_tolerance", "promote"]
+
+
+def worse_by(candidate: float, incumbent: float, direction: str) -> float:
+    """How much worse ``candidate`` is than ``incumbent`` (negative: better)."""
+    return incumbent - candidate if direction == "maximize" else candidate - incumbent
+
+
+# --- rollback ------------------------------------------------------------------------------------
+
+
+def rollback(name: str, to=None, *, reason: str = "manual rollback", action: str = "rollback",
+             uri: str | None = None) -> tuple[int, int]:
+    """Move ``champion`` of ``name`` back to the previous champion (the top but one of ``registry.stack``) or to
+    version ``to``; returns ``(from_version, to_version)``. NbnetError when there is nothing to
+    roll back to."""
+    uri = uri or tracking.default_tracking_uri()
+    registry.get_registered_model(name, uri)
+    old = registry.alias_version(name, registry.CHAMPION, uri)
+    if old is None:
+        raise NbnetError(f"{name} has no champion to roll back; promote one with nbnet promote {name} --version N")
+    old_v = int(old.version)
+    st = registry.stack(name, uri)
+    if to is not None:
+        target = int(registry.get_version(name, to, uri).version)
+        if target == old_v:
+            raise NbnetError(f"v{target} is already the champion of {name}; nothing to roll back")
+        if target in st:  # pop down to its latest place on the stack
+            new_stack = st[: len(st) - st[::-1].index(target)]
+        else:  # a version that never was champion: pushed, so a later rollback returns here
+            new_stack = st + [target]
+    else:
+        if len(st) < 2:
+            raise NbnetError(f"{name} has no previous champion to roll back to (champion history: "
+                             f"{' → '.join(f'v{x}' for x in st) or 'empty'}); use --to N")
+        target, new_stack = st[-2], st[:-1]
+    registry.move_champion(name, target, action=action, reason=reason, uri=uri, old=old, new_stack=new_stack)
+    return old_v, target

@@ -5,7 +5,7 @@ The public names of the package's modules, in one place:
 * :mod:`.client` — the store's URI, a cached client, experiments, retries;
 * :mod:`.runs` — start/end runs, :class:`MetricLogger`, tags, artifacts, stale-run repair;
 * :mod:`.pyfunc` — :class:`NbnetPyfuncModel`, log/download/load a model;
-* :mod:`.registry` — versions, the ``champion`` alias and its history, rollback.
+* :mod:`.registry` — versions, the ``champion`` alias and its history.
 
 Example
 -------

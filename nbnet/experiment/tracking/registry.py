@@ -1,10 +1,10 @@
-"""Model versions: registering runs, the ``champion`` alias, its history, and rollback.
+"""Model versions: registering runs, the ``champion`` alias and its history.
 
 A registered model (named after its experiment) has versions ``1, 2, …``; the alias
 ``champion`` names the one that is served, ``challenger`` the latest fine-tuned candidate
 (``nbnet update``). Every move of ``champion`` — a sweep or ``nbnet train --register`` that beat
 the incumbent (:func:`register_champion`), ``nbnet promote`` (:func:`nbnet.ops.promote.promote`),
-``nbnet rollback``, ``nbnet monitor --rollback`` (:func:`rollback`) — goes through
+``nbnet rollback``, ``nbnet monitor --rollback`` (:func:`nbnet.ops.promote.rollback`) — goes through
 :func:`move_champion`, which records it three ways:
 
 * **version tags** (visible on each version in the MLflow UI): on the new champion
@@ -33,8 +33,8 @@ Example
 -------
 >>> register_champion("iris", run_id, "val_accuracy", "maximize")  # doctest: +SKIP
 (3, True)
->>> rollback("iris", reason="drift in petal_length")               # doctest: +SKIP
-(3, 2)
+>>> stack("iris")                                             # doctest: +SKIP
+[1, 3]
 """
 
 from __future__ import annotations
@@ -358,39 +358,3 @@ def direction_of(mv, key: str) -> str:
     if d in ("maximize", "minimize"):
         return d
     return metric_direction(key)
-
-
-def worse_by(candidate: float, incumbent: float, direction: str) -> float:
-    """How much worse ``candidate`` is than ``incumbent`` (negative: better)."""
-    return incumbent - candidate if direction == "maximize" else candidate - incumbent
-
-
-# --- rollback ------------------------------------------------------------------------------------
-def rollback(name: str, to=None, *, reason: str = "manual rollback", action: str = "rollback",
-             uri: str | None = None) -> tuple[int, int]:
-    """Move ``champion`` of ``name`` back to the previous champion (``stack[-2]``) or to
-    version ``to``; returns ``(from_version, to_version)``. NbnetError when there is nothing to
-    roll back to."""
-    uri = uri or default_tracking_uri()
-    get_registered_model(name, uri)
-    old = alias_version(name, CHAMPION, uri)
-    if old is None:
-        raise NbnetError(f"{name} has no champion to roll back; promote one with nbnet promote {name} --version N")
-    old_v = int(old.version)
-    st = stack(name, uri)
-    if to is not None:
-        target = int(get_version(name, to, uri).version)
-        if target == old_v:
-            raise NbnetError(f"v{target} is already the champion of {name}; nothing to roll back")
-        if target in st:  # pop down to its latest place on the stack
-            new_stack = st[: len(st) - st[::-1].index(target)]
-        else:  # a version that never was champion: pushed, so a later rollback returns here
-            new_stack = st + [target]
-    else:
-        if len(st) < 2:
-            raise NbnetError(f"{name} has no previous champion to roll back to (champion history: "
-                             f"{' → '.join(f'v{x}' for x in st) or 'empty'}); use --to N")
-        target, new_stack = st[-2], st[:-1]
-    move_champion(name, target, action=action, reason=reason, uri=uri, old=old, new_stack=new_stack)
-    return old_v, target
-
