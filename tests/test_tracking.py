@@ -315,6 +315,21 @@ def test_log_model_is_models_from_code_without_pickles(store, logged, iris_clf):
     assert info.model_id == out.model_id == run.data.tags["nbnet.model_id"]
 
 
+def test_a_model_whose_code_file_names_nbnet_tracking_still_loads(store, logged, iris_clf, tmp_path):
+    """Stored models whose code file imports ``nbnet.tracking.NbnetPyfuncModel`` load through
+    mlflow.pyfunc as they did, and predict the same."""
+    _, uri = logged
+    clf, X = iris_clf
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    code = local / tracking.PYFUNC_CODE.name
+    text = code.read_text()
+    assert "from nbnet.experiment.tracking.pyfunc import NbnetPyfuncModel" in text
+    code.write_text(text.replace("from nbnet.experiment.tracking.pyfunc import", "from nbnet.tracking import"))
+    py = mlflow.pyfunc.load_model(str(local))
+    raw = pd.DataFrame(X, columns=["x0", "x1", "x2", "x3"])
+    np.testing.assert_array_equal(py.predict(raw), clf.predict(X))
+
+
 @pytest.mark.parametrize("kind", ["runs", "local"])
 def test_load_equals_pyfunc_predict(store, logged, iris_clf, kind, tmp_path):
     run_id, uri = logged
