@@ -1,8 +1,9 @@
 """The ``nbnet`` command line.
 
 Each subcommand is a ``cmd_NAME(args) -> int`` function registered in :func:`build_parser`.
-A user error (:class:`~nbnet.errors.NbnetError`) prints one line on stderr and exits 2, with no
-traceback; Ctrl-C exits 130.
+Errors print one line on stderr, with no traceback unless ``--debug``; the exit codes are those of
+:mod:`nbnet.errors` (0 ok, 1 a check failed, 2 user error, 3 internal or store failure, 130
+interrupted).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import os
 import sys
 
-from nbnet.errors import NbnetError
+from nbnet import errors
+from nbnet.errors import NbnetError, StoreError
 from nbnet.experiment import config
 from nbnet.version import __version__
 
@@ -33,6 +35,7 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nbnet", description="Numba-compiled MLPs with tracked Optuna sweeps.")
     parser.add_argument("--version", action="version", version=f"nbnet {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an internal or store failure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_search_commands(sub)
@@ -361,10 +364,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NbnetError as e:
         print(f"nbnet: error: {e}", file=sys.stderr)
-        return 2
+        return errors.EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("nbnet: interrupted", file=sys.stderr)
-        return 130
+        return errors.EXIT_INTERRUPTED
+    except Exception as e:  # a store or internal failure: one line, the traceback only on --debug
+        if args.debug:
+            raise
+        kind = "store error" if isinstance(e, StoreError) else f"internal error: {type(e).__name__}"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"nbnet: {kind}: {first} (run again with --debug for the traceback)", file=sys.stderr)
+        return errors.EXIT_STORE_ERROR
 
 
 if __name__ == "__main__":
