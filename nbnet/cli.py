@@ -201,7 +201,7 @@ def cmd_ui(args) -> int:
     return serve_ui(args.host, args.port)
 
 
-# --- deployment: serve ------------------------------------------------------------------
+# --- deployment: serve, export ------------------------------------------------------------
 def _add_deploy_commands(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over REST with MLflow's scoring server (/ping, /invocations)",
                        description="Serve MODEL (models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/model or a local "
@@ -213,11 +213,32 @@ def _add_deploy_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("export", help="write a model as one ONNX graph, preprocessing included, for ONNX Runtime",
+                       description="Export MODEL (models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/model or a local "
+                                   ".nbnet file) as an ONNX graph from raw columns to predictions: imputation, one-hot "
+                                   "categories, scaling, selection, PCA, the network and its output transform. "
+                                   "Outputs label and probabilities (classifiers) or variable (regressors).")
+    p.add_argument("model", metavar="MODEL_URI")
+    p.add_argument("--onnx", required=True, metavar="PATH", help="the .onnx file to write (atomically)")
+    p.add_argument("--input-type", choices=("float32", "float64"), default="float64",
+                   help="element type of the numeric inputs (default float64: raw values kept exactly)")
+    p.set_defaults(func=cmd_export)
+
 
 def cmd_serve(args) -> int:
     from nbnet.ops.serve import serve_model  # heavy: the command's module loads MLflow
 
     return serve_model(args.model, args.host, args.port, args.workers)
+
+
+def cmd_export(args) -> int:
+    from nbnet.ops.export import export_onnx  # heavy: the command's module loads MLflow and onnx
+
+    info = export_onnx(args.model, args.onnx, input_type=args.input_type)
+    inputs = ", ".join(f"{s.name} {s.dtype}[N,{s.width}]" for s in info.inputs[:6])
+    more = f" (+{len(info.inputs) - 6} more)" if len(info.inputs) > 6 else ""
+    print(f"wrote {info.path}: inputs {inputs}{more}; outputs {', '.join(info.outputs)}", file=sys.stderr)
+    return 0
 
 
 # --- model lifecycle: monitor, promote, rollback, update --------------------------------
