@@ -214,7 +214,7 @@ def _add_deploy_commands(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write a model as one ONNX graph, preprocessing included, for ONNX Runtime",
-                       description="Export MODEL (models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/model or a local "
+                       description="Export MODEL_URI (models:/NAME@champion, models:/NAME/3, runs:/RUN_ID/model or a local "
                                    ".nbnet file) as an ONNX graph from raw columns to predictions: imputation, one-hot "
                                    "categories, scaling, selection, PCA, the network and its output transform. "
                                    "Outputs label and probabilities (classifiers) or variable (regressors).")

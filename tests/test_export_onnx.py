@@ -314,10 +314,34 @@ def test_unsupported_pieces_are_one_clear_error(blobs, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_column_named_like_an_output_is_refused(tmp_path):
-    df = pd.DataFrame({"label": np.arange(40.0) % 7, "color": ["red", "blue"] * 20})
-    clf = MLPClassifier((4,), epochs=1).fit(np.column_stack([df["label"], df["color"] == "blue", df["color"] == "red"]),
-                                            np.arange(40) % 2)
+def test_a_failed_export_keeps_the_existing_file(tmp_path, capfd):
+    (tmp_path / "m.onnx").write_bytes(b"the previous export")
+    assert main(["export", str(tmp_path / "missing.nbnet"), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    assert (tmp_path / "m.onnx").read_bytes() == b"the previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_any_column_name_and_a_categorical_column_without_categories(tmp_path):
+    """Names with spaces and '=' are input names as they are; a categorical column that was all
+    missing in training (no categories, no feature columns) is still an input, and unused."""
+    rng = np.random.default_rng(0)
+    x, is_a = rng.normal(size=60), rng.random(60) > 0.5
+    X = np.column_stack([x, is_a, ~is_a]).astype(float)
+    clf = MLPClassifier((4,), epochs=2).fit(X, (x > 0) ^ is_a)
+    model = export.build_onnx(clf, ["mean radius", "col x=a", "col x=b"], {"col x": ["a", "b"], "empty": []})
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in sess.get_inputs()] == [
+        ("mean radius", "tensor(double)"), ("col x", "tensor(string)"), ("empty", "tensor(string)")]
+    feed = {"mean radius": x.reshape(-1, 1), "col x": np.where(is_a, "a", "b").astype(object).reshape(-1, 1),
+            "empty": np.full((60, 1), "", object)}
+    label, proba = sess.run(None, feed)
+    np.testing.assert_allclose(proba, clf.predict_proba(X), rtol=0, atol=TOL)
+    np.testing.assert_array_equal(label, clf.predict(X))
+
+
+def test_a_column_named_like_an_output_is_refused(blobs):
+    X, y = blobs
+    clf = MLPClassifier((4,), epochs=1).fit(X[:, :3], y)
     with pytest.raises(NbnetError, match="input column 'label' has the name of an ONNX output"):
         export.build_onnx(clf, ["label", "color=blue", "color=red"], {"color": ["blue", "red"]})
 

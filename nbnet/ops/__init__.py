@@ -1,1 +1,1 @@
-"""Operations on trained models: batch prediction, serving, monitoring, promotion, rollback, update, plots."""
+"""Operations on trained models: batch prediction, serving, ONNX export, monitoring, promotion, rollback, update, plots."""

@@ -58,7 +58,7 @@ from nbnet.experiment import tracking
 from nbnet.kernels.tables import LEAKY_SLOPE
 from nbnet.version import __version__
 
-OPSET = 18  # the standard ONNX opset of the graph (ONNX Runtime >= 1.14 runs it)
+OPSET = 18  # the standard ONNX opset of the graph
 ML_OPSET = 3  # ai.onnx.ml, for LabelEncoder (categorical columns only)
 IR_VERSION = 9  # the ONNX IR version of opset 18: what ONNX Runtime >= 1.15 reads
 INPUT_TYPES = ("float32", "float64")
@@ -303,10 +303,10 @@ def export_onnx(model, path, *, input_type: str = "float64", tracking_uri: str |
         est = model
         names, categories = tracking.feature_spec(est)
     proto = build_onnx(est, names, categories, input_type=input_type)
-    try:
-        data = proto.SerializeToString()
-    except ValueError as e:  # protobuf's 2 GB limit of one message
-        raise NbnetError(f"the ONNX graph is too large to write as one file ({e}); export a smaller model") from None
+    if proto.ByteSize() >= 2**31:  # protobuf's limit of one message
+        raise NbnetError(f"the ONNX graph of this model takes {proto.ByteSize() / 2**30:.1f} GiB, over the 2 GiB "
+                         "of one ONNX file; export a smaller model")
+    data = proto.SerializeToString()
     out = Path(path)
     try:
         atomic_write(out, lambda f: f.write(data))
