@@ -314,6 +314,25 @@ def test_unsupported_pieces_are_one_clear_error(blobs, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+class TargetScaled(MLPRegressor):
+    """A regressor with a piece the export does not know: its predictions are rescaled."""
+
+    def predict(self, X):
+        return 3.0 * super().predict(X) + 100.0
+
+
+def test_a_piece_the_graph_does_not_reproduce_is_one_error_before_writing(regression, tmp_path, capsys):
+    """Before writing, the graph runs on sample rows drawn from the training statistics (NaN
+    included where the model imputes) and must give the estimator's outputs."""
+    X, y = regression
+    spec = {"impute": "mean", "scale": "standard"}
+    reg = TargetScaled((6,), epochs=2, preprocessing=spec).fit(X, y)
+    with pytest.raises(NbnetError, match="does not reproduce this TargetScaled .* does not cover"):
+        export.export_onnx(reg, tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
+    export.export_onnx(MLPRegressor((6,), epochs=2, preprocessing=spec).fit(X, y), tmp_path / "m.onnx")  # the same, plain
+
+
 def test_a_failed_export_keeps_the_existing_file(tmp_path, capfd):
     (tmp_path / "m.onnx").write_bytes(b"the previous export")
     assert main(["export", str(tmp_path / "missing.nbnet"), "--onnx", str(tmp_path / "m.onnx")]) == 2

@@ -24,9 +24,10 @@ The graph, in order:
    output ``variable`` (N, n_outputs).
 
 nbnet's regressors predict the network's output as it is (no target scaling is fitted), so
-``variable`` needs no inverse transform. ONNX Runtime reproduces ``predict_proba`` and
-``predict`` within 1e-5 (tests/test_export_onnx.py). Standard opset :data:`OPSET` and, for
-categorical columns, ``ai.onnx.ml`` opset :data:`ML_OPSET`.
+``variable`` needs no inverse transform. Standard opset :data:`OPSET` and, for categorical
+columns, ``ai.onnx.ml`` opset :data:`ML_OPSET`. ONNX Runtime reproduces ``predict_proba`` and
+``predict`` within 1e-5 (tests/test_export_onnx.py); before writing, :func:`export_onnx` runs
+the graph on sample rows and refuses, with one NbnetError, a model it does not reproduce.
 
 Example
 -------
@@ -50,6 +51,10 @@ try:  # the optional extra nbnet[onnx]; imported here, not by the CLI at start-u
     from onnx import TensorProto, helper, numpy_helper
 except ImportError:  # pragma: no cover - exercised only where the extra is missing
     onnx = None
+try:  # runs the graph once before it is written (the check is skipped without it)
+    import onnxruntime
+except ImportError:  # pragma: no cover - exercised only where the extra is missing
+    onnxruntime = None
 
 from nbnet._sys.atomic import atomic_write
 from nbnet.data.load import raw_columns
@@ -281,6 +286,61 @@ def build_onnx(est, feature_names: list[str] | None = None, categories: dict | N
     return model
 
 
+# --- the check before writing: ONNX Runtime against nbnet on sample rows ----------------------------
+CHECK_ROWS = 64
+CHECK_TOL = {"float32": 1e-4, "float64": 1e-9}  # absolute, on probabilities (relative to the scale for regressors)
+
+
+def _sample_rows(est, names: list[str] | None, categories: dict, rng) -> tuple[np.ndarray, dict]:
+    """``(X, categorical)``: rows of nbnet's feature matrix drawn around the training statistics
+    (NaN in some cells when the model imputes), and for each categorical column the category
+    index of every row (-1: none, an all-zeros group)."""
+    pre = getattr(est, "preprocessor_", None)
+    n, d = CHECK_ROWS, int(est.n_features_in_)
+    mean, std = np.zeros(d), np.ones(d)
+    if pre is not None and "mean" in pre.stats_:
+        mean, std = np.nan_to_num(pre.stats_["mean"]), np.nan_to_num(pre.stats_["std"], nan=1.0)
+    X = rng.normal(mean, std + 1e-3, size=(n, d))
+    if pre is not None and pre.allows_nan:
+        X[rng.random((n, d)) < 0.1] = np.nan
+    chosen = {}
+    for c, cats in categories.items():
+        cols = np.array([names.index(f"{c}={k}") for k in cats], np.int64)
+        idx = rng.integers(-1, len(cats), n)  # -1: no category (an unseen or missing value)
+        X[:, cols] = 0.0
+        rows = np.flatnonzero(idx >= 0)
+        X[rows, cols[idx[rows]]] = 1.0
+        chosen[c] = idx
+    return X, chosen
+
+
+def _verify(proto, est, names: list[str] | None, categories: dict, input_type: str) -> None:
+    """Run the graph on sample rows and compare with the estimator; a difference means the model
+    holds something the export does not cover: one NbnetError, and nothing is written."""
+    if onnxruntime is None:
+        return
+    X, chosen = _sample_rows(est, names, categories, np.random.default_rng(0))
+    X = X.astype(input_type).astype(np.float64)  # the values the graph's inputs can hold
+    if categories:
+        feed = {}
+        for s in _input_info(proto):
+            if s.dtype == "string":
+                cats = np.array([str(k) for k in categories[s.name]] + [""], dtype=object)
+                feed[s.name] = cats[chosen[s.name]].reshape(-1, 1)  # index -1: "", no category
+            else:
+                feed[s.name] = X[:, [names.index(s.name)]].astype(input_type)
+    else:
+        feed = {MATRIX_INPUT: X.astype(input_type)}
+    sess = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(["variable" if est.loss_ == "mse" else "probabilities"], feed)[0]
+    want = est.predict(X).reshape(len(X), -1) if est.loss_ == "mse" else est.predict_proba(X)
+    scale = max(1.0, float(np.abs(want).max())) if est.loss_ == "mse" else 1.0
+    diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else np.inf  # NaN: a failure too
+    if not diff <= CHECK_TOL[est.dtype] * scale:
+        raise NbnetError(f"the ONNX graph does not reproduce this {type(est).__name__} (largest difference {diff:.3g} "
+                         "on sample rows): the model holds a piece the ONNX export does not cover")
+
+
 def _input_info(model) -> list[InputSpec]:
     """The graph's inputs as :class:`InputSpec` (name, element type, width)."""
     kinds = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.STRING: "string"}
@@ -303,6 +363,7 @@ def export_onnx(model, path, *, input_type: str = "float64", tracking_uri: str |
         est = model
         names, categories = tracking.feature_spec(est)
     proto = build_onnx(est, names, categories, input_type=input_type)
+    _verify(proto, est, names, categories, input_type)
     if proto.ByteSize() >= 2**31:  # protobuf's limit of one message
         raise NbnetError(f"the ONNX graph of this model takes {proto.ByteSize() / 2**30:.1f} GiB, over the 2 GiB "
                          "of one ONNX file; export a smaller model")
