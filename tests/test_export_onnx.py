@@ -19,8 +19,8 @@ import nbnet  # noqa: E402
 from nbnet import MLPClassifier, MLPRegressor, NbnetError  # noqa: E402
 from nbnet.cli import main  # noqa: E402
 from nbnet.data.prep import SCALERS  # noqa: E402
-from nbnet.experiment import config, tracking  # noqa: E402
 from nbnet.data.prepared import prepare_data  # noqa: E402
+from nbnet.experiment import config, tracking  # noqa: E402
 from nbnet.experiment.run import train_once  # noqa: E402
 from nbnet.kernels.tables import ACTIVATIONS  # noqa: E402
 from nbnet.ops import export  # noqa: E402
