@@ -547,6 +547,20 @@ def test_arrays_are_taken_by_position_with_sklearns_warning(frame):
         plain.predict(X)
 
 
+def test_validation_frames_are_matched_by_name_and_the_holdout_is_not_warned_about(frame):
+    import warnings
+
+    X, y = frame
+    kw = dict(epochs=2, n_threads=1)
+    a = MLPClassifier((4,), **kw).fit(X, y, validation_data=(X[["mass", "flipper", "bill"]], y))
+    b = MLPClassifier((4,), **kw).fit(X, y, validation_data=(X, y))
+    assert a.history_["val_loss"] == b.history_["val_loss"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rows early stopping holds out of X are X's columns already
+        c = MLPClassifier((4,), early_stopping=True, **kw).fit(X, y)
+    assert len(c.history_["val_loss"]) == 2 and c.feature_names_in_.tolist() == X.columns.tolist()
+
+
 def test_column_names_of_mixed_types_are_refused(frame):
     from nbnet.errors import DataTypeError
 

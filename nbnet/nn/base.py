@@ -170,15 +170,18 @@ class BaseMLP:
         raise NotImplementedError
 
     # --- training ---------------------------------------------------------------------------
-    def _prepare_X(self, X, *, fit: bool, y=None) -> np.ndarray:
-        """Validate raw X and apply the fitted preprocessing; returns C-contiguous model dtype."""
+    def _prepare_X(self, X, *, fit: bool, y=None, by_name: bool = True) -> np.ndarray:
+        """Validate raw X and apply the fitted preprocessing; returns C-contiguous model dtype.
+        ``by_name``: match a data frame's columns to ``feature_names_in_`` (not for rows of the
+        training X itself)."""
         if fit:
             X = self._fit_preprocessor(X, y)
         else:
             if not hasattr(self, "n_features_in_"):
                 self._check_fitted()
             pre = getattr(self, "preprocessor_", None)
-            X = match_columns(X, getattr(self, "feature_names_in_", None), type(self).__name__)
+            if by_name:
+                X = match_columns(X, getattr(self, "feature_names_in_", None), type(self).__name__)
             X = check_X(X, n_features=self.n_features_in_, allow_nan=bool(pre is not None and pre.allows_nan),
                         owner=type(self).__name__)
             if pre is not None:
@@ -251,14 +254,15 @@ class BaseMLP:
         hyper = self._resolved()
         X = self._check_fit_X(X)
         y = self._check_fit_y(y, X.shape[0])
-        if validation_data is None and self.early_stopping:
+        held_out = validation_data is None and self.early_stopping
+        if held_out:
             X, y, validation_data = self._holdout(X, y)
         self._init_targets(y)
         Xt = self._prepare_X(X, fit=True, y=y)
         val = None
         if validation_data is not None:
             Xv, yv = validation_data
-            Xv = self._prepare_X(Xv, fit=False)
+            Xv = self._prepare_X(Xv, fit=False, by_name=not held_out)  # rows of X: its columns already
             val = (Xv, self._encode(check_y(yv, Xv.shape[0])))
         self._init_state(Xt.shape[1], hyper)
         self._train_with(callbacks, Xt, self._encode(y), val, hyper, restore_best=self.early_stopping)
