@@ -119,7 +119,8 @@ def match_columns(X, fitted, owner: str):
     missing = [c for c in fitted if c not in have]
     unknown = [c for c in names if c not in want]
     if missing or unknown:
-        parts = ([f"X lacks {_few(missing)}"] if missing else []) + ([f"has unknown {_few(unknown)}"] if unknown else [])
+        parts = [f"X lacks {_few(missing)}"] if missing else []
+        parts += [f"has unknown {_few(unknown)}"] if unknown else []
         raise NbnetError(f"The feature names should match those that were passed during fit: {' and '.join(parts)}; "
                          f"pass the columns {_few(list(fitted))} (in any order)")
     return X[list(fitted)]
