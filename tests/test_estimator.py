@@ -594,6 +594,24 @@ def test_feature_names_are_saved_and_checked_after_load(frame, tmp_path):
     _one_line_error(lambda: nbnet.load(tmp_path / "bad.nbnet"), "feature_names_in")
 
 
+def test_nbnet_predict_reads_a_file_by_the_names_of_a_frame_fitted_model(frame, tmp_path, capsys):
+    import warnings
+
+    import pandas as pd
+
+    from nbnet.cli import main
+
+    X, y = frame
+    clf = MLPClassifier((4,), epochs=2, n_threads=1).fit(X, y)
+    clf.save(tmp_path / "m.nbnet")
+    X[["mass", "bill", "flipper"]].assign(id=range(len(X))).to_csv(tmp_path / "in.csv", index=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code = main(["predict", str(tmp_path / "m.nbnet"), str(tmp_path / "in.csv"), "-o", str(tmp_path / "p.csv")])
+    assert code == 0 and not [w for w in seen if "feature names" in str(w.message)]  # read by name: no warning
+    np.testing.assert_array_equal(pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy(), clf.predict(X))
+
+
 def test_the_sklearn_based_types_load_sklearn_only_when_used():
     code = ("import sys, nbnet, nbnet.errors as e; a = 'sklearn' in sys.modules\n"
             "try:\n    nbnet.MLPClassifier().predict([[1.0]])\nexcept e.NbnetError as x:\n    t = type(x)\n"
