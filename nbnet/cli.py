@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from nbnet import errors
 from nbnet.errors import NbnetError, StoreError
@@ -375,6 +376,10 @@ def _quiet_logs() -> None:
     # closes, which would corrupt --json output.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # and if it already was
+    # The commands read every input file by the model's own column names and hand the model those
+    # columns in its order: scikit-learn's warning that an array's columns cannot be checked (for a
+    # model fitted on a data frame) does not apply.
+    warnings.filterwarnings("ignore", "X does not have valid feature names", UserWarning, "nbnet")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,10 @@ history, early stopping, reproducibility, labels, dtypes, threads and input vali
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,7 +352,7 @@ GOOD_Y = np.arange(20) % 2
     [
         (np.where(np.eye(20, 3) > 0, np.nan, GOOD_X), GOOD_Y, "NaN or inf"),
         (np.where(np.eye(20, 3) > 0, np.inf, GOOD_X), GOOD_Y, "NaN or inf"),
-        (GOOD_X[:, 0], GOOD_Y, "must be 2-D"),
+        (GOOD_X[:, 0], GOOD_Y, "must be 2-D.*Reshape your data"),
         (GOOD_X[None], GOOD_Y, "must be 2-D"),
         (GOOD_X, GOOD_Y[:-1], "20 samples but y has 19"),
         (np.array([["a", "b", "c"]] * 20), GOOD_Y, "must be numeric"),
@@ -359,11 +361,12 @@ GOOD_Y = np.arange(20) % 2
         ([[1.0, 2.0], [3.0]], [0, 1], "could not be read"),
         (GOOD_X, np.zeros(20), "only one class"),
         (GOOD_X, np.array(["x"] * 20), "only one class"),
-        (np.zeros((0, 3)), np.zeros(0), "empty"),
-        (np.zeros((20, 0)), GOOD_Y, "empty"),
+        (np.zeros((0, 3)), np.zeros(0), r"0 sample\(s\) \(shape=\(0, 3\)\) while a minimum of 1 is required"),
+        (np.zeros((20, 0)), GOOD_Y, r"0 feature\(s\) \(shape=\(20, 0\)\) while a minimum of 1 is required"),
+        (GOOD_X + 1j, GOOD_Y, "Complex data not supported"),
         (GOOD_X, np.where(GOOD_Y > 0, np.nan, 0.0), "NaN or inf"),
         (GOOD_X, np.zeros((20, 2, 2)), "y must be 1-D"),
-        (GOOD_X, None, "y is None"),
+        (GOOD_X, None, "MLPClassifier requires y to be passed, but the target y is None"),
         (GOOD_X, GOOD_X[:, 0], "continuous values"),
     ],
 )
@@ -394,10 +397,10 @@ def test_bad_regression_targets():
 def test_bad_prediction_input_raises_one_line():
     clf = MLPClassifier((4,), epochs=1, n_threads=1).fit(GOOD_X, GOOD_Y)
     _one_line_error(lambda: MLPClassifier().predict(GOOD_X), "not fitted yet")
-    _one_line_error(lambda: clf.predict(GOOD_X[:, :2]), "has 2 features but the model was fitted with 3")
-    _one_line_error(lambda: clf.predict(GOOD_X[0]), "reshape")
+    _one_line_error(lambda: clf.predict(GOOD_X[:, :2]), "X has 2 features, but MLPClassifier is expecting 3 features")
+    _one_line_error(lambda: clf.predict(GOOD_X[0]), r"Reshape your data: X.reshape\(1, -1\)")
     _one_line_error(lambda: clf.predict_proba(np.full((2, 3), np.nan)), "NaN")
-    _one_line_error(lambda: clf.predict(np.zeros((0, 3))), "empty")
+    _one_line_error(lambda: clf.predict(np.zeros((0, 3))), "0 sample")
     _one_line_error(lambda: clf.predict(np.array([["1", "2", "x"]])), "numeric")
     _one_line_error(lambda: clf.fit(GOOD_X, GOOD_Y, validation_data=(GOOD_X[:, :2], GOOD_Y)), "features")
 
@@ -441,3 +444,211 @@ def test_bad_prediction_input_raises_one_line():
 )
 def test_bad_hyperparameters_raise_one_line(params, match):
     _one_line_error(lambda: MLPClassifier(**{"epochs": 1, **params}).fit(GOOD_X, GOOD_Y), match)
+
+
+# --- scikit-learn's error types ---------------------------------------------------------------------------------
+def test_predict_before_fit_is_sklearn_not_fitted_error():
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    for est in (MLPClassifier(), MLPRegressor()):
+        with pytest.raises(NotFittedError, match="not fitted yet") as e:
+            est.predict(GOOD_X)
+        assert isinstance(e.value, NbnetError) and "\n" not in str(e.value)
+        assert not hasattr(est, "params_")  # an AttributeError as well, as scikit-learn's
+        with pytest.raises(NotFittedError):
+            check_is_fitted(est)
+    check_is_fitted(MLPClassifier((4,), epochs=1).fit(GOOD_X, GOOD_Y))
+
+
+def test_a_value_that_is_no_number_is_a_type_error():
+    from nbnet.errors import DataTypeError
+
+    X = GOOD_X.astype(object)
+    X[0, 0] = {"foo": "bar"}
+    with pytest.raises(TypeError, match="argument must be .* string.* number") as e:
+        MLPClassifier((4,), epochs=1).fit(X, GOOD_Y)
+    assert isinstance(e.value, DataTypeError) and isinstance(e.value, NbnetError) and "\n" not in str(e.value)
+
+
+def test_a_column_vector_y_warns_for_a_classifier_only():
+    import warnings
+
+    from sklearn.exceptions import DataConversionWarning
+
+    with pytest.warns(DataConversionWarning, match="A column-vector y was passed when a 1d array was expected"):
+        a = MLPClassifier((4,), epochs=2, n_threads=1).fit(GOOD_X, GOOD_Y[:, None])
+    b = MLPClassifier((4,), epochs=2, n_threads=1).fit(GOOD_X, GOOD_Y)
+    assert same_weights(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a regressor takes (n, 1) as one output: nothing to warn about
+        reg = MLPRegressor((4,), epochs=1, n_threads=1).fit(GOOD_X, GOOD_X[:, :1])
+    assert reg.predict(GOOD_X).shape == (len(GOOD_X),)
+
+
+def test_regression_targets_in_an_object_array_are_numbers():
+    y = GOOD_X[:, 0]
+    a = MLPRegressor((4,), epochs=2, n_threads=1).fit(GOOD_X, y.astype(object))
+    b = MLPRegressor((4,), epochs=2, n_threads=1).fit(GOOD_X, y)
+    assert same_weights(a, b)
+
+
+# --- feature names ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def frame():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame({"bill": rng.normal(size=60), "flipper": rng.normal(size=60), "mass": rng.normal(size=60)})
+    y = (X["bill"] + 0.5 * X["mass"] > 0).astype(int).to_numpy()
+    return X, y
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_fit_on_a_frame_learns_feature_names(cls, frame):
+    X, y = frame
+    est = cls((4,), epochs=2, n_threads=1).fit(X, y)
+    assert isinstance(est.feature_names_in_, np.ndarray) and est.feature_names_in_.dtype == object
+    assert est.feature_names_in_.tolist() == ["bill", "flipper", "mass"] and est.n_features_in_ == 3
+    est.fit(X.to_numpy(), y)  # refitted on an array: the names are gone, as in scikit-learn
+    assert not hasattr(est, "feature_names_in_")
+    X.columns = [0, 1, 2]  # unnamed columns (a CSV read without a header) are no names
+    assert not hasattr(cls((4,), epochs=1).fit(X, y), "feature_names_in_")
+
+
+def test_a_frame_with_columns_in_another_order_is_reordered(frame):
+    X, y = frame
+    clf = MLPClassifier((4,), epochs=3, n_threads=1).fit(X, y)
+    shuffled = X[["mass", "bill", "flipper"]]
+    np.testing.assert_array_equal(clf.predict_proba(shuffled), clf.predict_proba(X))
+    # the same columns by position would give other probabilities: the reorder is what makes them equal
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        assert not np.array_equal(clf.predict_proba(shuffled.to_numpy()), clf.predict_proba(X))
+    assert clf.score(shuffled, y) == clf.score(X, y)
+
+
+def test_missing_or_unknown_columns_are_one_clear_error(frame):
+    X, y = frame
+    clf = MLPClassifier((4,), epochs=1, n_threads=1).fit(X, y)
+    _one_line_error(lambda: clf.predict(X[["bill", "mass"]]), r"lacks \['flipper'\]")
+    _one_line_error(lambda: clf.predict(X.rename(columns={"mass": "weight"})),
+                    r"lacks \['mass'\] and has unknown \['weight'\]; pass the columns \['bill', 'flipper', 'mass'\]")
+    _one_line_error(lambda: clf.predict(X.assign(extra=1.0)), r"has unknown \['extra'\]")
+    _one_line_error(lambda: clf.partial_fit(X[["bill", "mass"]], y), "lacks")
+
+
+def test_arrays_are_taken_by_position_with_sklearns_warning(frame):
+    X, y = frame
+    clf = MLPClassifier((4,), epochs=2, n_threads=1).fit(X, y)
+    with pytest.warns(UserWarning, match="X does not have valid feature names, but MLPClassifier was fitted with"):
+        P = clf.predict_proba(X.to_numpy())
+    np.testing.assert_array_equal(P, clf.predict_proba(X))
+    plain = MLPClassifier((4,), epochs=2, n_threads=1).fit(X.to_numpy(), y)
+    with pytest.warns(UserWarning, match="X has feature names, but MLPClassifier was fitted without feature names"):
+        plain.predict(X)
+
+
+def test_validation_frames_are_matched_by_name_and_the_holdout_is_not_warned_about(frame):
+    import warnings
+
+    X, y = frame
+    kw = dict(epochs=2, n_threads=1)
+    a = MLPClassifier((4,), **kw).fit(X, y, validation_data=(X[["mass", "flipper", "bill"]], y))
+    b = MLPClassifier((4,), **kw).fit(X, y, validation_data=(X, y))
+    assert a.history_["val_loss"] == b.history_["val_loss"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rows early stopping holds out of X are X's columns already
+        c = MLPClassifier((4,), early_stopping=True, **kw).fit(X, y)
+    assert len(c.history_["val_loss"]) == 2 and c.feature_names_in_.tolist() == X.columns.tolist()
+
+
+def test_column_names_of_mixed_types_are_refused(frame):
+    from nbnet.errors import DataTypeError
+
+    X, y = frame
+    X.columns = ["bill", 1, "mass"]
+    with pytest.raises(DataTypeError, match="only supported if all input features have string names"):
+        MLPClassifier((4,), epochs=1).fit(X, y)
+
+
+def test_feature_names_are_saved_and_checked_after_load(frame, tmp_path):
+    import nbnet
+    from nbnet.io import read_bundle, write_bundle
+
+    X, y = frame
+    clf = MLPClassifier((4,), epochs=2, n_threads=1).fit(X, y)
+    clf.save(tmp_path / "m.nbnet")
+    meta, arrays = read_bundle(tmp_path / "m.nbnet")
+    assert meta["feature_names_in"] == ["bill", "flipper", "mass"]
+    back = nbnet.load(tmp_path / "m.nbnet")
+    assert back.feature_names_in_.tolist() == ["bill", "flipper", "mass"] and back.feature_names_in_.dtype == object
+    np.testing.assert_array_equal(back.predict_proba(X[["flipper", "mass", "bill"]]), clf.predict_proba(X))
+    _one_line_error(lambda: back.predict(X[["bill", "mass"]]), "lacks")
+    # a file written without the field (by an nbnet that did not save it) loads, and takes columns by position
+    del meta["feature_names_in"]
+    write_bundle(tmp_path / "old.nbnet", meta, arrays)
+    old = nbnet.load(tmp_path / "old.nbnet")
+    assert not hasattr(old, "feature_names_in_")
+    np.testing.assert_array_equal(old.predict_proba(X.to_numpy()), clf.predict_proba(X))
+    meta["feature_names_in"] = ["bill", "mass"]  # not one name per feature: a damaged file
+    write_bundle(tmp_path / "bad.nbnet", meta, arrays)
+    _one_line_error(lambda: nbnet.load(tmp_path / "bad.nbnet"), "feature_names_in")
+
+
+def test_nbnet_predict_reads_a_file_by_the_names_of_a_frame_fitted_model(frame, tmp_path, capsys):
+    import warnings
+
+    import pandas as pd
+
+    from nbnet.cli import main
+
+    X, y = frame
+    clf = MLPClassifier((4,), epochs=2, n_threads=1).fit(X, y)
+    clf.save(tmp_path / "m.nbnet")
+    X[["mass", "bill", "flipper"]].assign(id=range(len(X))).to_csv(tmp_path / "in.csv", index=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code = main(["predict", str(tmp_path / "m.nbnet"), str(tmp_path / "in.csv"), "-o", str(tmp_path / "p.csv")])
+    assert code == 0 and not [w for w in seen if "feature names" in str(w.message)]  # read by name: no warning
+    np.testing.assert_array_equal(pd.read_csv(tmp_path / "p.csv")["prediction"].to_numpy(), clf.predict(X))
+
+
+def test_the_sklearn_based_types_load_sklearn_only_when_used():
+    code = ("import sys, nbnet, nbnet.errors as e; a = 'sklearn' in sys.modules\n"
+            "try:\n    nbnet.MLPClassifier().predict([[1.0]])\nexcept e.NbnetError as x:\n    t = type(x)\n"
+            "from sklearn.exceptions import NotFittedError\n"
+            "print(a, t is e.NotFittedError, issubclass(t, NotFittedError))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
+
+
+# --- docs/library.md ---------------------------------------------------------------------------------------------
+LIBRARY_MD = Path(__file__).resolve().parents[1] / "docs" / "library.md"
+
+
+def _doc_snippets(section: str) -> list[str]:
+    """The ```python blocks of one ``## section`` of docs/library.md (its ### parts included)."""
+    text = LIBRARY_MD.read_text()
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+
+
+def test_library_md_sklearn_snippets_run_as_written(tmp_path, monkeypatch):
+    import nbnet
+
+    pytest.importorskip("pandas")
+    monkeypatch.chdir(tmp_path)  # the snippet saves cancer.nbnet in the working directory
+    blocks = _doc_snippets("With scikit-learn")
+    assert len(blocks) == 2
+    ns: dict = {}
+    for code in blocks:
+        exec(compile(code, str(LIBRARY_MD), "exec"), ns)
+    assert ns["scores"].shape == (3,) and ns["scores"].min() > 0.9
+    grid = ns["grid"]
+    assert set(grid.best_params_) == {"mlpclassifier__hidden_layer_sizes", "mlpclassifier__learning_rate"}
+    X_test, y_test, clf = ns["X_test"], ns["y_test"], ns["clf"]
+    assert grid.score(X_test, y_test) > 0.9
+    assert grid.best_estimator_[-1].feature_names_in_.tolist() == X_test.columns.tolist()
+    assert clf.feature_names_in_.tolist() == X_test.columns.tolist()
+    np.testing.assert_array_equal(clf.predict_proba(X_test[X_test.columns[::-1]]), clf.predict_proba(X_test))
+    assert nbnet.load(tmp_path / "cancer.nbnet").feature_names_in_.tolist() == X_test.columns.tolist()

@@ -172,10 +172,12 @@ def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, ur
         viz.write_run_plots(Path(tmp, viz.ARTIFACT_DIR), est, data.X_val, data.y_val, data.task, title=cfg.name,
                             predictions=predictions)
         tracking.log_artifact(run_id, tmp, uri=uri)
-    est.feature_names_in_ = list(data.dataset.feature_names)
-    est.categories_ = dict(data.dataset.categories or {})
+    # the raw columns travel in the pyfunc model's config: the estimator was fitted on an array and
+    # takes one by position (with feature_names_in_ it would warn at each of nbnet's own predicts)
     return tracking.log_model(run_id, est, data.X_val[:5], uri=uri, experiment_id=experiment_id,
-                              params=params if experiment_id else None, logger=logger)
+                              params=params if experiment_id else None, logger=logger,
+                              feature_names=list(data.dataset.feature_names),
+                              categories=dict(data.dataset.categories or {}))
 
 
 # --- nbnet train -------------------------------------------------------------------------------

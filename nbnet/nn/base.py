@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nbnet import kernels, optim
+from nbnet import errors, kernels, optim
 from nbnet.data.prep import Preprocessor
 from nbnet.data.split import train_val_split
 from nbnet.errors import DivergedError, NbnetError
@@ -23,7 +23,8 @@ from nbnet.kernels.threads import thread_budget
 from nbnet.model import Layout, check_weights, init_params
 from nbnet.nn.callbacks import CallbackList, ConsolePrinter, EarlyStopping, EarlyStoppingState
 from nbnet.nn.trainer import EpochPlan, Trainer, TrainingState, Validation
-from nbnet.nn.validation import DTYPES, Hyperparameters, check_X, check_y, is_int, resolve_hyperparameters
+from nbnet.nn.validation import (DTYPES, Hyperparameters, check_X, check_y, feature_names, is_int, match_columns,
+                                 resolve_hyperparameters)
 from nbnet.version import __version__
 
 
@@ -145,7 +146,7 @@ class BaseMLP:
         clf = self._loss_name != "mse"
         return Tags(
             estimator_type="classifier" if clf else "regressor",
-            target_tags=TargetTags(required=True),
+            target_tags=TargetTags(required=True, multi_output=not clf),  # the regressor fits (n, n_outputs) y
             classifier_tags=ClassifierTags() if clf else None,
             regressor_tags=None if clf else RegressorTags(),
         )
@@ -169,15 +170,20 @@ class BaseMLP:
         raise NotImplementedError
 
     # --- training ---------------------------------------------------------------------------
-    def _prepare_X(self, X, *, fit: bool, y=None) -> np.ndarray:
-        """Validate raw X and apply the fitted preprocessing; returns C-contiguous model dtype."""
+    def _prepare_X(self, X, *, fit: bool, y=None, by_name: bool = True) -> np.ndarray:
+        """Validate raw X and apply the fitted preprocessing; returns C-contiguous model dtype.
+        ``by_name``: match a data frame's columns to ``feature_names_in_`` (not for rows of the
+        training X itself)."""
         if fit:
             X = self._fit_preprocessor(X, y)
         else:
             if not hasattr(self, "n_features_in_"):
                 self._check_fitted()
             pre = getattr(self, "preprocessor_", None)
-            X = check_X(X, n_features=self.n_features_in_, allow_nan=bool(pre is not None and pre.allows_nan))
+            if by_name:
+                X = match_columns(X, getattr(self, "feature_names_in_", None), type(self).__name__)
+            X = check_X(X, n_features=self.n_features_in_, allow_nan=bool(pre is not None and pre.allows_nan),
+                        owner=type(self).__name__)
             if pre is not None:
                 X = pre.transform(X.astype(np.float64, copy=False))
         with np.errstate(over="ignore"):
@@ -187,6 +193,21 @@ class BaseMLP:
             raise NbnetError(f"X holds values beyond the {self.dtype} range (first at row {row}); scale the data "
                              "(preprocessing scale) or use dtype='float64'")
         return out
+
+    def _check_fit_X(self, X) -> np.ndarray:
+        """The training X checked, and its column names learned: ``feature_names_in_`` when X is a
+        data frame with string column names (as scikit-learn's estimators do), none otherwise."""
+        names = feature_names(X)
+        X = check_X(X, allow_nan=True) if self.preprocessing else check_X(X)
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        return X
+
+    def _check_fit_y(self, y, n: int) -> np.ndarray:
+        """The training targets checked; a classifier warns (as scikit-learn's do) on a column y."""
+        return check_y(y, n, owner=type(self).__name__, warn_column=self._loss_name != "mse")
 
     def _fit_preprocessor(self, X, y) -> np.ndarray:
         """Check X, fit ``preprocessing`` (if any) on it and return X transformed."""
@@ -231,16 +252,17 @@ class BaseMLP:
             after it (:class:`nbnet.viz.ActivationStats` adds ``act_mean_{l}``... before the logger).
         """
         hyper = self._resolved()
-        X = check_X(X, allow_nan=True) if self.preprocessing else check_X(X)
-        y = check_y(y, X.shape[0])
-        if validation_data is None and self.early_stopping:
+        X = self._check_fit_X(X)
+        y = self._check_fit_y(y, X.shape[0])
+        held_out = validation_data is None and self.early_stopping
+        if held_out:
             X, y, validation_data = self._holdout(X, y)
         self._init_targets(y)
         Xt = self._prepare_X(X, fit=True, y=y)
         val = None
         if validation_data is not None:
             Xv, yv = validation_data
-            Xv = self._prepare_X(Xv, fit=False)
+            Xv = self._prepare_X(Xv, fit=False, by_name=not held_out)  # rows of X: its columns already
             val = (Xv, self._encode(check_y(yv, Xv.shape[0])))
         self._init_state(Xt.shape[1], hyper)
         self._train_with(callbacks, Xt, self._encode(y), val, hyper, restore_best=self.early_stopping)
@@ -255,14 +277,14 @@ class BaseMLP:
         if not (is_int(epochs) and epochs >= 1):
             raise NbnetError(f"epochs must be a positive int, got {epochs!r}")
         if not hasattr(self, "layout_"):
-            X = check_X(X, allow_nan=True) if self.preprocessing else check_X(X)
-            y = check_y(y, X.shape[0])
+            X = self._check_fit_X(X)
+            y = self._check_fit_y(y, X.shape[0])
             self._init_targets(y, classes)
             Xt = self._prepare_X(X, fit=True, y=y)
             self._init_state(Xt.shape[1], hyper)
         else:
             Xt = self._prepare_X(X, fit=False)
-            y = check_y(y, Xt.shape[0])
+            y = self._check_fit_y(y, Xt.shape[0])
         self._train_with(callbacks, Xt, self._encode(y), None, hyper, n_epochs=int(epochs))
         return self
 
@@ -290,8 +312,8 @@ class BaseMLP:
         the same data (a sweep's trials) fit the preprocessing once: ``est.set_params(
         preprocessing=None).fit(Xt, y)`` then ``est.use_preprocessor(pre, spec)`` gives the same
         model as ``fit(X, y)`` with ``preprocessing=spec``."""
-        X = check_X(X, allow_nan=True) if self.preprocessing else check_X(X)
-        Xt = self._prepare_X(X, fit=True, y=check_y(y, X.shape[0]))
+        X = self._check_fit_X(X)
+        Xt = self._prepare_X(X, fit=True, y=self._check_fit_y(y, X.shape[0]))
         return self.preprocessor_, Xt
 
     def use_preprocessor(self, pre, spec) -> "BaseMLP":
@@ -306,6 +328,8 @@ class BaseMLP:
         self.preprocessor_ = pre
         if pre is not None:
             self.n_features_in_ = pre.n_features_in_
+            if hasattr(self, "feature_names_in_"):  # they named the preprocessor's outputs, not its inputs
+                del self.feature_names_in_
         return self
 
     def _holdout(self, X, y):
@@ -441,8 +465,11 @@ class BaseMLP:
 
     # --- inference --------------------------------------------------------------------------
     def _check_fitted(self) -> None:
-        if not hasattr(self, "layout_"):
-            raise NbnetError(f"this {type(self).__name__} is not fitted yet; call fit first")
+        if not hasattr(self, "layout_"):  # an NbnetError and scikit-learn's NotFittedError
+            raise errors.NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
+
+    def __sklearn_is_fitted__(self) -> bool:  # scikit-learn's check_is_fitted asks this
+        return hasattr(self, "layout_")
 
     def _forward(self, Xt: np.ndarray) -> np.ndarray:
         """Predictions (the loss's output transform applied) for prepared rows, on the CPU kernels."""
@@ -501,6 +528,8 @@ class BaseMLP:
         arrays = {"params": self._params, "opt_m": moments.m, "opt_v": moments.v, "rng": self._rng}
         if getattr(self, "classes_", None) is not None:
             meta["classes"] = [json_value(c) for c in self.classes_]
+        if getattr(self, "feature_names_in_", None) is not None:  # columns a data frame X is matched by
+            meta["feature_names_in"] = [str(c) for c in self.feature_names_in_]
         if getattr(self, "preprocessor_", None) is not None:
             pmeta, parrays = self.preprocessor_.to_state()
             meta["preprocessor"] = pmeta

@@ -27,7 +27,7 @@ from nbnet.io import read_bundle
 from nbnet.model import Layout
 from nbnet.nn.base import BaseMLP, json_value
 from nbnet.nn.trainer import TrainingState
-from nbnet.nn.validation import DTYPES, check_y, resolve_hyperparameters
+from nbnet.nn.validation import DTYPES, check_y, numeric_targets, resolve_hyperparameters
 
 
 def _none_to_nan(v):
@@ -76,6 +76,8 @@ def _unfitted(cls, meta: dict):
     est.loss_ = meta["loss"]
     if "classes" in meta:
         est.classes_ = np.array(meta["classes"])
+    if meta.get("feature_names_in") is not None:  # files of models fitted on arrays have none
+        est.feature_names_in_ = np.array(meta["feature_names_in"], dtype=object)
     return est
 
 
@@ -117,6 +119,10 @@ def _check_meta_types(meta: dict, cls) -> None:
         bad("hidden", "a list of positive integers")
     if not (isinstance(meta.get("history"), dict) and all(isinstance(v, list) for v in meta["history"].values())):
         bad("history", "an object of lists")
+    names = meta.get("feature_names_in")
+    if names is not None and not (isinstance(names, list) and len(names) == meta["n_features_in"]
+                                  and all(isinstance(c, str) for c in names)):
+        bad("feature_names_in", "a list of n_features_in column names")
     n_out, loss = meta["n_outputs"], meta.get("loss")
     if cls is MLPRegressor:
         if loss != "mse":
@@ -205,8 +211,7 @@ class MLPRegressor(BaseMLP):
     _estimator_type = "regressor"
 
     def _init_targets(self, y, classes=None) -> None:
-        if y.dtype.kind not in "biuf":
-            raise NbnetError(f"regression targets must be numeric, got dtype {y.dtype}")
+        y = numeric_targets(y)
         if not np.all(np.isfinite(y)):
             raise NbnetError("y contains NaN or inf; drop those rows")
         self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
@@ -214,8 +219,8 @@ class MLPRegressor(BaseMLP):
         self.classes_ = None
 
     def _encode(self, y) -> np.ndarray:
-        y = np.asarray(y)
-        if y.dtype.kind not in "biuf" or not np.all(np.isfinite(y)):
+        y = numeric_targets(np.asarray(y))
+        if not np.all(np.isfinite(y)):
             raise NbnetError("regression targets must be finite numbers")
         return np.ascontiguousarray(y.reshape(len(y), -1), dtype=DTYPES[self.dtype])
 

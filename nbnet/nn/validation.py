@@ -1,23 +1,33 @@
-"""Input checks at the estimators' public boundary: the data (``check_X``, ``check_y``) and the
-hyperparameters (``resolve_hyperparameters``). Each failure is an :class:`NbnetError` with one line
-saying what is wrong and how to fix it; the kernels behind the estimators trust their arrays."""
+"""Input checks at the estimators' public boundary: the data (``check_X``, ``check_y``), the
+column names of data frames (``feature_names``, ``match_columns``) and the hyperparameters
+(``resolve_hyperparameters``). Each failure is an :class:`NbnetError` with one line saying what is
+wrong and how to fix it; the kernels behind the estimators trust their arrays.
+
+Where scikit-learn's tools test an error by its words (``sklearn.utils.estimator_checks``), the
+line holds those words too: "X has 1 features, but MLPClassifier is expecting 4 features as
+input", "Complex data not supported", "0 feature(s) (shape=(12, 0)) while a minimum of 1 is
+required", "Reshape your data", "requires y to be passed, but the target y is None".
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from nbnet import optim
-from nbnet.errors import NbnetError
+from nbnet import errors, optim
+from nbnet.errors import DataTypeError, NbnetError
 from nbnet.kernels.tables import ACTIVATIONS
 
 #: The estimators' ``dtype`` names.
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
-def check_X(X, *, n_features: int | None = None, allow_nan: bool = False, name: str = "X") -> np.ndarray:
-    """X as a 2-D float64 (or, left as it is, float32) array, or an NbnetError saying what is wrong.
+def check_X(X, *, n_features: int | None = None, allow_nan: bool = False, name: str = "X",
+            owner: str = "the model") -> np.ndarray:
+    """X as a 2-D float64 (or, left as it is, float32) array, or an NbnetError saying what is wrong
+    (``owner``, the estimator's class name, is named when X has the wrong number of features).
 
     A float32 X is neither copied nor widened: fit trains on the caller's array (memory budget)."""
     arr = _numeric_2d(X, name)
@@ -34,7 +44,8 @@ def check_X(X, *, n_features: int | None = None, allow_nan: bool = False, name: 
             fix = "" if allow_nan else "; clean the data or set preprocessing impute"
             raise NbnetError(f"{name} contains {what} (first at row {row}){fix}")
     if n_features is not None and arr.shape[1] != n_features:
-        raise NbnetError(f"{name} has {arr.shape[1]} features but the model was fitted with {n_features}")
+        raise NbnetError(f"{name} has {arr.shape[1]} features, but {owner} is expecting {n_features} features as "
+                         "input; pass the columns it was fitted on")
     return arr
 
 
@@ -49,32 +60,110 @@ def _numeric_2d(X, name: str) -> np.ndarray:
     if arr.dtype.kind == "O" and not any(isinstance(v, (str, bytes)) for v in arr.flat):
         try:  # numbers in an object array (a DataFrame with mixed column types)
             arr = arr.astype(np.float64)
-        except (TypeError, ValueError):
+        except TypeError as e:  # a dict, a list, an object: no number at all
+            raise DataTypeError(f"{name} must be numeric: {e}; drop or encode that column") from None
+        except ValueError:
             pass
+    if arr.dtype.kind == "c":
+        raise NbnetError(f"Complex data not supported: {name} has dtype {arr.dtype}; pass real numbers "
+                         f"(e.g. abs({name}) or {name}.real)")
     if arr.dtype.kind not in "biuf":
         raise NbnetError(f"{name} must be numeric, got dtype {arr.dtype}; encode text columns first")
     if arr.ndim != 2:
-        hint = "; reshape one sample with X.reshape(1, -1)" if arr.ndim == 1 else ""
+        hint = (f". Reshape your data: {name}.reshape(1, -1) for one sample, {name}.reshape(-1, 1) for one feature"
+                if arr.ndim == 1 else "")
         raise NbnetError(f"{name} must be 2-D (n_samples, n_features), got {arr.ndim}-D{hint}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise NbnetError(f"{name} is empty (shape {arr.shape}); pass at least one sample and one feature")
+    for axis, what, fix in ((0, "sample(s)", "one row"), (1, "feature(s)", "one column")):
+        if arr.shape[axis] == 0:
+            raise NbnetError(f"{name} has 0 {what} (shape={arr.shape}) while a minimum of 1 is required; "
+                             f"pass at least {fix}")
     return arr
 
 
-def check_y(y, n: int) -> np.ndarray:
-    """y as a 1-D (n,) or 2-D (n, n_outputs) array (a (n, 1) column becomes 1-D), or an NbnetError."""
+# --- column names -------------------------------------------------------------------------------
+def feature_names(X) -> np.ndarray | None:
+    """The column names of a data frame ``X`` (pandas, polars) as an object array, as scikit-learn
+    keeps them in ``feature_names_in_``; None for arrays and for frames whose columns are not
+    named by strings (a CSV read without a header: 0, 1, ...)."""
+    cols = getattr(X, "columns", None)
+    if cols is None or isinstance(X, np.ndarray):
+        return None
+    names = np.asarray(list(cols), dtype=object)
+    is_str = [isinstance(c, str) for c in names]
+    if not any(is_str):
+        return None
+    if not all(is_str):
+        kinds = sorted({type(c).__name__ for c in names})
+        raise DataTypeError(f"Feature names are only supported if all input features have string names, but X has "
+                            f"{kinds} as column name types; convert them with X.columns = X.columns.astype(str)")
+    return names
+
+
+def match_columns(X, fitted, owner: str):
+    """X with its columns in the order ``fitted`` (the model's ``feature_names_in_``, or None)
+    names them: a frame with the same columns in another order is reordered by name; one with
+    missing or unknown columns is an NbnetError. Input without names is taken by position, with
+    scikit-learn's warning when the model knows its column names (and the converse one)."""
+    names = feature_names(X)
+    if names is None or fitted is None:
+        if fitted is not None:
+            warnings.warn(f"X does not have valid feature names, but {owner} was fitted with feature names",
+                          UserWarning, stacklevel=4)
+        elif names is not None:
+            warnings.warn(f"X has feature names, but {owner} was fitted without feature names",
+                          UserWarning, stacklevel=4)
+        return X
+    if len(names) == len(fitted) and all(a == b for a, b in zip(names, fitted)):
+        return X
+    have, want = set(names), set(fitted)
+    missing = [c for c in fitted if c not in have]
+    unknown = [c for c in names if c not in want]
+    if missing or unknown:
+        parts = [f"X lacks {_few(missing)}"] if missing else []
+        parts += [f"has unknown {_few(unknown)}"] if unknown else []
+        raise NbnetError(f"The feature names should match those that were passed during fit: {' and '.join(parts)}; "
+                         f"pass the columns {_few(list(fitted))} (in any order)")
+    return X[list(fitted)]
+
+
+def _few(names: list, k: int = 8) -> str:
+    """A list of column names for an error line, cut after ``k``."""
+    shown = [str(n) for n in names[:k]]
+    return str(shown)[:-1] + (f", ... ({len(names)} in all)]" if len(names) > k else "]")
+
+
+def check_y(y, n: int, *, owner: str = "this estimator", warn_column: bool = False) -> np.ndarray:
+    """y as a 1-D (n,) or 2-D (n, n_outputs) array (a (n, 1) column becomes 1-D, with
+    scikit-learn's DataConversionWarning when ``warn_column``), or an NbnetError."""
     if y is None:
-        raise NbnetError("y is None; pass the targets (one label or value per sample)")
+        raise NbnetError(f"{owner} requires y to be passed, but the target y is None; pass the targets "
+                         "(one label or value per sample)")
     try:
         y = np.asarray(y)
     except Exception as e:
         raise NbnetError(f"y could not be read as an array ({type(e).__name__})") from None
     if y.ndim == 2 and y.shape[1] == 1:
+        if warn_column:
+            warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the shape of y "
+                          "to (n_samples,), for example using ravel().", errors.DataConversionWarning, stacklevel=4)
         y = y[:, 0]
     if y.ndim not in (1, 2):
         raise NbnetError(f"y must be 1-D (n_samples,) or 2-D (n_samples, n_outputs), got {y.ndim}-D")
     if y.shape[0] != n:
         raise NbnetError(f"X has {n} samples but y has {y.shape[0]}; they must match")
+    return y
+
+
+def numeric_targets(y: np.ndarray) -> np.ndarray:
+    """Regression targets as numbers: an object array of numbers becomes float64 (as scikit-learn
+    reads it); anything else that is not numeric is an NbnetError."""
+    if y.dtype.kind == "O":
+        try:
+            y = y.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if y.dtype.kind not in "biuf":
+        raise NbnetError(f"regression targets must be numeric, got dtype {y.dtype}; encode them as numbers")
     return y
 
 
