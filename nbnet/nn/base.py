@@ -21,7 +21,7 @@ from nbnet.kernels.rng import seed_state
 from nbnet.kernels.tables import LOSSES
 from nbnet.kernels.threads import thread_budget
 from nbnet.model import Layout, check_weights, init_params
-from nbnet.nn.callbacks import CallbackList, ConsolePrinter, EarlyStopping, EarlyStoppingState
+from nbnet.nn.callbacks import CallbackList, ConsolePrinter, EarlyStopping, EarlyStoppingState, with_fit_hooks
 from nbnet.nn.trainer import EpochPlan, Trainer, TrainingState, Validation
 from nbnet.nn.validation import DTYPES, Hyperparameters, check_X, check_y, is_int, resolve_hyperparameters
 from nbnet.version import __version__
@@ -231,6 +231,7 @@ class BaseMLP:
             after it (:class:`nbnet.viz.ActivationStats` adds ``act_mean_{l}``... before the logger).
         """
         hyper = self._resolved()
+        callbacks = with_fit_hooks(self, "fit", X, y, callbacks)  # e.g. nbnet.mlflow.autolog's tracker
         X = check_X(X, allow_nan=True) if self.preprocessing else check_X(X)
         y = check_y(y, X.shape[0])
         if validation_data is None and self.early_stopping:
@@ -254,6 +255,7 @@ class BaseMLP:
         hyper = self._resolved()
         if not (is_int(epochs) and epochs >= 1):
             raise NbnetError(f"epochs must be a positive int, got {epochs!r}")
+        callbacks = with_fit_hooks(self, "partial_fit", X, y, callbacks)
         if not hasattr(self, "layout_"):
             X = check_X(X, allow_nan=True) if self.preprocessing else check_X(X)
             y = check_y(y, X.shape[0])
