@@ -125,7 +125,7 @@ class AutologRun:
         seed = estimator.get_params().get("seed")
         for k, v in tracking.standard_tags(data_hash=datasets.digest(self.X, self.y), seed=seed).items():
             self.logger.tag(k, v)
-        self.logger.tag(T.ESTIMATOR, type(estimator).__name__)
+        self.logger.tag(T.KIND, "autolog")
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self.logger is not None:

@@ -64,7 +64,8 @@ FIT_HOOKS: list = []
 def add_fit_hook(hook) -> None:
     """Register ``hook`` (once): every later ``fit`` / ``partial_fit`` calls
     ``hook(estimator, method, X, y, callbacks)`` with the raw inputs and the caller's callbacks,
-    and appends the callbacks it returns (None: none) to the fit's own."""
+    and puts the callbacks it returns (None: none) before the caller's, so a tracker sees each
+    epoch's logs before a callback of the caller stops or aborts the fit."""
     if hook not in FIT_HOOKS:
         FIT_HOOKS.append(hook)
 
@@ -76,11 +77,12 @@ def remove_fit_hook(hook) -> None:
 
 
 def with_fit_hooks(estimator, method: str, X, y, callbacks) -> list:
-    """The callbacks of one fit: the caller's, then those every registered hook adds."""
-    out = list(callbacks or ())
+    """The callbacks of one fit: those the registered hooks add, then the caller's."""
+    mine = list(callbacks or ())
+    added: list = []
     for hook in list(FIT_HOOKS):
-        out.extend(hook(estimator, method, X, y, tuple(out)) or ())
-    return out
+        added.extend(hook(estimator, method, X, y, tuple(added + mine)) or ())
+    return added + mine
 
 
 class EarlyStoppingState(NamedTuple):
