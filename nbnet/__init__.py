@@ -66,7 +66,7 @@ def sweep(X, y, *, space: dict, trials: int = 20, metric: str | None = None, par
     ...             space={"train.learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}})  # doctest: +SKIP
     >>> res.best_value, res.best_estimator.predict(X[:3])                # doctest: +SKIP
     """
-    from nbnet.experiment.sweep.arrays import sweep_arrays  # heavy: imports optuna and mlflow
+    from nbnet.experiment.sweep import sweep_arrays  # heavy: imports optuna and mlflow
 
     return sweep_arrays(X, y, space=space, trials=trials, metric=metric, params=params, experiment=experiment,
                         name=name, data_name=data_name, task=task, categorical=categorical, study_name=study_name,

@@ -34,7 +34,6 @@ from mlflow.models import get_model_info
 from nbnet.errors import NbnetError
 from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
-from nbnet.experiment.tracking import datasets
 from nbnet.nn.callbacks import add_fit_hook, remove_fit_hook
 
 #: The autolog run's name of the data set a fit was given (context ``training``).
@@ -123,7 +122,7 @@ class AutologRun:
         tracking.log_params(self.run_id, {k: _plain(v) for k, v in estimator.get_params().items()}, uri=uri)
         self.logger = tracking.MetricLogger(self.run_id, uri=uri)
         seed = estimator.get_params().get("seed")
-        for k, v in tracking.standard_tags(data_hash=datasets.digest(self.X, self.y), seed=seed).items():
+        for k, v in tracking.standard_tags(data_hash=tracking.datasets.digest(self.X, self.y), seed=seed).items():
             self.logger.tag(k, v)
         self.logger.tag(T.KIND, "autolog")
 
@@ -147,8 +146,8 @@ class AutologRun:
         logger, uri = self.logger, mlflow.get_tracking_uri()
         data = None
         if self.cfg.log_datasets:
-            data = datasets.dataset(self.X, self.y, DATASET_NAME)
-            datasets.log_inputs(self.run_id, [(data, datasets.TRAINING)], uri=uri)
+            data = tracking.datasets.dataset(self.X, self.y, DATASET_NAME)
+            tracking.datasets.log_inputs(self.run_id, [(data, tracking.datasets.TRAINING)], uri=uri)
         if self.cfg.log_models:
             tracking.log_model(self.run_id, estimator, _example(self.X, estimator), uri=uri, logger=logger)
             on_train = (data.name, data.digest) if data is not None else None

@@ -29,7 +29,6 @@ from nbnet.errors import NbnetError
 from nbnet.experiment import config as C
 from nbnet.experiment import tags as T
 from nbnet.experiment import resources, tracking
-from nbnet.experiment.tracking import datasets
 from nbnet.metrics import evaluate_estimator
 from nbnet.nn import checkpoint
 from nbnet.nn.estimator import MLPClassifier, MLPRegressor
@@ -108,13 +107,13 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
     if logger:
         step = int(est.n_epochs_)  # the run's latest value of val_* is the final score
         t, flushed = time.perf_counter(), logger.seconds
-        inputs = datasets.split_datasets(data)
-        datasets.log_inputs(run_id, inputs, uri=uri)  # the runs table's Dataset column
+        inputs = tracking.datasets.split_datasets(data)
+        tracking.datasets.log_inputs(run_id, inputs, uri=uri)  # the runs table's Dataset column
         if log_artifacts:
             _log_run_artifacts(run_id, cfg, est, data, uri, predictions=pv, logger=logger, experiment_id=experiment_id)
         for k, v in metrics.items():  # final scores, linked to the LoggedModel (its Models tab) and their split
             if k not in cost and k != "tracking_seconds":
-                logger.log(k, v, step, model=logger.model_id is not None, dataset=datasets.metric_dataset(inputs, k))
+                logger.log(k, v, step, model=logger.model_id is not None, dataset=tracking.datasets.metric_dataset(inputs, k))
         # flushes inside the block are in logger.seconds already
         work = time.perf_counter() - t - (logger.seconds - flushed)
         metrics["tracking_seconds"] = (logger.seconds - flushed0) + work

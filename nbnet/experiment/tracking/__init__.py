@@ -18,7 +18,7 @@ Example
 >>> log_model(child, clf, X[:5]); end_run(child, "FINISHED")       # doctest: +SKIP
 """
 
-from . import registry
+from . import datasets, registry
 from .client import artifact_root, client, default_tracking_uri, ensure_experiment, flatten, global_uri, quiet, retrying
 from .pyfunc import (
     MODEL_FILE, MODEL_NAME, PYFUNC_CODE, NbnetPyfuncModel, download_model, download_model_file, feature_spec,
@@ -31,7 +31,7 @@ from .runs import (
 )
 
 __all__ = [
-    "registry",
+    "datasets", "registry",
     # client
     "artifact_root", "client", "default_tracking_uri", "ensure_experiment", "flatten", "global_uri", "quiet",
     "retrying",
