@@ -204,6 +204,11 @@ def test_sweep_on_arrays_is_the_clis_sweep_tracked_resumed_and_registered(store,
     assert linked["val_accuracy"].value == pytest.approx(res.best_value) and linked["val_accuracy"].dataset_name == "data-val"
     again = nbnet.sweep(X, y, space=SPACE, trials=4, params=SMALL, tracking_uri=store, quiet=True)
     assert (again.n_run, again.n_complete, again.parent_run_id) == (1, 4, res.parent_run_id)
+    # another process has no such data: nbnet rerun says so in one line, exit status 2
+    out = subprocess.run([sys.executable, "-m", "nbnet", "rerun", res.best_run_id], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": store}, timeout=300)
+    assert out.returncode == 2 and "in-memory data of another process" in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("nbnet: error:") and "Traceback" not in out.stderr
 
 
 def test_sweep_on_a_dataframe_with_text_categories_and_missing_values(store):
