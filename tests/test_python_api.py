@@ -26,6 +26,7 @@ from nbnet.errors import NbnetError
 from nbnet.experiment import config as C
 from nbnet.experiment import tracking
 from nbnet.experiment.run import train_run
+from nbnet.experiment.sweep import sweep_config
 from nbnet.nn.callbacks import FIT_HOOKS
 from nbnet.optuna import PruningCallback
 from stores import fresh_store
@@ -237,6 +238,18 @@ def test_sweep_and_memory_specs_refuse_bad_input(store, iris):
         load_dataset("memory:gone@0123456789abcdef")
     spec = register_arrays(X, y, name="iris")
     assert load_dataset(spec).n_samples == 150 and spec == register_arrays(X.copy(), y.copy(), name="iris")
+
+
+def test_sweep_config_starts_from_an_experiment_file_with_the_arrays_as_data(iris):
+    X, y = iris
+    spec = register_arrays(X, y, name="iris")
+    cfg = sweep_config(spec, space=SPACE, trials=5, params={"train.epochs": 2}, experiment="wine")
+    assert (cfg.name, cfg.data.source, cfg.data.val_fraction, cfg.model.activation) == ("wine", spec, 0.25, "tanh")
+    assert (cfg.search.n_trials, list(cfg.search.space), cfg.train.epochs) == (5, ["train.learning_rate"], 2)
+    reg = sweep_config(register_arrays(X, X[:, 0] * 1.5, name="reg"), space=SPACE, trials=2, name="mine")
+    assert (reg.name, reg.search.metric) == ("mine", "val_r2")
+    with pytest.raises(NbnetError, match="params must be a dict"):
+        sweep_config(spec, space=SPACE, trials=2, params=[("train.epochs", 2)])
 
 
 @pytest.fixture
