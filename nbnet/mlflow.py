@@ -95,7 +95,7 @@ def _fit_hook(estimator, method: str, X, y, callbacks):
         return None  # off, or this fit is tracked already
     if cfg.exclusive and mlflow.active_run() is not None:
         return None
-    return [AutologRun(cfg, method, X, y)]
+    return [AutologRun(cfg, X, y)]
 
 
 class AutologRun:
@@ -103,8 +103,9 @@ class AutologRun:
     ``on_train_begin``, logs each epoch through a :class:`tracking.MetricLogger` and logs the
     data set and the model at ``on_train_end``."""
 
-    def __init__(self, cfg: AutologConfig, method: str, X, y):
-        self.cfg, self.method, self.X, self.y = cfg, method, X, y
+    def __init__(self, cfg: AutologConfig, X, y):
+        self.cfg, self.X, self.y = cfg, X, y
+        self.digest: str | None = None  # of (X, y), computed once
         self.run_id: str | None = None
         self.owns_run = False
         self.logger: tracking.MetricLogger | None = None
@@ -122,7 +123,8 @@ class AutologRun:
         tracking.log_params(self.run_id, {k: _plain(v) for k, v in estimator.get_params().items()}, uri=uri)
         self.logger = tracking.MetricLogger(self.run_id, uri=uri)
         seed = estimator.get_params().get("seed")
-        for k, v in tracking.standard_tags(data_hash=tracking.datasets.digest(self.X, self.y), seed=seed).items():
+        self.digest = tracking.datasets.data_digest(self.X, self.y)
+        for k, v in tracking.standard_tags(data_hash=self.digest, seed=seed).items():
             self.logger.tag(k, v)
         self.logger.tag(T.KIND, "autolog")
 
@@ -146,7 +148,7 @@ class AutologRun:
         logger, uri = self.logger, mlflow.get_tracking_uri()
         data = None
         if self.cfg.log_datasets:
-            data = tracking.datasets.dataset(self.X, self.y, DATASET_NAME)
+            data = tracking.datasets.dataset(self.X, self.y, DATASET_NAME, digest=self.digest)
             tracking.datasets.log_inputs(self.run_id, [(data, tracking.datasets.TRAINING)], uri=uri)
         if self.cfg.log_models:
             tracking.log_model(self.run_id, estimator, _example(self.X, estimator), uri=uri, logger=logger)

@@ -4,7 +4,7 @@ Every run nbnet logs names its data with ``log_inputs`` (MLflow's ``mlflow.log_i
 training split with context ``training``, the validation (and test) split with ``validation``
 (``test``), so the runs table's Dataset column shows ``digits-train (3f2a…)``, and a run's final
 scores name the split they were scored on. The digest is the first 16 hex digits of
-:func:`nbnet.data.load.data_hash` of the split (SHA-256 over the values, dtypes and shapes).
+:func:`nbnet.data.load.data_hash` of the split (SHA-256 over the values, dtypes and shapes; :func:`data_digest`).
 
 Example
 -------
@@ -31,16 +31,16 @@ SPLITS = {"train": ("train", TRAINING, None), "val": ("val", VALIDATION, "val_")
 DIGEST_CHARS = 16  # MLflow keeps at most 36
 
 
-def digest(X, y=None) -> str:
-    """The data set digest nbnet records: :func:`data_hash` of (X, y), shortened."""
+def data_digest(X, y=None) -> str:
+    """The data set digest nbnet records: :func:`data_hash` of (X, y), shortened to 16 hex digits."""
     return data_hash(X, np.zeros(0) if y is None else y)[:DIGEST_CHARS]
 
 
-def dataset(X, y, name: str):
+def dataset(X, y, name: str, *, digest: str | None = None):
     """An MLflow data set (``mlflow.data`` NumPy or pandas data set) of features ``X`` (array
-    (n, d) or DataFrame) and labels ``y`` (array (n,), or None) named ``name``, with nbnet's
-    :func:`digest`."""
-    d = digest(X, y)
+    (n, d) or DataFrame) and labels ``y`` (array (n,), or None) named ``name``, with ``digest``
+    (default: nbnet's :func:`digest` of X and y)."""
+    d = digest or data_digest(X, y)
     if isinstance(X, pd.DataFrame):
         return mlflow.data.from_pandas(X, name=name, digest=d)
     return mlflow.data.from_numpy(np.asarray(X), targets=None if y is None else np.asarray(y), name=name, digest=d)
