@@ -31,6 +31,7 @@ import mlflow
 import numpy as np
 from mlflow.models import get_model_info
 
+from nbnet.data.load import data_hash
 from nbnet.errors import NbnetError
 from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
@@ -105,7 +106,7 @@ class AutologRun:
 
     def __init__(self, cfg: AutologConfig, X, y):
         self.cfg, self.X, self.y = cfg, X, y
-        self.digest: str | None = None  # of (X, y), computed once
+        self.hash: str | None = None  # data_hash of (X, y), computed once
         self.run_id: str | None = None
         self.owns_run = False
         self.logger: tracking.MetricLogger | None = None
@@ -123,8 +124,8 @@ class AutologRun:
         tracking.log_params(self.run_id, {k: _plain(v) for k, v in estimator.get_params().items()}, uri=uri)
         self.logger = tracking.MetricLogger(self.run_id, uri=uri)
         seed = estimator.get_params().get("seed")
-        self.digest = tracking.datasets.data_digest(self.X, self.y)
-        for k, v in tracking.standard_tags(data_hash=self.digest, seed=seed).items():
+        self.hash = data_hash(self.X, self.y)
+        for k, v in tracking.standard_tags(data_hash=self.hash, seed=seed).items():
             self.logger.tag(k, v)
         self.logger.tag(T.KIND, "autolog")
 
@@ -148,7 +149,7 @@ class AutologRun:
         logger, uri = self.logger, mlflow.get_tracking_uri()
         data = None
         if self.cfg.log_datasets:
-            data = tracking.datasets.dataset(self.X, self.y, DATASET_NAME, digest=self.digest)
+            data = tracking.datasets.dataset(self.X, self.y, DATASET_NAME, digest=self.hash[:tracking.datasets.DIGEST_CHARS])
             tracking.datasets.log_inputs(self.run_id, [(data, tracking.datasets.TRAINING)], uri=uri)
         if self.cfg.log_models:
             tracking.log_model(self.run_id, estimator, _example(self.X, estimator), uri=uri, logger=logger)

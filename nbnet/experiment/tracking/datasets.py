@@ -39,7 +39,7 @@ def data_digest(X, y=None) -> str:
 def dataset(X, y, name: str, *, digest: str | None = None):
     """An MLflow data set (``mlflow.data`` NumPy or pandas data set) of features ``X`` (array
     (n, d) or DataFrame) and labels ``y`` (array (n,), or None) named ``name``, with ``digest``
-    (default: nbnet's :func:`digest` of X and y)."""
+    (default: :func:`data_digest` of X and y)."""
     d = digest or data_digest(X, y)
     if isinstance(X, pd.DataFrame):
         return mlflow.data.from_pandas(X, name=name, digest=d)
