@@ -25,7 +25,7 @@ from nbnet.data.load import data_hash, load_dataset, register_arrays
 from nbnet.errors import NbnetError
 from nbnet.experiment import config as C
 from nbnet.experiment import tracking
-from nbnet.experiment.run import train_run
+from nbnet.experiment.run import train_once, train_run
 from nbnet.experiment.sweep import sweep_config
 from nbnet.nn.callbacks import FIT_HOOKS
 from nbnet.optuna import PruningCallback
@@ -343,3 +343,20 @@ def test_train_runs_log_their_splits_and_link_final_scores_to_the_model(store):
     linked = {m.key: m.dataset_name for m in model.metrics}
     assert linked["val_accuracy"] == "iris-val" and linked["test_accuracy"] == "iris-test"
     assert {m.key: m.value for m in model.metrics}["val_accuracy"] == pytest.approx(out["metrics"]["val_accuracy"])
+
+
+def test_a_run_stopped_during_its_fit_still_names_its_data(store):
+    cfg = C.from_dict({"data": {"source": "builtin:iris"}, "model": {"hidden_layer_sizes": [8]},
+                       "train": {"epochs": 3}}, name="iris-stopped")
+    exp = tracking.ensure_experiment(cfg.name, store)
+    run_id = tracking.start_run(exp, run_name="stopped", uri=store)
+
+    def prune(epoch, logs):
+        raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    with pytest.raises(optuna.TrialPruned):
+        train_once(cfg, run_id=run_id, uri=store, callbacks=[prune])
+    tracking.end_run(run_id, "KILLED", uri=store)
+    run = tracking.client(store).get_run(run_id)
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"iris-train", "iris-val"}
+    assert [m.step for m in tracking.client(store).get_metric_history(run_id, "loss")] == [1]
