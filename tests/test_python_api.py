@@ -185,6 +185,7 @@ def test_log_model_and_load_model_with_mlflows_argument_names(store, iris):
 
 
 # --- nbnet.sweep -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sweep_on_arrays_is_the_clis_sweep_tracked_resumed_and_registered(store, iris):
     X, y = iris
     nbnet.mlflow.autolog()  # the trials are tracked by the sweep: autolog must not add runs
