@@ -21,7 +21,7 @@ LAYERS = (
     ("viz", ("nbnet.viz",)),
     ("experiment", ("nbnet.experiment", "nbnet.tracking")),
     ("ops", ("nbnet.ops",)),
-    ("top", ("nbnet", "nbnet.cli", "nbnet.__main__")),
+    ("top", ("nbnet", "nbnet.cli", "nbnet.__main__", "nbnet.mlflow", "nbnet.optuna")),
 )
 TRACKING_LAYERS = ("experiment", "ops", "top")  # the only ones that may import mlflow or optuna
 #: Third-party modules heavy enough to import on first use (start-up time), inside a function.

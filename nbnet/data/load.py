@@ -7,6 +7,7 @@ A data *spec* is one string, the same in Python, the TOML experiment files and t
     parquet:path/train.parquet  (needs target="column")
     npz:path/train.npz          (arrays X (n, d) or (n, h, w) and y (n,))
     synthetic:n=60000,d=784,classes=10,seed=0   (classes=0: regression)
+    memory:NAME@DIGEST          (arrays or a DataFrame of this process: :func:`register_arrays`)
 
 Tables (CSV, Parquet) become a float64 matrix, one column per numeric column, in file order.
 Columns named in ``categorical`` are one-hot encoded in place: column ``color`` with the
@@ -110,6 +111,8 @@ def load_dataset(spec: str, *, target: str | None = None, categorical: list[str]
                                    name=path.stem, path=path, task=task)
     if target is not None and kind != "npz":
         raise NbnetError(f"target applies to csv/parquet/npz data only, not {kind!r}; remove 'target'")
+    if kind == "memory":
+        return _load_memory(spec, task)
     if kind == "builtin":
         return _load_builtin(arg, task)
     if kind == "npz":
@@ -248,7 +251,7 @@ def _split_spec(spec) -> tuple[str, str]:
                          f"or 'synthetic:n=…,d=…', got {spec!r}")
     kind, arg = spec.split(":", 1)
     kind = kind.strip().lower()
-    if kind not in ("builtin", "csv", "npz", "parquet", "synthetic"):
+    if kind not in ("builtin", "csv", "npz", "parquet", "synthetic", "memory"):
         raise NbnetError(f"unknown data source {kind!r} in {spec!r}; use builtin, csv, npz, parquet or synthetic")
     if kind != "synthetic" and not arg.strip():
         raise NbnetError(f"data spec {spec!r} names no {'data set' if kind == 'builtin' else 'file'}")
@@ -288,6 +291,86 @@ def _parse_synthetic(arg: str) -> dict:
         except ValueError:
             raise NbnetError(f"synthetic {key} must be a {'number' if key == 'noise' else 'whole number'}, got {value!r}") from None
     return out
+
+
+# --- in-memory data ----------------------------------------------------------------------------
+#: This process's in-memory data sets, by spec (``memory:NAME@DIGEST``): see :func:`register_arrays`.
+MEMORY: dict[str, Dataset] = {}
+
+
+def register_arrays(X, y, *, name: str = "data", task: str | None = None,
+                    categorical: list[str] | None = None) -> str:
+    """Keep (X, y) as a data set of this process and return its data spec ``memory:NAME@DIGEST``
+    (DIGEST: the first 16 hex digits of :func:`data_hash`), which ``load_dataset`` and every
+    config accept like a file's spec; the same data gives the same spec, so a sweep over it
+    resumes. Spawned sweep workers get the prepared data from their parent
+    (:class:`nbnet.data.prepared.SharedData`); another process (``nbnet rerun``) cannot load it.
+
+    X : array (n, d), images (n, h, w), or a pandas DataFrame (its non-numeric columns, or
+        those named in ``categorical``, are one-hot encoded as a CSV file's would be; NaN are
+        missing values). y : array (n,) of labels or targets. ``task`` as for :func:`load_dataset`.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise NbnetError(f"name must be a short name of letters, digits, '_', '.' or '-', got {name!r}")
+    if task is not None and task not in TASKS:
+        raise NbnetError(f"task must be 'classification' or 'regression', got {task!r}")
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):
+        ds = _dataset_from_frame(X, y, name, task, categorical)
+    elif categorical:
+        raise NbnetError("categorical columns need X as a pandas DataFrame (columns named); remove 'categorical'")
+    else:
+        ds = _dataset_from_arrays(X, y, name, task)
+    spec = f"memory:{name}@{ds.hash()[:16]}"
+    MEMORY[spec] = ds
+    return spec
+
+
+def _dataset_from_arrays(X, y, name: str, task: str | None) -> Dataset:
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise NbnetError(f"X must be numeric, got dtype {X.dtype}; pass a DataFrame to one-hot encode text columns")
+    image_shape = None
+    if X.ndim == 3:  # (n, h, w) images, as for NPZ
+        image_shape = (int(X.shape[1]), int(X.shape[2]))
+        X = X.reshape(len(X), -1)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise NbnetError(f"X must be 2-D (n, d) or 3-D (n, h, w) images with at least one row, got shape {X.shape}")
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(X):
+        raise NbnetError(f"y must be 1-D with one label per row of X ({len(X)}), got shape {y.shape}")
+    y, task = _labels(y, task, "y")
+    names = [f"x{j}" for j in range(X.shape[1])]
+    return Dataset(np.ascontiguousarray(X, dtype=np.float64), y, names, task, name, image_shape=image_shape)
+
+
+def _dataset_from_frame(X, y, name: str, task: str | None, categorical: list[str] | None) -> Dataset:
+    """A DataFrame through the same encoding as a CSV file's table."""
+    import pyarrow as pa  # heavy: imported on first use
+
+    X = X.rename(columns=str)
+    if categorical is None:  # text, category and bool columns
+        categorical = [c for c, t in X.dtypes.items() if t.kind not in "iuf"]
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(X):
+        raise NbnetError(f"y must be 1-D with one label per row of X ({len(X)}), got shape {y.shape}")
+    target = next(t for t in ("y", "target", "__nbnet_target__") if t not in X.columns)
+    try:
+        table = pa.Table.from_pandas(X, preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise NbnetError(f"cannot read the DataFrame's columns ({one_line(e)}); give each column one type") from None
+    table = table.append_column(target, pa.array(y.astype(str) if y.dtype.hasobject else y))
+    return _dataset_from_table(table, target=target, categorical=list(categorical), name=name, path=Path(name),
+                               task=task)
+
+
+def _load_memory(spec: str, task: str | None) -> Dataset:
+    ds = MEMORY.get(spec.strip())
+    if ds is None:
+        raise NbnetError(f"{spec!r} names in-memory data of another process; pass the arrays again "
+                         "(nbnet.sweep(X, y, ...)) or save them to a file (np.savez) and use npz:PATH")
+    if task is not None and task != ds.task:
+        raise NbnetError(f"{spec} holds {ds.task} data, not {task}")
+    return ds
 
 
 # --- built-in and NPZ -------------------------------------------------------------------------

@@ -57,7 +57,7 @@ SHIPPED_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 # --- the tables ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "builtin:digits"  # data spec: builtin:NAME | csv:PATH | npz:PATH | parquet:PATH | synthetic:n=..,d=..,classes=..
+    source: str = "builtin:digits"  # data spec: builtin:NAME | csv:PATH | npz:PATH | parquet:PATH | synthetic:n=..,d=..,classes=.. | memory:NAME@DIGEST (nbnet.sweep's arrays)
     target: str | None = None  # label column of a CSV/Parquet file (required there); relative paths resolve against the working directory
     categorical: tuple[str, ...] = ()  # CSV/Parquet columns to one-hot encode (categories remembered in the model)
     task: str | None = None  # classification | regression | None (inferred from the labels)

@@ -72,8 +72,10 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
                experiment_id: str | None = None):
     """Load/split the data, build the estimator from ``cfg`` and fit it.
 
-    With ``run_id``, the run gets per-epoch metrics, final validation/test metrics, cost metrics,
-    ``config.json``, plots and the model, through ``logger`` (the caller's
+    With ``run_id``, the run gets its data sets as inputs (before the fit: pruned and failed runs
+    name their data too), per-epoch metrics, final validation/test metrics (also linked to the
+    run's LoggedModel and to their split), cost metrics, ``config.json``, plots and the model,
+    through ``logger`` (the caller's
     :class:`tracking.MetricLogger` for the run, left with its last batch buffered for the caller
     to send along with its own closing values: one store transaction at the end of a trial) or
     a logger of train_once's own, flushed here, also when training stops with an exception
@@ -93,6 +95,7 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
     elif run_id is None:
         logger = None
     flushed0 = logger.seconds if logger else 0.0
+    inputs, inputs_s = _log_inputs(run_id, data, uri) if logger else ([], 0.0)
     # act_mean/std/dead_{l} per epoch, added to logs before the logger sees them
     cbs = ([viz.ActivationStats(X_val), logger] if logger else []) + list(callbacks)
 
@@ -107,18 +110,27 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
     if logger:
         step = int(est.n_epochs_)  # the run's latest value of val_* is the final score
         t, flushed = time.perf_counter(), logger.seconds
-        for k, v in metrics.items():
-            if k not in cost and k != "tracking_seconds":
-                logger.log(k, v, step)
         if log_artifacts:
             _log_run_artifacts(run_id, cfg, est, data, uri, predictions=pv, logger=logger, experiment_id=experiment_id)
+        for k, v in metrics.items():  # final scores, linked to the LoggedModel (its Models tab) and their split
+            if k not in cost and k != "tracking_seconds":
+                logger.log(k, v, step, model=logger.model_id is not None, dataset=tracking.datasets.metric_dataset(inputs, k))
         # flushes inside the block are in logger.seconds already
         work = time.perf_counter() - t - (logger.seconds - flushed)
-        metrics["tracking_seconds"] = (logger.seconds - flushed0) + work
+        metrics["tracking_seconds"] = (logger.seconds - flushed0) + work + inputs_s
         if own:
             logger.log("tracking_seconds", metrics["tracking_seconds"], step)
             logger.flush()
     return est, metrics
+
+
+def _log_inputs(run_id: str, data: Data, uri: str | None) -> tuple[list, float]:
+    """Record the data's splits as the run's inputs (the runs table's Dataset column), before the
+    fit, so pruned and failed runs name their data too; returns (the data sets, seconds taken)."""
+    t = time.perf_counter()
+    inputs = tracking.datasets.split_datasets(data)
+    tracking.datasets.log_inputs(run_id, inputs, uri=uri)
+    return inputs, time.perf_counter() - t
 
 
 def _fit_with_costs(est, fit, logger, flushed0: float, *, flush: bool) -> dict:

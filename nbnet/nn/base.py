@@ -21,7 +21,7 @@ from nbnet.kernels.rng import seed_state
 from nbnet.kernels.tables import LOSSES
 from nbnet.kernels.threads import thread_budget
 from nbnet.model import Layout, check_weights, init_params
-from nbnet.nn.callbacks import CallbackList, ConsolePrinter, EarlyStopping, EarlyStoppingState
+from nbnet.nn.callbacks import CallbackList, ConsolePrinter, EarlyStopping, EarlyStoppingState, with_fit_hooks
 from nbnet.nn.trainer import EpochPlan, Trainer, TrainingState, Validation
 from nbnet.nn.validation import (DTYPES, Hyperparameters, check_X, check_y, feature_names, is_int, match_columns,
                                  resolve_hyperparameters)
@@ -252,6 +252,7 @@ class BaseMLP:
             after it (:class:`nbnet.viz.ActivationStats` adds ``act_mean_{l}``... before the logger).
         """
         hyper = self._resolved()
+        callbacks = with_fit_hooks(self, "fit", X, y, callbacks)  # e.g. nbnet.mlflow.autolog's tracker
         X = self._check_fit_X(X)
         y = self._check_fit_y(y, X.shape[0])
         held_out = validation_data is None and self.early_stopping
@@ -276,6 +277,7 @@ class BaseMLP:
         hyper = self._resolved()
         if not (is_int(epochs) and epochs >= 1):
             raise NbnetError(f"epochs must be a positive int, got {epochs!r}")
+        callbacks = with_fit_hooks(self, "partial_fit", X, y, callbacks)
         if not hasattr(self, "layout_"):
             X = self._check_fit_X(X)
             y = self._check_fit_y(y, X.shape[0])

@@ -12,6 +12,8 @@ these methods (all optional):
 * ``on_exception(estimator, exc)``: the fit raised or was interrupted.
 
 The trainer knows nothing of who is watching: trackers, pruners and checkpoints are callbacks.
+Layers above may also watch every fit of the process: :func:`add_fit_hook` registers a hook
+that ``fit`` and ``partial_fit`` ask for extra callbacks (``nbnet.mlflow.autolog`` does).
 """
 
 from __future__ import annotations
@@ -52,6 +54,35 @@ class CallbackList:
         for cb in self.callbacks:  # e.g. a Checkpoint releases its lock (and keeps its file)
             if hasattr(cb, "on_exception"):
                 cb.on_exception(estimator, exc)
+
+
+#: ``hook(estimator, method, X, y, callbacks) -> iterable of callbacks | None``, asked by every
+#: ``fit`` / ``partial_fit`` (``method``) of the process before it trains (see :func:`add_fit_hook`).
+FIT_HOOKS: list = []
+
+
+def add_fit_hook(hook) -> None:
+    """Register ``hook`` (once): every later ``fit`` / ``partial_fit`` calls
+    ``hook(estimator, method, X, y, callbacks)`` with the raw inputs and the caller's callbacks,
+    and puts the callbacks it returns (None: none) before the caller's, so a tracker sees each
+    epoch's logs before a callback of the caller stops or aborts the fit."""
+    if hook not in FIT_HOOKS:
+        FIT_HOOKS.append(hook)
+
+
+def remove_fit_hook(hook) -> None:
+    """Unregister ``hook`` (nothing happens when it is not registered)."""
+    if hook in FIT_HOOKS:
+        FIT_HOOKS.remove(hook)
+
+
+def with_fit_hooks(estimator, method: str, X, y, callbacks) -> list:
+    """The callbacks of one fit: those the registered hooks add, then the caller's."""
+    mine = list(callbacks or ())
+    added: list = []
+    for hook in list(FIT_HOOKS):
+        added.extend(hook(estimator, method, X, y, tuple(added + mine)) or ())
+    return added + mine
 
 
 class EarlyStoppingState(NamedTuple):

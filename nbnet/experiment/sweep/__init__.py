@@ -35,6 +35,9 @@
   (:mod:`.summary`); the best model is then registered under the experiment's name and becomes
   ``champion`` if it beats the current one.
 
+``sweep_arrays(X, y, space=...)`` (:mod:`.arrays`; ``nbnet.sweep``) runs the same sweep on data
+in memory.
+
 Example
 -------
 >>> from nbnet.experiment import config, sweep
@@ -43,6 +46,7 @@ Example
 >>> result.best_value, result.model_uri                                             # doctest: +SKIP
 """
 
+from .arrays import sweep_arrays, sweep_config
 from .best import best
 from .core import SweepResult, run_sweep
 from .recovery import fail_stale_trials
@@ -51,4 +55,4 @@ from .storage import default_storage, list_studies, open_storage, optuna_load
 from .summary import param_importances
 
 __all__ = ["SweepResult", "best", "default_storage", "fail_stale_trials", "list_studies", "make_pruner", "make_sampler",
-           "open_storage", "optuna_load", "param_importances", "run_sweep"]
+           "open_storage", "optuna_load", "param_importances", "run_sweep", "sweep_arrays", "sweep_config"]

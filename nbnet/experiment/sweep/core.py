@@ -53,6 +53,7 @@ class SweepResult:
     champion_uri: str | None = None
     seconds: float = 0.0
     trials: list = field(default_factory=list)  # FrozenTrials, best first
+    best_estimator: object = None  # the best trial's fitted estimator (nbnet.sweep loads it; None from run_sweep)
 
     def summary(self, top: int = 5) -> str:
         """A table of the best trials and the outcome, for the terminal."""
@@ -76,9 +77,12 @@ class SweepResult:
 
 def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: int = 1, study_name: str | None = None,
               storage: str | None = None, sampler: str | None = None, pruner: str | None = None,
-              uri: str | None = None, register: bool = True, quiet: bool = False) -> SweepResult:
+              uri: str | None = None, register: bool = True, quiet: bool = False,
+              registered_model_name: str | None = None) -> SweepResult:
     """Run (or resume) the study ``study_name`` (default: the experiment's name) until it has
-    ``trials`` (default ``search.n_trials``) finished trials. See :mod:`nbnet.experiment.sweep`."""
+    ``trials`` (default ``search.n_trials``) finished trials; with ``register``, register the best
+    model under ``registered_model_name`` (default: the experiment's name). See
+    :mod:`nbnet.experiment.sweep`."""
     cfg, workers = _sweep_config(cfg, trials, sampler, pruner, workers)
     study_name = study_name or cfg.name
     storage = storage or default_storage(study_name)
@@ -113,7 +117,9 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
                        "experiment_id": exp_id, "parent_run_id": parent, "quiet": quiet, "workers": workers,
                        "seed": (cfg.train.seed * 1_000_003 + n_existing) % 2**31}
             _run_trials(payload, cfg, data, remaining)
-        _finish(result, cfg, optuna_load(study_name, storage_obj), exp_id, uri, register, n_existing)
+        model_name = registered_model_name or cfg.name
+        _finish(result, cfg, optuna_load(study_name, storage_obj), exp_id, uri, model_name if register else None,
+                n_existing)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -243,36 +249,37 @@ def _run_trials(payload: dict, cfg: C.ExperimentConfig, data: Data, remaining: i
                          "to finish the study")
 
 
-def _finish(result: SweepResult, cfg: C.ExperimentConfig, study, exp_id: str, uri: str, register: bool,
+def _finish(result: SweepResult, cfg: C.ExperimentConfig, study, exp_id: str, uri: str, model_name: str | None,
             n_before: int) -> None:
     """Fill ``result``; log the parent run's summary, figures and trials table; register the best
-    model; log the seconds all that took as ``sweep_tracking_seconds``."""
+    model under ``model_name`` (None: not at all); log the seconds all that took as
+    ``sweep_tracking_seconds``."""
     parent = result.parent_run_id
     clock = Clock()
     with clock():
         best = summarize(result, cfg.search.metric, study, exp_id, parent, uri, n_before)
-        if register and best is not None and result.best_run_id:
-            version, promoted = _register_once(cfg, result, uri)
-            result.model_uri = f"models:/{cfg.name}/{version}"
+        if model_name and best is not None and result.best_run_id:
+            version, promoted = _register_once(cfg, result, uri, model_name)
+            result.model_uri = f"models:/{model_name}/{version}"
             result.champion = promoted
-            result.champion_uri = f"models:/{cfg.name}@{tracking.CHAMPION}"
+            result.champion_uri = f"models:/{model_name}@{tracking.CHAMPION}"
             tracking.set_tags(parent, {T.REGISTERED_MODEL: result.model_uri, T.REGISTERED_CHAMPION: str(promoted).lower()}, uri=uri)
             study.set_user_attr(T.STUDY_REGISTERED, result.model_uri)
     tracking.log_metrics(parent, {"sweep_tracking_seconds": clock.seconds}, step=len(study.trials), uri=uri)
 
 
-def _register_once(cfg: C.ExperimentConfig, result: SweepResult, uri: str) -> tuple[int, bool]:
+def _register_once(cfg: C.ExperimentConfig, result: SweepResult, uri: str, name: str) -> tuple[int, bool]:
     """``tracking.register_champion`` for the best run unless a version of that run is registered
     already: workers of one RDB study finish together and would each register the same run. On
     PostgreSQL the check and the registration hold an advisory lock of the study."""
     c = tracking.client(uri)
     with study_lock(result.storage, f"nbnet.register:{result.study_name}"):
-        have = c.search_model_versions(f"name = '{cfg.name}' and run_id = '{result.best_run_id}'")
+        have = c.search_model_versions(f"name = '{name}' and run_id = '{result.best_run_id}'")
         if not have:
-            return tracking.register_champion(cfg.name, result.best_run_id, cfg.search.metric, result.direction, uri=uri)
+            return tracking.register_champion(name, result.best_run_id, cfg.search.metric, result.direction, uri=uri)
     version = max(int(v.version) for v in have)
     try:
-        champion = c.get_model_version_by_alias(cfg.name, tracking.CHAMPION).version
+        champion = c.get_model_version_by_alias(name, tracking.CHAMPION).version
     except Exception:  # no champion alias
         champion = None
     return version, str(champion) in {str(v.version) for v in have}

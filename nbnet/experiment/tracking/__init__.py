@@ -5,7 +5,8 @@ The public names of the package's modules, in one place:
 * :mod:`.client` — the store's URI, a cached client, experiments, retries;
 * :mod:`.runs` — start/end runs, :class:`MetricLogger`, tags, artifacts, stale-run repair;
 * :mod:`.pyfunc` — :class:`NbnetPyfuncModel`, log/download/load a model;
-* :mod:`.registry` — versions, the ``champion`` alias and its history.
+* :mod:`.registry` — versions, the ``champion`` alias and its history;
+* :mod:`.datasets` — the data sets a run logs as its inputs (name, digest, context).
 
 Example
 -------
@@ -17,7 +18,7 @@ Example
 >>> log_model(child, clf, X[:5]); end_run(child, "FINISHED")       # doctest: +SKIP
 """
 
-from . import registry
+from . import datasets, registry
 from .client import artifact_root, client, default_tracking_uri, ensure_experiment, flatten, global_uri, quiet, retrying
 from .pyfunc import (
     MODEL_FILE, MODEL_NAME, PYFUNC_CODE, NbnetPyfuncModel, download_model, download_model_file, feature_spec,
@@ -25,18 +26,18 @@ from .pyfunc import (
 )
 from .registry import CHALLENGER, CHAMPION, metric_of, register_champion
 from .runs import (
-    STATUSES, MetricLogger, closing, end_run, log_artifact, log_dict, log_figure, log_metrics, repair_stale_runs, run,
-    set_tags, standard_tags, start_run,
+    STATUSES, MetricLogger, closing, end_run, log_artifact, log_dict, log_figure, log_metrics, log_params,
+    repair_stale_runs, run, set_tags, standard_tags, start_run,
 )
 
 __all__ = [
-    "registry",
+    "datasets", "registry",
     # client
     "artifact_root", "client", "default_tracking_uri", "ensure_experiment", "flatten", "global_uri", "quiet",
     "retrying",
     # runs
     "STATUSES", "MetricLogger", "closing", "end_run", "log_artifact", "log_dict", "log_figure", "log_metrics",
-    "repair_stale_runs", "run", "set_tags", "standard_tags", "start_run",
+    "log_params", "repair_stale_runs", "run", "set_tags", "standard_tags", "start_run",
     # pyfunc
     "MODEL_FILE", "MODEL_NAME", "PYFUNC_CODE", "NbnetPyfuncModel", "download_model", "download_model_file",
     "feature_spec", "frame_to_matrix", "input_columns", "load_model", "log_model", "pip_requirements",

@@ -295,8 +295,9 @@ def _model_template(estimator, X_example, feature_names, categories) -> tuple:
 def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
               feature_names: list[str] | None = None, categories: dict | None = None,
               experiment_id: str | None = None, params: dict | None = None,
-              logger: MetricLogger | None = None) -> str:
-    """Log ``estimator`` to run ``run_id`` as an MLflow pyfunc model and return ``runs:/<id>/model``.
+              logger: MetricLogger | None = None, name: str = MODEL_NAME) -> str:
+    """Log ``estimator`` to run ``run_id`` as an MLflow pyfunc model named ``name`` and return
+    ``runs:/<id>/<name>``.
 
     The model directory holds the nbnet file (``artifacts/model.nbnet``: npz + JSON, checksummed),
     the code file ``_pyfunc_model.py`` (a copy of ``nbnet/experiment/tracking/_pyfunc_model.py``, which
@@ -319,7 +320,7 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
         experiment_id, params = run.info.experiment_id, dict(run.data.params)
     # Create the LoggedModel ourselves: left to MLflow it would land in the fluent "current"
     # experiment (the default one), not the run's.
-    logged = retrying(c.create_logged_model, experiment_id, name=MODEL_NAME, source_run_id=run_id,
+    logged = retrying(c.create_logged_model, experiment_id, name=name, source_run_id=run_id,
                       params={truncated_key(k): param_value(v) for k, v in params.items()},
                       tags={T.ESTIMATOR: type(estimator).__name__})
     # What Model.log does, minus its check that the input example serves (it loads the model back
@@ -335,7 +336,7 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
         logger.tag(T.MODEL_ID, logged.model_id)
     else:
         set_tags(run_id, {T.MODEL_ID: logged.model_id}, uri=uri)
-    return f"runs:/{run_id}/{MODEL_NAME}"
+    return f"runs:/{run_id}/{name}"
 
 
 def download_model(uri: str, dst: str | None = None, tracking_uri: str | None = None) -> tuple[str, dict]:

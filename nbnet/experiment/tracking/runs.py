@@ -43,6 +43,12 @@ def _log_params(c: mlflow.MlflowClient, run_id: str, params: dict) -> None:
         retrying(c.log_batch, run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
 
 
+def log_params(run_id: str, params: dict, uri: str | None = None) -> None:
+    """Log ``params`` (nested dicts flattened, values str()'d and truncated as in
+    :func:`start_run`) to an existing run, 100 to a batch."""
+    _log_params(client(uri), run_id, params)
+
+
 def start_run(experiment_id: str, *, run_name: str, parent_run_id: str | None = None,
               tags: dict | None = None, params: dict | None = None, uri: str | None = None) -> str:
     """Create a run (nested under ``parent_run_id`` if given) and return its id.
@@ -160,6 +166,11 @@ class MetricLogger:
     transaction at its end, and a long one still shows its curves live). :meth:`tag` buffers a
     tag for the same batch. Call :meth:`flush` (or use ``with MetricLogger(...) as logger:``) at
     the end. ``seconds`` is the wall time spent in MLflow calls, for cost accounting.
+
+    ``model_id`` is the run's LoggedModel once :func:`nbnet.experiment.tracking.log_model` has
+    tagged it through this logger (tag ``nbnet.model_id``); :meth:`log` with ``model=True`` links
+    a value to it (the run's final scores: MLflow's Models tab shows them), and with
+    ``dataset=(name, digest)`` to the data set it was scored on (logged with :func:`log_inputs`).
     """
 
     def __init__(self, run_id: str, uri: str | None = None, flush_every: int | None = None,
@@ -172,20 +183,43 @@ class MetricLogger:
         self._buf: list[Metric] = []
         self._tags: dict[str, RunTag] = {}
         self.latest: dict[str, float] = {}  # the last value logged of each key
+        self.model_id: str | None = None  # the run's LoggedModel, once tagged (see the class docstring)
         self._calls = 0
         self._last = time.monotonic()
 
-    def log(self, key: str, value, step: int = 0) -> None:
-        """Buffer one value (non-numeric values are ignored)."""
+    def log(self, key: str, value, step: int = 0, *, model: bool = False, dataset: tuple | None = None) -> None:
+        """Buffer one value (non-numeric values are ignored); ``model``: linked to
+        :attr:`model_id` too, ``dataset``: ``(name, digest)`` of the data it was scored on."""
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
             return
-        self._buf.append(Metric(truncated_key(key), float(value), int(time.time() * 1000), int(step)))
+        name, digest = dataset or (None, None)
+        self._buf.append(Metric(truncated_key(key), float(value), int(time.time() * 1000), int(step),
+                                model_id=self.model_id if model else None, dataset_name=name, dataset_digest=digest))
         self.latest[key] = float(value)
         if len(self._buf) >= MAX_METRICS_PER_BATCH:
             self.flush()
 
+    def link_latest(self, step: int, dataset_of=lambda key: None) -> None:
+        """Link the last value of every key logged at ``step`` to :attr:`model_id` (and to
+        ``dataset_of(key)``, a ``(name, digest)`` or None): values still buffered are changed in
+        place, those sent already are sent again, linked (a fit's last epoch, logged before its
+        model existed)."""
+        pending = {m.key: i for i, m in enumerate(self._buf) if m.step == int(step)}
+        for key, value in list(self.latest.items()):
+            key = truncated_key(key)
+            name, digest = dataset_of(key) or (None, None)
+            i = pending.get(key)
+            if i is not None:
+                m = self._buf[i]
+                self._buf[i] = Metric(m.key, m.value, m.timestamp, m.step, model_id=self.model_id, dataset_name=name,
+                                      dataset_digest=digest)
+            else:
+                self.log(key, value, step, model=True, dataset=(name, digest) if name else None)
+
     def tag(self, key: str, value) -> None:
         """Buffer a tag, sent with the next flush (a later value of the same key wins)."""
+        if key == T.MODEL_ID:
+            self.model_id = str(value)
         self._tags[truncated_key(key)] = RunTag(truncated_key(key), tag_value(value))
 
     def __call__(self, epoch: int, logs: dict) -> None:
