@@ -25,6 +25,7 @@ from nbnet.data.prep import Preprocessor
 from nbnet.errors import NbnetError
 from nbnet.io import read_bundle
 from nbnet.model import Layout
+from nbnet.nn import weights
 from nbnet.nn.base import BaseMLP, json_value
 from nbnet.nn.trainer import TrainingState
 from nbnet.nn.validation import DTYPES, check_y, resolve_hyperparameters
@@ -53,6 +54,8 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         est.preprocessor_ = None
         est.training_stats_ = meta.get("training_stats")
         est.config_ = meta.get("config")
+        est.schedule_start_ = int(meta.get("schedule_start", 0))
+        est.class_weight_ = np.array(meta["class_weights"], np.float64) if meta.get("class_weights") else None
         if meta.get("preprocessor") is not None:
             parrays = {k[5:]: v for k, v in arrays.items() if k.startswith("prep.")}
             est.preprocessor_ = Preprocessor.from_state(meta["preprocessor"], parrays)
@@ -69,6 +72,8 @@ def _unfitted(cls, meta: dict):
     for key in ("hidden_layer_sizes", "betas", "image_shape"):
         if isinstance(params.get(key), list):
             params[key] = tuple(params[key])
+    if "class_weight" in params:
+        params["class_weight"] = weights.class_weight_from_json(params["class_weight"])
     est = cls().set_params(**params)
     resolve_hyperparameters(est.get_params())
     est.n_features_in_ = int(meta["n_features_in"])
