@@ -275,3 +275,19 @@ def test_cross_validate_passes_each_fold_its_weights():
     np.testing.assert_allclose(ones["folds"]["log_loss"], plain["folds"]["log_loss"], rtol=1e-12)
     with pytest.raises(NbnetError, match="sample_weight"):
         cross_validate(est, X, y, cv=3, sample_weight=np.ones(5))
+
+
+def test_a_model_file_with_malformed_weight_fields_is_refused(tmp_path):
+    rng = np.random.default_rng(13)
+    X, y = rng.normal(size=(30, 3)), rng.integers(0, 2, 30)
+    MLPClassifier((4,), epochs=1, class_weight="balanced").fit(X, y).save(tmp_path / "m.nbnet")
+    with zipfile.ZipFile(tmp_path / "m.nbnet") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    for field, value in [("class_weights", [1.0]), ("class_weights", ["x", 1]), ("schedule_start", -1)]:
+        meta = json.loads(members["meta.json"])
+        meta[field] = value
+        with zipfile.ZipFile(tmp_path / "bad.nbnet", "w") as z:
+            for n, b in members.items():
+                z.writestr(n, json.dumps(meta).encode() if n == "meta.json" else b)
+        with pytest.raises(NbnetError, match=field):
+            load(tmp_path / "bad.nbnet")

@@ -27,6 +27,7 @@ from nbnet.io import read_bundle
 from nbnet.model import Layout
 from nbnet.nn import weights
 from nbnet.nn.base import BaseMLP, json_value
+from nbnet.nn.schedules import Schedule
 from nbnet.nn.trainer import TrainingState
 from nbnet.nn.validation import DTYPES, check_y, resolve_hyperparameters
 
@@ -76,6 +77,8 @@ def _unfitted(cls, meta: dict):
         params["class_weight"] = weights.class_weight_from_json(params["class_weight"])
     est = cls().set_params(**params)
     resolve_hyperparameters(est.get_params())
+    Schedule.from_params(est.get_params())
+    weights.check_class_weight(est.class_weight)
     est.n_features_in_ = int(meta["n_features_in"])
     est.n_outputs_ = int(meta["n_outputs"])
     est.loss_ = meta["loss"]
@@ -122,6 +125,12 @@ def _check_meta_types(meta: dict, cls) -> None:
         bad("hidden", "a list of positive integers")
     if not (isinstance(meta.get("history"), dict) and all(isinstance(v, list) for v in meta["history"].values())):
         bad("history", "an object of lists")
+    if not count(meta.get("schedule_start", 0), 0):
+        bad("schedule_start", "an integer >= 0")
+    cw = meta.get("class_weights")
+    if cw is not None and not (isinstance(cw, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                            and 0 <= w < float("inf") for w in cw)):
+        bad("class_weights", "a list of numbers >= 0")
     n_out, loss = meta["n_outputs"], meta.get("loss")
     if cls is MLPRegressor:
         if loss != "mse":
@@ -135,6 +144,8 @@ def _check_meta_types(meta: dict, cls) -> None:
             and all(isinstance(c, (str, int, float)) for c in classes)
             and len({type(c) for c in classes}) == 1):
         bad("classes", f"a list of {n_classes} labels of one type")
+    if cw is not None and len(cw) != n_classes:
+        bad("class_weights", f"a list of {n_classes} weights, one per class")
 
 
 def load(path):
