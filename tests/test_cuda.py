@@ -369,10 +369,10 @@ def test_weighted_loss_and_batch_gradient_match_the_cpu(loss):
 
 def test_estimator_weights_and_schedule_on_cuda_match_cpu():
     rng = np.random.default_rng(23)
-    X, y = rng.normal(size=(24, 5)), rng.integers(0, 2, 24)
-    kw = dict(hidden_layer_sizes=(6,), epochs=3, batch_size=8, dtype="float64", seed=1, class_weight="balanced",
+    X, y = rng.normal(size=(16, 5)), rng.integers(0, 2, 16)
+    kw = dict(hidden_layer_sizes=(6,), epochs=2, batch_size=8, dtype="float64", seed=1, class_weight="balanced",
               schedule="cosine", warmup_epochs=1)
-    sw = rng.random(24)
+    sw = rng.random(16)
     a = MLPClassifier(device="cpu", **kw).fit(X, y, sample_weight=sw)
     b = MLPClassifier(device="cuda", **kw).fit(X, y, sample_weight=sw)
     np.testing.assert_allclose(b.params_, a.params_, rtol=0, atol=1e-9)
