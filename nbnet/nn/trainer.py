@@ -1,10 +1,11 @@
 """The epoch loop: one compiled kernel call per epoch on a backend, the epoch's logs, callbacks.
 
 :class:`Trainer` holds a training state's buffers on the backend's device for a run of epochs;
-after each epoch it builds the logs (training loss, per-layer gradient norms, validation loss and
-score, seconds) and hands them to the callbacks, which may stop the run. It knows nothing of
-estimators' hyperparameters (an :class:`EpochPlan` carries what the kernel needs), of Optuna or
-of MLflow: sweeps, trackers and checkpoints watch through callbacks.
+before each epoch it computes the learning rate of every step (the schedule, into the kernel's
+``lrs`` argument); after it, it builds the logs (training loss, learning rate, per-layer gradient
+norms, validation loss and score, seconds) and hands them to the callbacks, which may stop the
+run. It knows nothing of estimators' hyperparameters (an :class:`EpochPlan` carries what the
+kernel needs), of Optuna or of MLflow: sweeps, trackers and checkpoints watch through callbacks.
 """
 
 from __future__ import annotations
