@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from stores import fresh_store
 
 from nbnet import MLPClassifier, MLPRegressor, NbnetError
 from nbnet.experiment import config as C
+from nbnet.experiment import tracking
 from nbnet.experiment.trial import suggest
 from nbnet.model import Layout, init_params
 from nbnet.nn.schedules import WARMUP_START, Plateau, Schedule
@@ -182,7 +184,7 @@ def test_toml_keys_overrides_and_search_space():
              "train.warmup_epochs": {"type": "int", "low": 0, "high": 3}}
     cfg = C.apply_overrides(C.load_experiment("breast_cancer"), [f"search.space.{k}={v}" for k, v in space.items()])
 
-    class FixedTrial:  # what optuna.trial.FixedTrial does, without Optuna's import in this test
+    class FixedTrial:  # always the last choice, the high end of an int range
         def suggest_categorical(self, name, choices):
             return choices[-1]
 
@@ -201,3 +203,17 @@ def test_toml_keys_overrides_and_search_space():
         C.apply_overrides(cfg, ["search.space.train.class_weight=['none', 'heavy']"])
     # warmup_epochs is ignored by the schedules other than cosine, so a search may pair them freely
     assert C.with_values(cfg, {"train.schedule": "step", "train.warmup_epochs": 3}).train.warmup_epochs == 3
+
+
+def test_every_epochs_rate_is_a_run_metric(tmp_path, monkeypatch, empty_store_db):
+    """The learning rate reaches the MLflow run through the epoch logs (a real store)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(tmp_path, empty_store_db))
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(40, 3)), rng.integers(0, 2, 40)
+    run_id = tracking.start_run(tracking.ensure_experiment("schedules"), run_name="fit")
+    with tracking.MetricLogger(run_id) as log:
+        est = MLPClassifier((4,), epochs=4, schedule="step", lr_step_size=2, lr_gamma=0.5).fit(X, y, callbacks=[log])
+    tracking.end_run(run_id)
+    history = tracking.client().get_metric_history(run_id, "lr")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == \
+        list(zip(range(1, 5), est.history_["lr"])) == [(1, 1e-3), (2, 1e-3), (3, 5e-4), (4, 5e-4)]

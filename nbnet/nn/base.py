@@ -18,7 +18,7 @@ from nbnet.io import write_bundle
 from nbnet.kernels import cpu, cuda_available
 from nbnet.kernels.compile import ensure_compiled
 from nbnet.kernels.rng import seed_state
-from nbnet.kernels.tables import HP_LR, LOSSES
+from nbnet.kernels.tables import LOSSES
 from nbnet.kernels.threads import thread_budget
 from nbnet.model import Layout, check_weights, init_params
 from nbnet.nn import weights
