@@ -98,7 +98,7 @@ def class_weight_json(class_weight):
 def class_weight_from_json(value):
     """The inverse of :func:`class_weight_json`."""
     if isinstance(value, list):
-        return {(tuple(k) if isinstance(k, list) else k): v for k, v in value}
+        return {k: v for k, v in value}  # a malformed list raises TypeError/ValueError: the caller's "damaged file"
     return value
 
 
