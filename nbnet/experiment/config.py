@@ -40,7 +40,8 @@ from nbnet.experiment.typecheck import coerce, type_hints, unknown_key
 from nbnet.kernels import BACKENDS
 from nbnet.kernels.tables import ACTIVATIONS
 from nbnet.metrics import METRICS, direction
-from nbnet.nn.schedules import SCHEDULES
+from nbnet.nn.schedules import SCHEDULES, Schedule
+from nbnet.nn.weights import check_class_weight
 
 try:  # Python 3.11+
     import tomllib
@@ -284,8 +285,8 @@ def _check_name_choice(path: str, value) -> None:
     """A searched value that must be a name from a table: each choice is checked up front."""
     if path == "train.schedule" and value not in SCHEDULES:
         raise NbnetError(f"search.space 'train.schedule' choice {value!r} is unknown; choose from {', '.join(SCHEDULES)}")
-    if path == "train.class_weight" and isinstance(value, str) and value != "balanced":
-        raise NbnetError(f"search.space 'train.class_weight' choice {value!r} must be \"balanced\", \"none\" or a table")
+    if path == "train.class_weight":
+        check_class_weight(value, "search.space 'train.class_weight' choice")
 
 
 def from_dict(raw: dict, name: str = "experiment") -> ExperimentConfig:
@@ -378,24 +379,9 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def _check_schedule(t: TrainConfig) -> None:
-    """train.schedule and its options, train.class_weight: one line each, naming the key."""
-    if t.schedule not in SCHEDULES:
-        raise NbnetError(f"train.schedule {t.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
-    if t.warmup_epochs < 0 or t.lr_step_size < 1 or t.lr_patience < 0 or t.lr_min < 0:
-        raise NbnetError("train.warmup_epochs and train.lr_patience must be >= 0, train.lr_step_size >= 1 and "
-                         "train.lr_min >= 0")
-    if t.schedule in ("step", "exponential", "plateau") and not 0.0 < t.lr_gamma <= 1.0:
-        raise NbnetError(f"train.lr_gamma must be in (0, 1] for the {t.schedule} schedule, got {t.lr_gamma}")
-    if t.schedule == "cosine" and t.lr_min > t.learning_rate:
-        raise NbnetError(f"train.lr_min ({t.lr_min}) must not exceed train.learning_rate ({t.learning_rate}) for cosine")
-    if t.schedule == "cosine" and t.warmup_epochs and t.warmup_epochs >= t.epochs:
-        raise NbnetError(f"train.warmup_epochs ({t.warmup_epochs}) must be fewer than train.epochs ({t.epochs})")
-    cw = t.class_weight
-    if isinstance(cw, str) and cw != "balanced":
-        raise NbnetError(f"train.class_weight must be \"balanced\", a table {{label = weight}} or none, got {cw!r}")
-    if isinstance(cw, dict) and not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")
-                                        for w in cw.values()):
-        raise NbnetError(f"train.class_weight's weights must be numbers >= 0, got {cw!r}")
+    """train.schedule and its options, train.class_weight: the estimator's checks, naming the keys."""
+    Schedule.from_params({f.name: getattr(t, f.name) for f in fields(t)}, prefix="train.")
+    check_class_weight(t.class_weight, "train.class_weight")
 
 
 def _check_metric(metric: str) -> None:

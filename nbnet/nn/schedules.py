@@ -56,22 +56,23 @@ class Schedule:
     patience: int = 10  # plateau: epochs without improvement before a reduction
 
     @classmethod
-    def from_params(cls, params: dict) -> "Schedule":
-        """The schedule of an estimator's ``get_params()``; NbnetError with one line when an
-        option is wrong."""
-        name = params["schedule"]
+    def from_params(cls, params: dict, prefix: str = "") -> "Schedule":
+        """The schedule of an estimator's ``get_params()`` (or of an experiment's ``[train]``
+        table, with ``prefix="train."`` naming the keys in errors); NbnetError with one line
+        when an option is wrong."""
+        name, k = params["schedule"], prefix
         if not isinstance(name, str) or name not in SCHEDULES:
-            raise NbnetError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+            raise NbnetError(f"unknown {k}schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
         sched = cls(name, float(params["learning_rate"]), int(params["epochs"]),
-                    _count("warmup_epochs", params["warmup_epochs"], 0), _count("lr_step_size", params["lr_step_size"], 1),
-                    _number("lr_gamma", params["lr_gamma"]), _number("lr_min", params["lr_min"]),
-                    _count("lr_patience", params["lr_patience"], 0))
+                    _count(k + "warmup_epochs", params["warmup_epochs"], 0),
+                    _count(k + "lr_step_size", params["lr_step_size"], 1), _number(k + "lr_gamma", params["lr_gamma"]),
+                    _number(k + "lr_min", params["lr_min"]), _count(k + "lr_patience", params["lr_patience"], 0))
         if name in ("step", "exponential", "plateau") and not 0.0 < sched.gamma <= 1.0:
-            raise NbnetError(f"lr_gamma of the {name} schedule must be in (0, 1], got {sched.gamma}")
+            raise NbnetError(f"{k}lr_gamma of the {name} schedule must be in (0, 1], got {sched.gamma}")
         if sched.min_lr < 0 or (name == "cosine" and sched.min_lr > sched.lr):
-            raise NbnetError(f"lr_min must be >= 0 and, for cosine, <= learning_rate; got {sched.min_lr}")
+            raise NbnetError(f"{k}lr_min must be >= 0 and, for cosine, <= {k}learning_rate; got {sched.min_lr}")
         if name == "cosine" and sched.warmup_epochs and sched.warmup_epochs >= sched.epochs:
-            raise NbnetError(f"warmup_epochs ({sched.warmup_epochs}) must be fewer than epochs ({sched.epochs})")
+            raise NbnetError(f"{k}warmup_epochs ({sched.warmup_epochs}) must be fewer than {k}epochs ({sched.epochs})")
         return sched
 
     def rates(self, epoch: int, steps: int, plateau_lr: float | None = None) -> np.ndarray:

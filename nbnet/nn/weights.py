@@ -38,17 +38,17 @@ def check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
     return np.ascontiguousarray(w)
 
 
-def check_class_weight(class_weight) -> None:
+def check_class_weight(class_weight, name: str = "class_weight") -> None:
     """The ``class_weight`` hyperparameter's form: None, ``"balanced"`` or a dict label → weight
-    >= 0 (the labels are matched against the classes at fit)."""
+    >= 0 (the labels are matched against the classes at fit); ``name`` names it in errors."""
     if class_weight is None or (isinstance(class_weight, str) and class_weight in CLASS_WEIGHT_MODES):
         return
     if isinstance(class_weight, dict):
         for label, w in class_weight.items():
             if isinstance(w, bool) or not isinstance(w, (int, float, np.number)) or not np.isfinite(w) or w < 0:
-                raise NbnetError(f"class_weight[{label!r}] must be a finite number >= 0, got {w!r}")
+                raise NbnetError(f"{name}[{label!r}] must be a finite number >= 0, got {w!r}")
         return
-    raise NbnetError(f"class_weight must be None, 'balanced' or a dict {{label: weight}}, got {class_weight!r}")
+    raise NbnetError(f"{name} must be None, 'balanced' or a dict {{label: weight}}, got {class_weight!r}")
 
 
 def class_weights(class_weight, classes: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
