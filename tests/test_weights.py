@@ -10,11 +10,15 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 from nbnet import MLPClassifier, MLPRegressor, NbnetError, cross_validate, load
 from nbnet.kernels import cpu as K
 from nbnet.model import Layout, init_params
+
+try:
+    import torch
+except ImportError:  # torch comes with nbnet[parity], which scripts/test.sh installs
+    torch = None
 
 LOSSES = ("cross_entropy", "binary_cross_entropy", "mse")
 
@@ -69,6 +73,7 @@ def _torch_loss(loss, Z, Y, w):
     return (w * rows).sum() / w.sum()
 
 
+@pytest.mark.skipif(torch is None, reason="torch (nbnet[parity]) gives the reference gradients")
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("seed", [2, 3])
 def test_weighted_loss_and_gradient_match_torch_autograd(loss, seed):
