@@ -133,3 +133,19 @@ def _check_npy_size(path: Path, z: zipfile.ZipFile, name: str) -> None:
         raise ValueError(f"{name} holds Python objects (pickle), which nbnet never loads")
     if int(np.prod(shape, dtype=object)) * dtype.itemsize != data_bytes:
         raise NbnetError(f"{str(path)!r} member {name!r} claims shape {shape} but holds {data_bytes} bytes; the file is damaged")
+
+
+def nan_to_none(v):
+    """NaN (and inf) as None, inside lists too: JSON has no NaN."""
+    if isinstance(v, (list, tuple)):
+        return [nan_to_none(x) for x in v]
+    return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
+def json_value(v):
+    """A hyperparameter value as JSON holds it: tuples as lists, NumPy scalars as Python numbers."""
+    if isinstance(v, tuple):
+        return [json_value(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

@@ -254,14 +254,15 @@ def test_forward_eval_loss_and_batch_gradient(dt):
 
 
 # --- whole epochs: the same weights as the CPU backend --------------------------------------------
-def _epochs(K, X, Y, p, lay, loss, hp, opt, seed, epochs):
+def _epochs(K, X, Y, p, lay, loss, hp, opt, seed, epochs, sw=None, lrs=None):
     st, opt, stats = cpu.seed_state(seed), opt.copy(), np.zeros(1 + lay.n_layers)
     d = K.to_device
     P, Gr, M, V = d(p.copy()), d(np.zeros_like(p)), d(np.zeros_like(p)), d(np.zeros_like(p))
     Xd, Yd = d(X), d(Y)
     hist = []
-    for _ in range(epochs):
-        K.train_epoch(Xd, Yd, P, Gr, M, V, *lay.kernel_args(), loss, hp, opt, st, stats)
+    for e in range(epochs):
+        K.train_epoch(Xd, Yd, P, Gr, M, V, *lay.kernel_args(), loss, hp, opt, st, stats, sw,
+                      None if lrs is None else lrs[e])
         hist.append(stats.copy())
     return dict(params=K.to_host(P).copy(), m=K.to_host(M).copy(), v=K.to_host(V).copy(), opt=opt, state=st,
                 stats=np.array(hist))
@@ -309,6 +310,73 @@ def test_train_epoch_parity_with_cpu(name):
     np.testing.assert_allclose(got["stats"], want["stats"], rtol=1e-5 if dt == np.float32 else 1e-9)
     assert got["opt"][cpu.SETTING_STEP] == want["opt"][cpu.SETTING_STEP] == 2 * -(-20 // batch)
     assert got["state"][0] == want["state"][0], "the shuffle must consume the CPU's random stream"
+
+
+WEIGHTED = {
+    # name: (dtype, loss, optimizer kind, batch, hyperparameters); every case has row weights
+    # (zeros included) and per-step learning rates
+    "adam-ce-f64": (np.float64, "ce", cpu.OPT_ADAM, 8, dict(l2=1e-3)),
+    "sgd-mixup-bce-f64": (np.float64, "bce", cpu.OPT_SGD, 7, dict(lr=0.1, mixup=0.4, momentum=0.9)),
+    "adamw-clip-mse-f32": (np.float32, "mse", cpu.OPT_ADAMW, 8, dict(clip_norm=0.5, weight_decay=0.01)),
+}
+
+
+@pytest.mark.parametrize("name", list(WEIGHTED))
+def test_weights_and_per_step_rates_match_the_cpu(name):
+    """Sample weights and a per-step learning-rate array in the epoch: the CUDA weights equal the
+    CPU's (mixup mixes the weights as it mixes the targets, on both)."""
+    dt, loss, kind, batch, hpkw = WEIGHTED[name]
+    rng = np.random.default_rng(21)
+    n_out = {"ce": 3, "mse": 2, "bce": 1}[loss]
+    lay, p = _net(dt, (6,), n_out=n_out, act="tanh")
+    X = rand(rng, (20, 6), dt)
+    Y = {"ce": lambda: np.eye(3, dtype=dt)[rng.integers(0, 3, 20)], "bce": lambda: (rng.random((20, 1)) > 0.5).astype(dt),
+         "mse": lambda: rand(rng, (20, 2), dt)}[loss]()
+    sw = rng.integers(0, 4, 20).astype(np.float64)
+    code = {"ce": cpu.LOSS_SOFTMAX_CE, "mse": cpu.LOSS_MSE, "bce": cpu.LOSS_SIGMOID_BCE}[loss]
+    opt = np.array([kind, 0, batch, 0, 0, 0, 1], np.int64)
+    hp = _hp(**hpkw)
+    steps = -(-20 // batch)
+    lrs = hp[cpu.HP_LR] * np.linspace(1.0, 0.2, 2 * steps).reshape(2, steps)
+    want = _epochs(cpu, X, Y, p, lay, code, hp, opt, 5, 2, sw, lrs)
+    got = _epochs(G, X, Y, p, lay, code, hp, opt, 5, 2, sw, lrs)
+    unweighted = _epochs(cpu, X, Y, p, lay, code, hp, opt, 5, 2)
+    assert np.abs(want["params"] - unweighted["params"]).max() > 1e-4, "the weights and rates must change training"
+    np.testing.assert_allclose(got["params"], want["params"], rtol=0, atol=WTOL[dt])
+    np.testing.assert_allclose(got["stats"], want["stats"], rtol=1e-5 if dt == np.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce", "mse"])
+def test_weighted_loss_and_batch_gradient_match_the_cpu(loss):
+    dt = np.float64
+    rng = np.random.default_rng(22)
+    n_out = {"ce": 3, "mse": 2, "bce": 1}[loss]
+    code = {"ce": cpu.LOSS_SOFTMAX_CE, "mse": cpu.LOSS_MSE, "bce": cpu.LOSS_SIGMOID_BCE}[loss]
+    lay, p = _net(dt, (6,), n_out=n_out)
+    X = rand(rng, (19, 6), dt)
+    Y = np.eye(n_out, dtype=dt)[rng.integers(0, n_out, 19)] if loss == "ce" else (rng.random((19, n_out)) > 0.5).astype(dt)
+    w = rng.random(19) * 3
+    Z = rand(rng, (19, n_out), dt)
+    dz_cpu, dz_gpu = np.zeros_like(Z), dev(np.zeros_like(Z))
+    want = cpu.weighted_loss_grad(Z, Y, w, code, dz_cpu)
+    assert G.weighted_loss_grad(dev(Z), dev(Y), w, code, dz_gpu) == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(host(dz_gpu), dz_cpu, **KTOL[dt])
+    gw, gd = np.zeros_like(p), dev(np.zeros_like(p))
+    lw = cpu.batch_gradient(X, Y, p, gw, *lay.kernel_args(), code, 0.0, w)
+    assert G.batch_gradient(dev(X), dev(Y), dev(p), gd, *lay.kernel_args(), code, 0.0, w) == pytest.approx(lw, rel=1e-12)
+    np.testing.assert_allclose(host(gd), gw, **KTOL[dt])
+
+
+def test_estimator_weights_and_schedule_on_cuda_match_cpu():
+    rng = np.random.default_rng(23)
+    X, y = rng.normal(size=(16, 5)), rng.integers(0, 2, 16)
+    kw = dict(hidden_layer_sizes=(6,), epochs=2, batch_size=8, dtype="float64", seed=1, class_weight="balanced",
+              schedule="cosine", warmup_epochs=1)
+    sw = rng.random(16)
+    a = MLPClassifier(device="cpu", **kw).fit(X, y, sample_weight=sw)
+    b = MLPClassifier(device="cuda", **kw).fit(X, y, sample_weight=sw)
+    np.testing.assert_allclose(b.params_, a.params_, rtol=0, atol=1e-9)
+    assert b.history_["lr"] == pytest.approx(a.history_["lr"], rel=1e-15)
 
 
 def test_an_epoch_moves_only_the_shuffle_order_and_the_statistics(monkeypatch):
@@ -478,7 +546,7 @@ _PTX_SCRIPT = textwrap.dedent(
             "k_bias_act": (a2, a1, int64), "k_act_grad": (a2, a2, int64),
             "k_forward": (a2, a2, a1, int64, a2), "k_grad_w": (a2, a2, a2, f, a2, a1),
             "k_grad_x": (a2, a2, a2, a2, int64, f, int64, a2),
-            "k_loss": (a2, a2, int64, int64, a2, d1, int64), "k_output_transform": (a2, int64),
+            "k_loss": (a2, a2, int64, int64, a2, d1, int64, d1, int64, float64), "k_output_transform": (a2, int64),
             "k_reduce_partial": (a1, ix, ix, int64, d2), "k_reduce_finish": (d2, d1, int64, int64, d1),
             "k_clip": (a1, d1, float64), "k_sgd": (a1, a1, a1, f, f, f, int64, int64),
             "k_adam": (a1, a1, a1, a1) + (f,) * 9, "k_dropout": (a2, a2, uint64, f, uint64, uint64),

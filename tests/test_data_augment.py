@@ -34,7 +34,7 @@ def options(img=(0, 0), noise=0.0, mixup=0.0, batch=16):
 def gather(X, Y, idx, hp, opt, state):
     Xb = np.zeros((len(idx), X.shape[1]), X.dtype)
     Yb = np.zeros((len(idx), Y.shape[1]), Y.dtype)
-    K.gather_batch(X, Y, idx, Xb, Yb, hp, opt, state)
+    K.gather_batch(X, Y, np.empty(0), idx, Xb, Yb, np.empty(0), hp, opt, state)
     return Xb, Yb
 
 

@@ -178,7 +178,7 @@ def test_callbacks_receive_epoch_and_logs_and_can_stop(blobs):
     assert [e for e, _ in seen] == [1, 2, 3] and obj.epochs == [1, 2, 3]  # every callback still runs
     assert clf.n_epochs_ == 3 and len(clf.history_["loss"]) == 3
     logs = seen[-1][1]
-    assert set(logs) == {"loss", "val_loss", "val_accuracy", "epoch_time", "grad_norm_0", "grad_norm_1", "grad_norm_2"}
+    assert set(logs) == {"loss", "val_loss", "val_accuracy", "epoch_time", "lr", "grad_norm_0", "grad_norm_1", "grad_norm_2"}
     assert logs["loss"] == clf.history_["loss"][-1] and 0 <= logs["val_accuracy"] <= 1
     assert logs["val_accuracy"] == pytest.approx(clf.score(X[200:], y[200:]))
 
@@ -187,14 +187,14 @@ def test_history_contents(blobs):
     X, y = blobs
     clf = MLPClassifier((16, 8), epochs=6, learning_rate=1e-2, n_threads=1).fit(X, y)
     h = clf.history_
-    assert set(h) == {"loss", "val_loss", "val_accuracy", "grad_norm", "epoch_time"}
+    assert set(h) == {"loss", "val_loss", "val_accuracy", "grad_norm", "lr", "epoch_time"}
     assert all(len(v) == 6 for v in h.values())
     assert np.isnan(h["val_loss"]).all() and np.isnan(h["val_accuracy"]).all()  # no validation data
     assert all(len(g) == 3 and min(g) > 0 for g in h["grad_norm"])  # one norm per layer
     assert min(h["epoch_time"]) > 0
     assert h["loss"][-1] < h["loss"][0] * 0.5
     reg = MLPRegressor((8,), epochs=2, n_threads=1, early_stopping=True).fit(X, y.astype(float))
-    assert set(reg.history_) == {"loss", "val_loss", "val_r2", "grad_norm", "epoch_time"}
+    assert set(reg.history_) == {"loss", "val_loss", "val_r2", "grad_norm", "lr", "epoch_time"}
     assert np.isfinite(reg.history_["val_loss"]).all() and np.isfinite(reg.history_["val_r2"]).all()
 
 

@@ -59,9 +59,9 @@ def _run(fn, lay, params, X, Y, loss, hp, opt, epochs=2, T=None):
     args = (X, Y, p, g, m, v, *lay.kernel_args(), K.LOSSES[loss], hp, opt, state)
     for _ in range(epochs):
         if T is None:
-            fn(*args, stats)
+            fn(*args, stats, np.empty(0), np.empty(0))
         else:  # the fused kernel takes the clipping bound as an argument (None: no clipping path compiled)
-            fn(*args, stats, np.int64(T), hp[K.HP_CLIP] if hp[K.HP_CLIP] > 0 else None)
+            fn(*args, stats, np.empty(0), np.empty(0), np.int64(T), hp[K.HP_CLIP] if hp[K.HP_CLIP] > 0 else None)
     return p, m, v, stats, opt
 
 
@@ -212,7 +212,7 @@ def test_fused_kernels_write_nothing_outside_their_arrays(T):
                                                                np.zeros_like(params)))
     for batch in (1, 7, 16, 61):
         K.train_epoch_fused(X, Y, p, g, m, v, *lay.kernel_args(), K.LOSS_SOFTMAX_CE, _hp(), _opt(K.OPT_ADAM, batch),
-                            K.seed_state(0), np.zeros(1 + lay.n_layers), np.int64(T), None)
+                            K.seed_state(0), np.zeros(1 + lay.n_layers), np.empty(0), np.empty(0), np.int64(T), None)
     bo, out = padded(np.zeros((61, 5), np.float32))
     K.forward_fused(X, p, *lay.kernel_args(), 0, out)
     for big in (bp, bg, bm, bv, bo):

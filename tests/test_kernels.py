@@ -89,7 +89,7 @@ def test_dropout_backward_matches_finite_differences(make_net, make_targets):
         A[0][:] = X
         Yb[:] = Y
         st = s0.copy()
-        total = K.forward_backward(6, net.params, grads, *net.args, K.LOSS_SOFTMAX_CE, 0.0, 0.4, st, A, masks, D0, D1, Yb)
+        total = K.forward_backward(6, net.params, grads, *net.args, K.LOSS_SOFTMAX_CE, 0.0, 0.4, st, A, masks, D0, D1, Yb, np.empty(0), 1.0 / 6)
         return total / 6
 
     ana = np.empty_like(net.params)

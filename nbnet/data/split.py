@@ -147,7 +147,8 @@ def clone(estimator):
     return type(estimator)().set_params(**estimator.get_params())
 
 
-def cross_validate(estimator, X, y, cv=5, stratified: bool = True, metrics=None, seed: int = 0) -> dict:
+def cross_validate(estimator, X, y, cv=5, stratified: bool = True, metrics=None, seed: int = 0,
+                   sample_weight=None) -> dict:
     """K-fold or leave-one-out cross-validation of an nbnet (or scikit-learn style) estimator.
 
     Parameters
@@ -159,6 +160,8 @@ def cross_validate(estimator, X, y, cv=5, stratified: bool = True, metrics=None,
     metrics : names from :data:`nbnet.metrics.METRICS` (default: accuracy and macro F1 for a
         classifier, R² and RMSE for a regressor).
     seed : shuffles the folds (the estimator keeps its own ``seed``).
+    sample_weight : array (n_samples,), optional; each fold's fit gets the weights of its
+        training rows (``fit(..., sample_weight=...)``); scores are unweighted.
 
     Returns
     -------
@@ -169,7 +172,7 @@ def cross_validate(estimator, X, y, cv=5, stratified: bool = True, metrics=None,
     """
     X, y = np.asarray(X), np.asarray(y)
     is_clf = getattr(estimator, "_estimator_type", None) == "classifier"
-    names = _check_cv_inputs(X, y, is_clf, metrics)
+    names = _check_cv_inputs(X, y, is_clf, metrics, sample_weight)
     folds, splitter = _cv_folds(cv, len(X), y, is_clf and stratified, seed)
     classes = np.unique(y) if is_clf else None
     need_proba = is_clf and any(name in M.NEEDS_PROBA for name in names)
@@ -180,7 +183,10 @@ def cross_validate(estimator, X, y, cv=5, stratified: bool = True, metrics=None,
     for train, test in folds:
         est = clone(estimator)
         t0 = time.perf_counter()
-        est.fit(X[train], y[train])
+        if sample_weight is None:
+            est.fit(X[train], y[train])
+        else:
+            est.fit(X[train], y[train], sample_weight=np.asarray(sample_weight)[train])
         fit_time.append(time.perf_counter() - t0)
         pred, proba = _predict_fold(est, X[test], classes, need_proba)
         oof_pred[test] = pred
@@ -202,8 +208,12 @@ def cross_validate(estimator, X, y, cv=5, stratified: bool = True, metrics=None,
     }
 
 
-def _check_cv_inputs(X: np.ndarray, y: np.ndarray, is_clf: bool, metrics) -> list[str]:
-    """The metric names to score (checked against the estimator's kind), after checking X and y."""
+def _check_cv_inputs(X: np.ndarray, y: np.ndarray, is_clf: bool, metrics, sample_weight=None) -> list[str]:
+    """The metric names to score (checked against the estimator's kind), after checking X, y and
+    the length of ``sample_weight`` (the fits check its values)."""
+    if sample_weight is not None and np.shape(sample_weight) != (len(X),):
+        raise NbnetError(f"sample_weight has shape {np.shape(sample_weight)} but X has {len(X)} samples; "
+                         "pass one weight per sample")
     if X.ndim != 2:
         raise NbnetError(f"X must be 2-D (n_samples, n_features), got {X.ndim}-D")
     if len(y) != len(X):

@@ -40,6 +40,8 @@ from nbnet.experiment.typecheck import coerce, type_hints, unknown_key
 from nbnet.kernels import BACKENDS
 from nbnet.kernels.tables import ACTIVATIONS
 from nbnet.metrics import METRICS, direction
+from nbnet.nn.schedules import SCHEDULES, Schedule
+from nbnet.nn.weights import check_class_weight
 
 try:  # Python 3.11+
     import tomllib
@@ -106,6 +108,14 @@ class TrainConfig:
     early_stopping: bool = False  # stop when val_loss has not improved for `patience` epochs; keep the best weights
     patience: int = 10
     min_delta: float = 0.0
+    schedule: str = "constant"  # learning-rate schedule: constant, step, exponential, cosine, plateau (docs/library.md)
+    warmup_epochs: int = 0  # cosine: linear warmup over this many epochs, per step (other schedules ignore it)
+    lr_step_size: int = 10  # step: epochs between reductions
+    lr_gamma: float = 0.1  # step, exponential, plateau: the reduction factor
+    lr_min: float = 0.0  # cosine: the final rate; plateau: the lowest rate
+    lr_patience: int = 10  # plateau: epochs without val_loss improvement before a reduction
+    class_weight: str | dict | None = None  # None, "balanced" or {label = weight}; classification only
+    warm_start: bool = False  # a second fit continues from the first (the estimator's warm_start)
     shuffle: bool = True
     noise_std: float = 0.0  # augmentation: Gaussian input noise, fresh every epoch
     mixup_alpha: float = 0.0  # augmentation: mixup Beta(alpha, alpha); 0: off
@@ -262,12 +272,21 @@ def _check_space(space: dict) -> dict:
         tp = field_type(path)
         if spec.type == "categorical":
             for c in spec.choices:
-                coerce(list(c) if isinstance(c, tuple) else c, tp, f"search.space.{path!r} choice")
+                value = coerce(list(c) if isinstance(c, tuple) else c, tp, f"search.space.{path!r} choice")
+                _check_name_choice(path, value)
         else:
             probe = int(spec.low) if spec.type == "int" else float(spec.low)
             coerce(probe, tp, f"search.space.{path!r} ({spec.type})")
         out[path] = spec
     return out
+
+
+def _check_name_choice(path: str, value) -> None:
+    """A searched value that must be a name from a table: each choice is checked up front."""
+    if path == "train.schedule" and value not in SCHEDULES:
+        raise NbnetError(f"search.space 'train.schedule' choice {value!r} is unknown; choose from {', '.join(SCHEDULES)}")
+    if path == "train.class_weight":
+        check_class_weight(value, "search.space 'train.class_weight' choice")
 
 
 def from_dict(raw: dict, name: str = "experiment") -> ExperimentConfig:
@@ -334,6 +353,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise NbnetError("train.epochs and train.batch_size must be >= 1 and train.learning_rate > 0")
     if t.n_threads is not None and t.n_threads < 1:
         raise NbnetError(f"train.n_threads must be >= 1 or omitted, got {t.n_threads}")
+    _check_schedule(t)
     if s.sampler not in SAMPLERS:
         raise NbnetError(f"search.sampler {s.sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
     if s.pruner not in PRUNERS:
@@ -356,6 +376,12 @@ def validate(cfg: ExperimentConfig) -> None:
         raise NbnetError(f"search.n_trials must be >= 1, got {s.n_trials}")
     if s.n_startup_trials < 0 or s.n_warmup_steps < 0:
         raise NbnetError("search.n_startup_trials and search.n_warmup_steps must be >= 0")
+
+
+def _check_schedule(t: TrainConfig) -> None:
+    """train.schedule and its options, train.class_weight: the estimator's checks, naming the keys."""
+    Schedule.from_params({f.name: getattr(t, f.name) for f in fields(t)}, prefix="train.")
+    check_class_weight(t.class_weight, "train.class_weight")
 
 
 def _check_metric(metric: str) -> None:

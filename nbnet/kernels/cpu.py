@@ -34,10 +34,10 @@ import numpy as np
 from numba import get_num_threads, njit
 
 from nbnet.kernels import blas
-from nbnet.kernels.cpu_fused import forward_fused, train_epoch_fused
+from nbnet.kernels.cpu_fused import batch_weight, forward_fused, train_epoch_fused
 from nbnet.kernels.cpu_layers import (
     activation_grad, bias_activation, dense_backward, dense_forward, dropout, dropout_grad, layer_views, loss_grad,
-    loss_grad_rows, output_transform,
+    loss_grad_rows, output_transform, weighted_loss_grad_rows,
 )
 from nbnet.kernels.cpu_optim import (
     adam_apply, adam_coefficients, adam_step, clip_grad_norm, optimizer_step, sgd_apply, sgd_step, sum_squares,
@@ -103,14 +103,18 @@ def forward_stats(X, params, w_off, b_off, sizes, acts, stats):
 
 
 @njit(**CPU_JIT)
-def gather_batch(X, Y, idx, Xb, Yb, hp, settings, state):
-    """Copy rows ``idx`` of X and Y into the batch buffers, applying the augmentations:
-    random ±1-pixel shifts of (h, w) images, Gaussian noise, then mixup (Zhang et al. 2018)."""
+def gather_batch(X, Y, sw, idx, Xb, Yb, wb, hp, settings, state):
+    """Copy rows ``idx`` of X and Y (and of the row weights ``sw``, when not empty, into ``wb``)
+    into the batch buffers, applying the augmentations: random ±1-pixel shifts of (h, w) images,
+    Gaussian noise, then mixup (Zhang et al. 2018), which mixes the weights as it mixes targets."""
     bs = idx.shape[0]
     h, w = settings[SETTING_IMG_H], settings[SETTING_IMG_W]
+    weighted = sw.shape[0] > 0
     for i in range(bs):
         r = idx[i]
         Yb[i] = Y[r]
+        if weighted:
+            wb[i] = sw[r]
         if h > 0:
             dy = rng_below(state, 3) - 1
             dx = rng_below(state, 3) - 1
@@ -137,9 +141,12 @@ def gather_batch(X, Y, idx, Xb, Yb, hp, settings, state):
         ox = Xb.dtype.type(1.0 - lam)
         Xm = Xb[:bs].copy()
         Ym = Yb[:bs].copy()
+        Wm = wb[:bs].copy() if weighted else wb[:0]
         for i in range(bs):
             Xb[i] = lx * Xm[i] + ox * Xm[perm[i]]
             Yb[i] = lx * Ym[i] + ox * Ym[perm[i]]
+            if weighted:
+                wb[i] = lam * Wm[i] + (1.0 - lam) * Wm[perm[i]]
 
 
 @njit(**CPU_JIT)
@@ -157,12 +164,15 @@ def make_buffers(B, sizes, dt):
 
 
 @njit(**CPU_JIT)
-def forward_backward(bs, params, grads, w_off, b_off, sizes, acts, loss, l2, p_drop, state, A, masks, D0, D1, Yb):
-    """Forward and backward over the batch in ``A[0][:bs]`` with targets ``Yb[:bs]``.
+def forward_backward(bs, params, grads, w_off, b_off, sizes, acts, loss, l2, p_drop, state, A, masks, D0, D1, Yb,
+                     wb, inv):
+    """Forward and backward over the batch in ``A[0][:bs]`` with targets ``Yb[:bs]`` and row
+    weights ``wb[:bs]`` (float64; an empty ``wb``: every row weighs 1).
 
-    Writes the gradient of the batch-mean loss (+ 0.5*l2*||W||^2) into the flat ``grads``;
-    returns the *sum* of the per-sample data losses (float64). ``p_drop > 0`` applies inverted
-    dropout to every hidden layer with masks drawn from ``state``.
+    Writes the gradient of ``inv * sum_i w_i * l_i`` (+ 0.5*l2*||W||^2) into the flat ``grads``
+    (``inv = 1 / sum of the batch's weights``: the weighted batch-mean loss; 1/bs unweighted);
+    returns the weighted *sum* of the per-sample data losses (float64). ``p_drop > 0`` applies
+    inverted dropout to every hidden layer with masks drawn from ``state``.
     """
     L = acts.shape[0]
     empty = np.empty((0, 1), params.dtype)
@@ -175,7 +185,7 @@ def forward_backward(bs, params, grads, w_off, b_off, sizes, acts, loss, l2, p_d
             dropout(out, masks[l][:bs], p_drop, state)
     kout = sizes[L]
     D = D0[: bs * kout].reshape((bs, kout))
-    total = loss_grad(A[L][:bs], Yb[:bs], loss, D)
+    total = weighted_loss_grad_rows(A[L][:bs], Yb[:bs], wb[:bs] if wb.shape[0] > 0 else wb, loss, D, inv)
     for l in range(L - 1, -1, -1):
         W, b = layer_views(params, w_off, b_off, sizes, l)
         dW, db = layer_views(grads, w_off, b_off, sizes, l)
@@ -194,14 +204,17 @@ def forward_backward(bs, params, grads, w_off, b_off, sizes, acts, loss, l2, p_d
 
 
 @njit(**CPU_JIT)
-def train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats):
+def train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats, sw,
+                          lrs):
     """One epoch: shuffle, then for every mini-batch forward, backward and optimizer step.
 
     X: (n, n_features), Y: (n, n_outputs) targets (one-hot or soft for classification);
     params/grads/m/v: flat buffers; hp: float64[N_HP]; settings: int64[N_SETTINGS], whose ``SETTING_STEP``
-    (the optimizer step count) is advanced in place; state: RNG state.
-    Writes ``stats[0]`` = mean data loss over the epoch and ``stats[1 + l]`` = RMS over the
-    batches of layer ``l``'s gradient norm (before clipping).
+    (the optimizer step count) is advanced in place; state: RNG state; sw: float64 (n,) row
+    weights (empty: every row weighs 1); lrs: float64 (n_batches,) the learning rate of each
+    step of the epoch (empty: ``hp[HP_LR]`` for all).
+    Writes ``stats[0]`` = (weighted) mean data loss over the epoch and ``stats[1 + l]`` = RMS over
+    the batches of layer ``l``'s gradient norm (before clipping).
     """
     n = X.shape[0]
     L = acts.shape[0]
@@ -209,39 +222,67 @@ def train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, 
     kind, nesterov = settings[SETTING_OPTIMIZER], settings[SETTING_NESTEROV] != 0
     clip = hp[HP_CLIP]
     A, masks, D0, D1, Yb = make_buffers(B, sizes, params.dtype)
+    wb = np.empty(B if sw.shape[0] > 0 else 0)
+    hpb = hp.copy()  # hpb[HP_LR]: this step's learning rate
     idx = np.arange(n)
     if settings[SETTING_SHUFFLE]:
         shuffle(idx, state)
     layer_ss = np.zeros(L)
     total = 0.0
+    w_total = 0.0
     n_batches = 0
     for s in range(0, n, B):
         e = min(s + B, n)
-        gather_batch(X, Y, idx[s:e], A[0], Yb, hp, settings, state)
+        gather_batch(X, Y, sw, idx[s:e], A[0], Yb, wb, hp, settings, state)
+        wsum, inv = batch_weight(wb[:e - s], np.arange(e - s)) if wb.shape[0] > 0 else batch_weight(sw, idx[s:e])
+        w_total += wsum
         total += forward_backward(e - s, params, grads, w_off, b_off, sizes, acts, loss, hp[HP_L2],
-                                  hp[HP_DROPOUT], state, A, masks, D0, D1, Yb)
+                                  hp[HP_DROPOUT], state, A, masks, D0, D1, Yb, wb, inv)
         for l in range(L):
             layer_ss[l] += sum_squares(grads[w_off[l]:b_off[l] + sizes[l + 1]])
         if clip > 0:
             clip_grad_norm(grads, clip)
         settings[SETTING_STEP] += 1
-        optimizer_step(params, grads, m, v, kind, hp, nesterov, settings[SETTING_STEP])
+        hpb[HP_LR] = lrs[n_batches] if lrs.shape[0] > 0 else hp[HP_LR]
+        optimizer_step(params, grads, m, v, kind, hpb, nesterov, settings[SETTING_STEP])
         n_batches += 1
-    stats[0] = total / n
+    stats[0] = total / w_total if w_total > 0 else 0.0
     for l in range(L):
         stats[1 + l] = math.sqrt(layer_ss[l] / n_batches)
 
 
 @njit(**CPU_JIT)
-def batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2):
-    """Gradient of the mean loss over the whole (X, Y) (no dropout, no step) into ``grads``;
-    returns the mean data loss. For tests, gradient checks and full-batch analysis."""
+def _batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2, sw):
     n = X.shape[0]
     A, masks, D0, D1, Yb = make_buffers(n, sizes, params.dtype)
     A[0][:] = X
     Yb[:] = Y
-    return forward_backward(n, params, grads, w_off, b_off, sizes, acts, loss, l2, 0.0,
-                            np.zeros(1, np.uint64), A, masks, D0, D1, Yb) / n
+    wsum, inv = batch_weight(sw, np.arange(n))
+    total = forward_backward(n, params, grads, w_off, b_off, sizes, acts, loss, l2, 0.0, np.zeros(1, np.uint64), A,
+                             masks, D0, D1, Yb, sw, inv)
+    return total * inv if wsum > 0 else 0.0
+
+
+def batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2, sw=None):
+    """Gradient of the (weighted) mean loss over the whole (X, Y) (no dropout, no step) into
+    ``grads``; returns the mean data loss. ``sw``: float64 (n,) row weights or None. For tests,
+    gradient checks and full-batch analysis."""
+    return _batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2, _rows(sw))
+
+
+def weighted_loss_grad(Z, Y, w, loss, dZ):
+    """The weighted mean loss ``sum_i w_i l_i / sum_i w_i`` of logits ``Z`` against ``Y`` (both
+    (batch, k)), with its gradient written into ``dZ`` (skipped when it has zero rows); ``w``:
+    float64 (batch,) weights, not all zero. Returns the weighted *sum* ``sum_i w_i l_i``."""
+    return weighted_loss_grad_rows(Z, Y, w, loss, dZ, 1.0 / float(np.sum(w)))
+
+
+_NONE = np.empty(0)  # the "no weights" / "no per-step rates" argument of the epoch kernels
+
+
+def _rows(a):
+    """``a`` as a C-contiguous float64 vector, or the empty one for None."""
+    return _NONE if a is None else np.ascontiguousarray(a, dtype=np.float64)
 
 
 def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss):
@@ -257,14 +298,18 @@ def _fusable(arrays) -> bool:
         a.dtype == dt and a.flags.c_contiguous for a in arrays)
 
 
-def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats):
+def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats, sw=None,
+                lrs=None):
     """One epoch: shuffle, then for every mini-batch forward, backward and optimizer step.
 
     X: (n, n_features), Y: (n, n_outputs) targets (one-hot or soft for classification);
     params/grads/m/v: flat buffers; hp: float64[N_HP]; settings: int64[N_SETTINGS], whose ``SETTING_STEP``
     (the optimizer step count) is advanced in place; state: RNG state.
-    Writes ``stats[0]`` = mean data loss over the epoch and ``stats[1 + l]`` = RMS over the
-    batches of layer ``l``'s gradient norm (before clipping).
+    sw: host float64 (n,) row weights, or None (every row weighs 1): each batch's loss is the
+    weighted mean ``sum w_i l_i / sum w_i``. lrs: host float64 (n_batches,), the learning rate of
+    each step of the epoch (a schedule), or None (``hp[HP_LR]``).
+    Writes ``stats[0]`` = (weighted) mean data loss over the epoch and ``stats[1 + l]`` = RMS over
+    the batches of layer ``l``'s gradient norm (before clipping).
 
     Runs ``train_epoch_fused`` (threaded, fused) when a GEMM library is loaded and there is no
     dropout or augmentation, else ``train_epoch_reference`` (serial loops, ``np.dot``).
@@ -273,9 +318,11 @@ def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, 
             and X.shape[0] > 0 and _fusable((X, Y, params, grads, m, v))):
         with parallel_guard(), blas.single_threaded():
             train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats,
-                              np.int64(get_num_threads()), hp[HP_CLIP] if hp[HP_CLIP] > 0 else None)
+                              _rows(sw), _rows(lrs), np.int64(get_num_threads()),
+                              hp[HP_CLIP] if hp[HP_CLIP] > 0 else None)
     else:
-        train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats)
+        train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats,
+                              _rows(sw), _rows(lrs))
 
 
 def forward(X, params, w_off, b_off, sizes, acts, loss, out):
@@ -314,12 +361,12 @@ __all__ = [
     "rng_below", "rng_beta", "rng_gamma", "rng_next", "rng_normal", "rng_uniform", "seed_state", "shuffle",
     # one layer
     "activation_grad", "bias_activation", "dense_backward", "dense_forward", "dropout", "dropout_grad",
-    "layer_views", "loss_grad", "loss_grad_rows", "output_transform",
+    "layer_views", "loss_grad", "loss_grad_rows", "output_transform", "weighted_loss_grad", "weighted_loss_grad_rows",
     # optimizer steps
     "adam_apply", "adam_coefficients", "adam_step", "clip_grad_norm", "optimizer_step", "sgd_apply", "sgd_step",
     "sum_squares",
     # whole network
-    "batch_gradient", "eval_loss", "forward", "forward_backward", "forward_fused", "forward_reference",
+    "batch_gradient", "batch_weight", "eval_loss", "forward", "forward_backward", "forward_fused", "forward_reference",
     "forward_stats", "gather_batch", "make_buffers", "train_epoch", "train_epoch_fused", "train_epoch_reference",
     "to_device", "to_host",
 ]

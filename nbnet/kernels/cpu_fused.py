@@ -24,7 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from nbnet.kernels.blas import gemm
-from nbnet.kernels.cpu_layers import activation_grad, bias_activation, layer_views, loss_grad_rows, output_transform
+from nbnet.kernels.cpu_layers import (
+    activation_grad, bias_activation, layer_views, output_transform, weighted_loss_grad_rows,
+)
 from nbnet.kernels.cpu_optim import (
     adam_apply, adam_coefficients, clip_grad_norm, optimizer_step, sgd_apply, sum_squares,
 )
@@ -53,8 +55,11 @@ def matrix_at(buf, off, rows, cols):
 
 
 @njit(**CPU_JIT)
-def _rows_pass(t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf, off, Yb, tot):
-    """Rows block ``t``: gather, forward, loss gradient, backward deltas. ``tot[t]`` = loss sum."""
+def _rows_pass(t, T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf, off, Yb, wb, inv,
+               tot):
+    """Rows block ``t``: gather, forward, loss gradient, backward deltas. ``tot[t]`` = the block's
+    (weighted) loss sum; ``sw`` the per-row weights of X (empty: none), gathered into ``wb``;
+    ``inv`` = 1 / the batch's weight sum (1 / bs without weights)."""
     r0, r1 = part_bounds(bs, T, t, 1)
     if r1 <= r0:
         tot[t] = 0.0
@@ -67,6 +72,8 @@ def _rows_pass(t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, los
             A0[i, j] = X[r, j]
         for j in range(Y.shape[1]):
             Yb[i, j] = Y[r, j]
+        if sw.shape[0] > 0:
+            wb[i] = sw[r]
     one, zero = 1.0, 0.0
     for l in range(L):
         W, b = layer_views(params, w_off, b_off, sizes, l)
@@ -77,7 +84,8 @@ def _rows_pass(t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, los
         bias_activation(Aout[r0:r1], b, acts[l])
     k = sizes[L]
     DL = matrix_at(Dbuf, off[L], B, k)
-    tot[t] = loss_grad_rows(matrix_at(Abuf, off[L], B, k)[r0:r1], Yb[r0:r1], loss, DL[r0:r1], bs)
+    wrows = wb[r0:r1] if sw.shape[0] > 0 else wb[:0]
+    tot[t] = weighted_loss_grad_rows(matrix_at(Abuf, off[L], B, k)[r0:r1], Yb[r0:r1], wrows, loss, DL[r0:r1], inv)
     for l in range(L - 1, 0, -1):
         W, b = layer_views(params, w_off, b_off, sizes, l)
         n_in, n_out = sizes[l], sizes[l + 1]
@@ -85,6 +93,18 @@ def _rows_pass(t, T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, los
         Din = matrix_at(Dbuf, off[l], B, n_in)
         gemm(False, True, r1 - r0, n_in, n_out, one, Dout[r0], n_out, W, n_out, zero, Din[r0], n_in)
         activation_grad(matrix_at(Abuf, off[l], B, n_in)[r0:r1], Din[r0:r1], acts[l - 1])
+
+
+@njit(**CPU_JIT)
+def batch_weight(sw, rows):
+    """The sum of the weights ``sw`` of ``rows`` (``len(rows)`` when ``sw`` is empty: no
+    weights) and its inverse (0 when the batch weighs 0: its data gradient is then 0)."""
+    if sw.shape[0] == 0:
+        return float(rows.shape[0]), 1.0 / rows.shape[0]
+    s = 0.0
+    for i in range(rows.shape[0]):
+        s += sw[rows[i]]
+    return s, (1.0 / s if s > 0 else 0.0)
 
 
 @njit(**CPU_JIT)
@@ -135,26 +155,28 @@ def _cols_pass(t, T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf
 
 
 @njit(parallel=True, **CPU_JIT)
-def _batch_parallel(phase, T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
-                    off, Yb, tot, l2, step, kind, c, plain, nesterov, first, ss):
+def _batch_parallel(phase, T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss, Abuf,
+                    Dbuf, off, Yb, wb, inv, tot, l2, step, kind, c, plain, nesterov, first, ss):
     """One parallel region over the T parts: ``phase`` 0 runs ``_rows_pass``, 1 ``_cols_pass``
     (one parallel function rather than two: each costs seconds of cold compile)."""
     for t in prange(T):
         if phase == 0:
-            _rows_pass(np.int64(t), T, s, bs, B, X, Y, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf, off,
-                       Yb, tot)
+            _rows_pass(np.int64(t), T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
+                       off, Yb, wb, inv, tot)
         else:
             _cols_pass(np.int64(t), T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, l2, step,
                        kind, c, plain, nesterov, first, ss)
 
 
 @njit(**CPU_JIT)
-def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats, T, clip):
+def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats, sw, lrs, T,
+                      clip):
     """``train_epoch`` on numba's threads with the single-threaded GEMM of ``nbnet.kernels.blas``,
     each mini-batch cut into ``T`` parts (pass ``numba.get_num_threads()``; results depend on ``T``
     only in the last bits of float sums, and not at all from run to run).
 
-    Same arguments and results as ``train_epoch_reference``; no dropout or augmentation (the
+    Same arguments (``sw``, ``lrs``: the per-row weights and per-step learning rates, float64,
+    empty for none) and results as ``train_epoch_reference``; no dropout or augmentation (the
     dispatcher ``train_epoch`` sends those to the reference). X, Y, params, grads, m, v share
     one dtype and are C-contiguous. ``clip``: the gradient-norm bound (``hp[HP_CLIP]``) or None;
     with None numba prunes the clipping path (the unfused step) and never compiles it. Always
@@ -176,6 +198,7 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
     Abuf = np.empty(off[L + 1], dt)
     Dbuf = np.empty(off[L + 1], dt)
     Yb = np.empty((B, sizes[L]), dt)
+    wb = np.empty(B if sw.shape[0] > 0 else 0)
     idx = np.arange(n)
     if settings[SETTING_SHUFFLE]:
         shuffle(idx, state)
@@ -188,31 +211,36 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
     mom = hp[HP_MOMENTUM]
     plain = mom == 0.0
     l2 = hp[HP_L2]
+    hpb = hp.copy()  # hpb[HP_LR]: this step's learning rate
+    w_total = 0.0
     for s in range(0, n, B):
         bs = min(s + B, n) - s
         settings[SETTING_STEP] += 1
         step_t = settings[SETTING_STEP]
-        _batch_parallel(np.int64(0), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
-                        Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+        wsum, inv = batch_weight(sw, idx[s:s + bs])
+        w_total += wsum
+        _batch_parallel(np.int64(0), T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
+                        Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
         for t in range(T):
             total += tot[t]
+        hpb[HP_LR] = lrs[n_batches] if lrs.shape[0] > 0 else hp[HP_LR]
         if kind == OPT_SGD:
-            c[0], c[1], c[2] = hp[HP_LR], mom, hp[HP_WD]
+            c[0], c[1], c[2] = hpb[HP_LR], mom, hp[HP_WD]
         else:
-            coef = adam_coefficients(hp[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS], hp[HP_WD],
+            coef = adam_coefficients(hpb[HP_LR], hp[HP_BETA1], hp[HP_BETA2], hp[HP_EPS], hp[HP_WD],
                                      kind == OPT_ADAMW, step_t)
             for j in range(coef.shape[0]):
                 c[j] = coef[j]
-        _batch_parallel(np.int64(1), T, s, bs, B, X, Y, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
-                        Abuf, Dbuf, off, Yb, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+        _batch_parallel(np.int64(1), T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
+                        Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
         for t in range(T):
             for l in range(L):
                 layer_ss[l] += ss[t, l]
         if clip is not None:
             clip_grad_norm(grads, clip)
-            optimizer_step(params, grads, m, v, kind, hp, nesterov, step_t)
+            optimizer_step(params, grads, m, v, kind, hpb, nesterov, step_t)
         n_batches += 1
-    stats[0] = total / n
+    stats[0] = total / w_total if w_total > 0 else 0.0
     for l in range(L):
         stats[1 + l] = math.sqrt(layer_ss[l] / n_batches)
 

@@ -130,12 +130,25 @@ def loss_grad(Z, Y, loss, dZ):
 def loss_grad_rows(Z, Y, loss, dZ, B):
     """``loss_grad`` of a block of rows of a batch of ``B`` rows: the gradient is of the mean
     over all ``B``, so threads can each take a block of the batch."""
+    return weighted_loss_grad_rows(Z, Y, np.empty(0), loss, dZ, 1.0 / B)
+
+
+@njit(**CPU_JIT)
+def weighted_loss_grad_rows(Z, Y, w, loss, dZ, inv):
+    """Loss of a block of rows weighted by ``w`` (float64 (rows,); an empty ``w`` weighs every
+    row 1): returns ``sum_i w_i * l_i`` (float64) and writes the gradient of ``inv * sum_i w_i *
+    l_i`` into ``dZ`` (skipped when ``dZ`` has zero rows). With ``inv = 1 / sum of the batch's
+    weights`` that is the gradient of the batch's weighted mean loss, ``torch``'s
+    ``(w * loss(reduction="none")).sum() / w.sum()``; threads each take a block of the batch.
+    Long by design: one loop per loss, each computing the loss and its gradient in one pass."""
     rows, k = Z.shape
-    inv = Z.dtype.type(1.0 / B)
+    weighted = w.shape[0] > 0
     want_grad = dZ.shape[0] > 0
     total = 0.0
     if loss == LOSS_SOFTMAX_CE:
         for i in range(rows):
+            wi = w[i] if weighted else 1.0
+            f = Z.dtype.type(wi * inv)
             z = Z[i]
             mx = z[0]
             for j in range(1, k):
@@ -145,36 +158,44 @@ def loss_grad_rows(Z, Y, loss, dZ, B):
                 s += math.exp(z[j] - mx)
             lse = mx + math.log(s)
             ysum = 0.0
+            li = 0.0
             for j in range(k):
-                total += Y[i, j] * (lse - z[j])
+                li += Y[i, j] * (lse - z[j])
                 ysum += Y[i, j]
+            total += wi * li
             if want_grad:
                 for j in range(k):
-                    dZ[i, j] = (math.exp(z[j] - lse) * ysum - Y[i, j]) * inv
+                    dZ[i, j] = (math.exp(z[j] - lse) * ysum - Y[i, j]) * f
     elif loss == LOSS_SIGMOID_BCE:
         for i in range(rows):
+            wi = w[i] if weighted else 1.0
+            f = Z.dtype.type(wi * inv)
+            li = 0.0
             for j in range(k):
                 z = Z[i, j]
                 y = Y[i, j]
-                total += max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
+                li += max(z, 0.0) - z * y + math.log1p(math.exp(-abs(z)))
                 if want_grad:
                     if z >= 0:
                         p = 1.0 / (1.0 + math.exp(-z))
                     else:
                         e = math.exp(z)
                         p = e / (1.0 + e)
-                    dZ[i, j] = (p - y) * inv
+                    dZ[i, j] = (p - y) * f
+            total += wi * li
     else:  # LOSS_MSE
         # The sum has a loop of its own: fused in one loop with the gradient's stores, LLVM may
         # vectorise (reassociate) it differently from the loss-alone loop, and the two totals then
         # differ in the last bit.
         for i in range(rows):
+            li = 0.0
             for j in range(k):
                 r = Z[i, j] - Y[i, j]
-                total += r * r / k
+                li += r * r / k
+            total += (w[i] if weighted else 1.0) * li
         if want_grad:
-            scale = Z.dtype.type(2.0 / (B * k))
             for i in range(rows):
+                scale = Z.dtype.type(2.0 * (w[i] if weighted else 1.0) * inv / k)
                 for j in range(k):
                     dZ[i, j] = scale * (Z[i, j] - Y[i, j])
     return total

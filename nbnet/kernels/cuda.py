@@ -82,6 +82,13 @@ def _dummy(dtype):
     return _DUMMY[key]
 
 
+def _no_weights():
+    """The float64 (1,) device array passed as the weights of an unweighted loss."""
+    if "weights" not in _DUMMY:
+        _DUMMY["weights"] = cuda.to_device(np.ones(1))
+    return _DUMMY["weights"]
+
+
 def _views(flat, w_off, b_off, sizes):
     """``[(W_l, b_l)]`` device views into the flat buffer."""
     out = []
@@ -160,7 +167,20 @@ def loss_grad(Z, Y, loss, dZ):
     B = Z.shape[0]
     rows = cuda.device_array(B, np.float64)
     want = dZ.shape[0] > 0
-    k_loss[_g1(B)](Z, Y, int(loss), int(want), dZ if want else _dummy(Z.dtype), rows, 0)
+    k_loss[_g1(B)](Z, Y, int(loss), int(want), dZ if want else _dummy(Z.dtype), rows, 0, _no_weights(), 0, 1.0 / B)
+    return _sum(rows, B)
+
+
+def weighted_loss_grad(Z, Y, w, loss, dZ):
+    """The weighted mean loss's gradient into ``dZ`` (unless it has zero rows) and the weighted
+    sum ``sum_i w_i l_i`` (host float64); ``w``: host float64 (batch,) weights, not all zero.
+    See :func:`nbnet.kernels.cpu.weighted_loss_grad`."""
+    B = Z.shape[0]
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    rows = cuda.device_array(B, np.float64)
+    want = dZ.shape[0] > 0
+    k_loss[_g1(B)](Z, Y, int(loss), int(want), dZ if want else _dummy(Z.dtype), rows, 0, cuda.to_device(w), 1,
+                   1.0 / float(w.sum()))
     return _sum(rows, B)
 
 
@@ -298,10 +318,11 @@ def _forward_buffers(chunk, sizes, dtype):
     return _cached(_FWD, key, lambda: [cuda.device_array((int(chunk), int(w)), dtype) for w in sizes[1:-1]])
 
 
-def _forward_backward(bs, ws, layers, glayers, acts, loss, l2, p_drop, seed, stream, row_off):
+def _forward_backward(bs, ws, layers, glayers, acts, loss, l2, p_drop, seed, stream, row_off, wd, use_w, inv):
     """Forward and backward over ``ws.A[0][:bs]`` with targets ``ws.Yb[:bs]`` (the fused path of
-    cpu.forward_backward): the per-sample losses go to ``ws.row_loss[row_off:]``, the gradient
-    of the batch-mean loss (+ 0.5*l2*||W||^2) into the flat gradient buffer."""
+    cpu.forward_backward): the per-sample (weighted) losses go to ``ws.row_loss[row_off:]``, the
+    gradient of ``inv * sum_i w_i l_i`` (+ 0.5*l2*||W||^2) into the flat gradient buffer; the
+    row weights are ``wd[row_off:]`` (device float64) when ``use_w``."""
     L = len(acts)
     full = bs == ws.A[0].shape[0]
     A = ws.A if full else [a[:bs] for a in ws.A]
@@ -316,7 +337,7 @@ def _forward_backward(bs, ws, layers, glayers, acts, loss, l2, p_drop, seed, str
     k = A[L].shape[1]
     D = ws.D[0][: bs * k].reshape(bs, k)
     Yb = ws.Yb if full else ws.Yb[:bs]
-    k_loss[_g1(bs)](A[L], Yb, int(loss), 1, D, ws.row_loss, int(row_off))
+    k_loss[_g1(bs)](A[L], Yb, int(loss), 1, D, ws.row_loss, int(row_off), wd, int(use_w), float(inv))
     keep = dt(1.0 - p_drop)
     for l in range(L - 1, -1, -1):
         W, _ = layers[l]
@@ -331,13 +352,16 @@ def _forward_backward(bs, ws, layers, glayers, acts, loss, l2, p_drop, seed, str
             D = Dn
 
 
-def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats):
+def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats, sw=None,
+                lrs=None):
     """One epoch: shuffle (on the host, the CPU's stream), then for every mini-batch gather,
     forward, backward, gradient norms, clipping and the optimizer step, all on the device.
 
-    X, Y, params, grads, m, v: device arrays; w_off, b_off, sizes, acts, hp, settings, state, stats:
-    host arrays as for :func:`nbnet.kernels.cpu.train_epoch` (``settings[SETTING_STEP]`` is
-    advanced, ``stats`` filled with the mean data loss and the RMS per-layer gradient norms).
+    X, Y, params, grads, m, v: device arrays; w_off, b_off, sizes, acts, hp, settings, state, stats,
+    sw, lrs: host arrays as for :func:`nbnet.kernels.cpu.train_epoch` (``settings[SETTING_STEP]``
+    is advanced, ``stats`` filled with the (weighted) mean data loss and the RMS per-layer
+    gradient norms). With row weights ``sw`` the epoch also uploads them in batch order (n
+    float64); the per-step learning rates ``lrs`` stay on the host (one scalar per launch).
     """
     n = X.shape[0]
     B = int(min(settings[SETTING_BATCH], n))
@@ -349,24 +373,46 @@ def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, 
     idx, perms, lams, seed = _host_draws(n, B, hp, settings, state)
     idxd = cuda.to_device(idx)
     permd = cuda.to_device(perms) if perms is not None else None
+    wrow = _epoch_weights(sw, idx, perms, lams, B)
+    wd = cuda.to_device(wrow) if wrow is not None else _no_weights()
+    wsums = np.add.reduceat(wrow, np.arange(0, n, B)) if wrow is not None else None
+    hpb = np.array(hp, np.float64)  # hpb[HP_LR]: this step's learning rate
     ws.acc.copy_to_device(ws.zeros)
     for b_i, s in enumerate(range(0, n, B)):
         e = min(s + B, n)
         stream = _stream(b_i)
         _gather(ws, X, Y, idxd[s:e], permd[s:e] if lams[b_i] is not None else None, lams[b_i], hp, settings, seed,
                 stream)
-        _forward_backward(e - s, ws, layers, glayers, acts, loss, hp[HP_L2], p_drop, seed, stream, s)
+        wsum = float(wsums[b_i]) if wsums is not None else float(e - s)
+        _forward_backward(e - s, ws, layers, glayers, acts, loss, hp[HP_L2], p_drop, seed, stream, s, wd,
+                          wrow is not None, 1.0 / wsum if wsum > 0 else 0.0)
         # per-layer sums of squares of the gradient: stats and the clipping norm
         _reduce(grads, ws.lo, ws.hi, 1, ws.acc, 1, 1, ws.batch_ss, ws.partial)
         if clip > 0:
             k_clip[_g1(grads.shape[0])](grads, ws.batch_ss, clip)
         settings[SETTING_STEP] += 1
-        optimizer_step(params, grads, m, v, kind, hp, nesterov, int(settings[SETTING_STEP]))
+        hpb[HP_LR] = lrs[b_i] if lrs is not None and len(lrs) else hp[HP_LR]
+        optimizer_step(params, grads, m, v, kind, hpb, nesterov, int(settings[SETTING_STEP]))
     _reduce(ws.row_loss, ws.loss_lo, ws.loss_hi, 0, ws.acc, 0, 1, ws.last1, ws.partial1)
     acc = ws.acc.copy_to_host()
-    stats[0] = acc[0] / n
+    w_total = float(wsums.sum()) if wsums is not None else float(n)
+    stats[0] = acc[0] / w_total if w_total > 0 else 0.0
     for l in range(len(acts)):
         stats[1 + l] = math.sqrt(acc[1 + l] / len(lams))
+
+
+def _epoch_weights(sw, idx, perms, lams, B):
+    """The row weights in the epoch's batch order (host float64 (n,)), mixed like the targets in
+    the batches that mixup mixes; None without weights."""
+    if sw is None or len(sw) == 0:
+        return None
+    w = np.ascontiguousarray(sw, dtype=np.float64)[idx]
+    for b_i, lam in enumerate(lams):
+        if lam is not None:
+            s = b_i * B
+            wb = w[s:s + B].copy()
+            w[s:s + B] = lam * wb + (1.0 - lam) * wb[perms[s:s + len(wb)]]
+    return w
 
 
 def _host_draws(n, B, hp, settings, state):
@@ -410,16 +456,19 @@ def _gather(ws, X, Y, idx, perm, lam, hp, settings, seed, stream):
         k_gather[_g1(bs * X.shape[1])](X, Y, idx, Xb, Yb)
 
 
-def batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2):
-    """Gradient of the mean loss over the whole (X, Y) (no dropout, no step) into ``grads``;
-    returns the mean data loss (host float)."""
+def batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2, sw=None):
+    """Gradient of the (weighted) mean loss over the whole (X, Y) (no dropout, no step) into
+    ``grads``; returns the mean data loss (host float). ``sw``: host float64 (n,) row weights or None."""
     n = X.shape[0]
     ws = _workspace(n, n, sizes, w_off, b_off, params.dtype)
     ws.A[0].copy_to_device(X)
     ws.Yb.copy_to_device(Y)
+    wsum = float(np.sum(sw)) if sw is not None else float(n)
+    inv = 1.0 / wsum if wsum > 0 else 0.0
+    wd = cuda.to_device(np.ascontiguousarray(sw, dtype=np.float64)) if sw is not None else _no_weights()
     _forward_backward(n, ws, _views(params, w_off, b_off, sizes), _views(grads, w_off, b_off, sizes), acts, loss,
-                      l2, 0.0, _U64_0, _U64_0, 0)
-    return _sum(ws.row_loss, n) / n
+                      l2, 0.0, _U64_0, _U64_0, 0, wd, sw is not None, inv)
+    return _sum(ws.row_loss, n) * inv
 
 
 def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss):
@@ -428,7 +477,7 @@ def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss):
     Z = cuda.device_array((n, int(sizes[-1])), params.dtype)
     forward(X, params, w_off, b_off, sizes, acts, -1, Z)
     rows = cuda.device_array(n, np.float64)
-    k_loss[_g1(n)](Z, Y, int(loss), 0, _dummy(params.dtype), rows, 0)
+    k_loss[_g1(n)](Z, Y, int(loss), 0, _dummy(params.dtype), rows, 0, _no_weights(), 0, 1.0 / n)
     return _sum(rows, n) / n
 
 
@@ -446,5 +495,5 @@ __all__ = [
     # kernels
     "activation_grad", "adam_step", "batch_gradient", "bias_activation", "clip_grad_norm", "dense_backward",
     "dense_forward", "dropout", "eval_loss", "forward", "loss_grad", "optimizer_step", "output_transform", "sgd_step",
-    "to_device", "to_host", "train_epoch",
+    "to_device", "to_host", "train_epoch", "weighted_loss_grad",
 ]

@@ -240,12 +240,15 @@ def k_grad_x(D, W, A, mask, use_mask, keep, act, dX):
 
 # --- losses ----------------------------------------------------------------------------------------
 @_jit
-def k_loss(Z, Y, loss, want_grad, dZ, row_loss, off):
-    """Per row ``i``: ``row_loss[off + i]`` = the sample's loss (float64) and, with
-    ``want_grad``, ``dZ[i]`` = the gradient of the batch *mean* loss (formulas of cpu.loss_grad)."""
+def k_loss(Z, Y, loss, want_grad, dZ, row_loss, off, w, use_w, inv):
+    """Per row ``i``: ``row_loss[off + i]`` = the sample's loss (float64) times its weight
+    ``w[off + i]`` (1 unless ``use_w``) and, with ``want_grad``, ``dZ[i]`` = the gradient of
+    ``inv * sum_i w_i l_i``: of the batch's weighted mean loss when ``inv`` = 1 / its weight sum
+    (formulas of cpu.weighted_loss_grad_rows)."""
     B, k = Z.shape
-    inv = Z.dtype.type(1.0 / B)
     for i in range(cuda.grid(1), B, cuda.gridsize(1)):
+        wi = w[off + i] if use_w else 1.0
+        f = Z.dtype.type(wi * inv)
         total = 0.0
         if loss == LOSS_SOFTMAX_CE:
             mx = Z[i, 0]
@@ -261,7 +264,7 @@ def k_loss(Z, Y, loss, want_grad, dZ, row_loss, off):
                 ysum += Y[i, j]
             if want_grad:
                 for j in range(k):
-                    dZ[i, j] = (math.exp(Z[i, j] - lse) * ysum - Y[i, j]) * inv
+                    dZ[i, j] = (math.exp(Z[i, j] - lse) * ysum - Y[i, j]) * f
         elif loss == LOSS_SIGMOID_BCE:
             for j in range(k):
                 z = Z[i, j]
@@ -273,15 +276,15 @@ def k_loss(Z, Y, loss, want_grad, dZ, row_loss, off):
                     else:
                         ez = math.exp(z)
                         p = ez / (1.0 + ez)
-                    dZ[i, j] = (p - y) * inv
+                    dZ[i, j] = (p - y) * f
         else:  # LOSS_MSE
-            scale = Z.dtype.type(2.0 / (B * k))
+            scale = Z.dtype.type(2.0 * wi * inv / k)
             for j in range(k):
                 r = Z[i, j] - Y[i, j]
                 total += r * r / k
                 if want_grad:
                     dZ[i, j] = scale * r
-        row_loss[off + i] = total
+        row_loss[off + i] = wi * total
 
 
 @_jit

@@ -21,27 +21,14 @@ from nbnet.kernels.rng import seed_state
 from nbnet.kernels.tables import LOSSES
 from nbnet.kernels.threads import thread_budget
 from nbnet.model import Layout, check_weights, init_params
+from nbnet.nn import weights
 from nbnet.nn.callbacks import CallbackList, ConsolePrinter, EarlyStopping, EarlyStoppingState, with_fit_hooks
+from nbnet.nn.schedules import Schedule
 from nbnet.nn.trainer import EpochPlan, Trainer, TrainingState, Validation
 from nbnet.nn.validation import (DTYPES, Hyperparameters, check_X, check_y, feature_names, is_int, match_columns,
                                  resolve_hyperparameters)
+from nbnet.io import json_value, nan_to_none
 from nbnet.version import __version__
-
-
-def nan_to_none(v):
-    """NaN (and inf) as None, inside lists too: JSON has no NaN."""
-    if isinstance(v, (list, tuple)):
-        return [nan_to_none(x) for x in v]
-    return None if isinstance(v, float) and not np.isfinite(v) else v
-
-
-def json_value(v):
-    """A hyperparameter value as JSON holds it: tuples as lists, NumPy scalars as Python numbers."""
-    if isinstance(v, tuple):
-        return [json_value(x) for x in v]
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 class _LiveFit(NamedTuple):
@@ -78,16 +65,12 @@ class BaseMLP:
         validation_fraction=0.1,
         patience=10,
         min_delta=0.0,
+        schedule="constant", warmup_epochs=0, lr_step_size=10, lr_gamma=0.1, lr_min=0.0, lr_patience=10,
+        class_weight=None, warm_start=False,
         shuffle=True,
-        noise_std=0.0,
-        mixup_alpha=0.0,
-        image_shape=None,
+        noise_std=0.0, mixup_alpha=0.0, image_shape=None,
         preprocessing=None,
-        seed=0,
-        dtype="float32",
-        device="cpu",
-        n_threads=None,
-        verbose=False,
+        seed=0, dtype="float32", device="cpu", n_threads=None, verbose=False,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes  # widths of the hidden layers, any depth
         self.activation = activation  # hidden activation: relu, leaky_relu, tanh, sigmoid, elu, softplus, identity
@@ -107,6 +90,10 @@ class BaseMLP:
         self.validation_fraction = validation_fraction  # held out when early_stopping and no validation_data
         self.patience = patience  # epochs without min_delta improvement of val_loss before stopping
         self.min_delta = min_delta
+        self.schedule, self.warmup_epochs, self.lr_step_size = schedule, warmup_epochs, lr_step_size  # nn.schedules
+        self.lr_gamma, self.lr_min, self.lr_patience = lr_gamma, lr_min, lr_patience  # (the schedule's options)
+        self.class_weight = class_weight  # None, "balanced" or {label: weight}; times sample_weight (nn.weights)
+        self.warm_start = warm_start  # fit continues from the fitted weights and optimizer state
         self.shuffle = shuffle
         self.noise_std = noise_std  # augmentation: Gaussian input noise, fresh every epoch
         self.mixup_alpha = mixup_alpha  # augmentation: mixup Beta(alpha, alpha); 0: off
@@ -154,7 +141,13 @@ class BaseMLP:
     # --- hyperparameter checks -------------------------------------------------------------
     def _resolved(self) -> Hyperparameters:
         """Validate hyperparameters once; return what training needs."""
-        return resolve_hyperparameters(self.get_params())
+        params = self.get_params()
+        hyper = resolve_hyperparameters(params)
+        Schedule.from_params(params)
+        weights.check_class_weight(self.class_weight)
+        if self.class_weight is not None and self._loss_name == "mse":
+            raise NbnetError("class_weight is for classifiers; weigh a regressor's rows with fit(..., sample_weight=...)")
+        return hyper
 
     def resolved_device(self) -> str:
         """The backend a fit runs on: ``device``, with ``auto`` resolved (a GPU if one is usable)."""
@@ -226,16 +219,20 @@ class BaseMLP:
         self._params = init_params(self.layout_, self.activation, rng, hyper.dtype)
         self._optimizer_state = optim.OptState.zeros(self.layout_.n_params, hyper.dtype)
         self._rng = seed_state(self.seed)
-        self.history_ = {"loss": [], "val_loss": [], f"val_{self._score_name}": [], "grad_norm": [], "epoch_time": []}
+        self.history_ = {"loss": [], "val_loss": [], f"val_{self._score_name}": [], "grad_norm": [], "lr": [],
+                         "epoch_time": []}
         self.n_epochs_ = 0
+        self.schedule_start_ = 0  # the epoch count where the learning-rate schedule started (nn.schedules)
+        self.class_weight_ = None  # (n_classes,) weight of each class, or None
         self.compile_seconds_ = 0.0
         self.compile_wait_seconds_ = 0.0  # waiting for another process to compile (kernels.compile.compile_lock)
         self.kernels_compiled_ = 0  # kernels compiled (not loaded from numba's cache) by this fit
         self._es_state: EarlyStoppingState | None = None  # early stopping, between fits; checkpointed
         self._live: _LiveFit | None = None
 
-    def fit(self, X, y, validation_data=None, callbacks=None):
-        """Train from scratch.
+    def fit(self, X, y, validation_data=None, callbacks=None, sample_weight=None):
+        """Train from scratch (or, with ``warm_start=True`` and a fitted model, ``epochs`` more
+        epochs from the current weights and optimizer state, as scikit-learn's warm start).
 
         Parameters
         ----------
@@ -247,33 +244,46 @@ class BaseMLP:
         callbacks : list of ``callable(epoch, logs) -> bool | None`` or objects with
             ``on_epoch_end(epoch, logs)`` (and optionally ``on_train_begin``, ``on_train_end``,
             ``on_exception``; see :mod:`nbnet.nn.callbacks`); returning True stops training.
-            ``logs`` holds ``loss``, ``val_loss``, ``val_accuracy``/``val_r2``, ``epoch_time``,
-            ``grad_norm_{l}``; the callbacks share one copy, so one may add values for those
-            after it (:class:`nbnet.viz.ActivationStats` adds ``act_mean_{l}``... before the logger).
+            ``logs`` holds ``loss``, ``val_loss``, ``val_accuracy``/``val_r2``, ``lr``,
+            ``epoch_time``, ``grad_norm_{l}``; the callbacks share one copy, so one may add
+            values for those after it (:class:`nbnet.viz.ActivationStats` adds ``act_mean_{l}``...
+            before the logger).
+        sample_weight : array of shape (n_samples,), optional. Each batch's loss is the weighted
+            mean ``sum w_i l_i / sum w_i`` (times ``class_weight``); see :mod:`nbnet.nn.weights`.
         """
         hyper = self._resolved()
         callbacks = with_fit_hooks(self, "fit", X, y, callbacks)  # e.g. nbnet.mlflow.autolog's tracker
         X = self._check_fit_X(X)
         y = self._check_fit_y(y, X.shape[0])
+        sw = weights.check_sample_weight(sample_weight, X.shape[0])
         held_out = validation_data is None and self.early_stopping
         if held_out:
-            X, y, validation_data = self._holdout(X, y)
-        self._init_targets(y)
-        Xt = self._prepare_X(X, fit=True, y=y)
+            X, y, sw, validation_data = self._holdout(X, y, sw)
+        warm = bool(self.warm_start) and hasattr(self, "layout_")
+        if warm:
+            self._check_warm_start(hyper)
+        else:
+            self._init_targets(y)
+        Xt = self._prepare_X(X, fit=not warm, y=y)
         val = None
         if validation_data is not None:
             Xv, yv = validation_data
             Xv = self._prepare_X(Xv, fit=False, by_name=not held_out)  # rows of X: its columns already
             val = (Xv, self._encode(check_y(yv, Xv.shape[0])))
-        self._init_state(Xt.shape[1], hyper)
-        self._train_with(callbacks, Xt, self._encode(y), val, hyper, restore_best=self.early_stopping)
+        if not warm:
+            self._init_state(Xt.shape[1], hyper)
+        self._es_state, self.schedule_start_ = None, self.n_epochs_  # each fit starts the schedule afresh
+        self._train_with(callbacks, Xt, self._encode(y), val, hyper, restore_best=self.early_stopping,
+                         n_epochs=self.epochs if warm else None, sw=self._row_weights(y, sw))
         return self
 
-    def partial_fit(self, X, y, classes=None, *, epochs: int = 1, callbacks=None):
+    def partial_fit(self, X, y, classes=None, *, epochs: int = 1, callbacks=None, sample_weight=None):
         """``epochs`` more epochs (default one) over (X, y), keeping the weights, optimizer and
-        generator state of earlier calls: ``k`` calls of one epoch and one call of ``k`` epochs
-        give the same weights. Classifiers need ``classes`` on the first call unless ``y`` holds
-        every class. ``callbacks`` as for :meth:`fit` (no validation data: no ``val_*`` logs)."""
+        generator state of earlier calls (and the learning-rate schedule's clock): ``k`` calls of
+        one epoch and one call of ``k`` epochs give the same weights. Classifiers need ``classes``
+        on the first call unless ``y`` holds every class. ``callbacks`` as for :meth:`fit` (no
+        validation data: no ``val_*`` logs); ``sample_weight`` as for :meth:`fit`
+        (``class_weight="balanced"`` counts the classes of this call's rows)."""
         hyper = self._resolved()
         if not (is_int(epochs) and epochs >= 1):
             raise NbnetError(f"epochs must be a positive int, got {epochs!r}")
@@ -287,10 +297,30 @@ class BaseMLP:
         else:
             Xt = self._prepare_X(X, fit=False)
             y = self._check_fit_y(y, Xt.shape[0])
-        self._train_with(callbacks, Xt, self._encode(y), None, hyper, n_epochs=int(epochs))
+        sw = self._row_weights(y, weights.check_sample_weight(sample_weight, Xt.shape[0]))
+        self._train_with(callbacks, Xt, self._encode(y), None, hyper, n_epochs=int(epochs), sw=sw)
         return self
 
-    def _train_with(self, callbacks, X, Y, val, hyper, *, n_epochs=None, restore_best=False) -> None:
+    def _check_warm_start(self, hyper: Hyperparameters) -> None:
+        """A warm start continues the fitted network: its shape and dtype must not have changed."""
+        lay = Layout.build(self.layout_.sizes[0], hyper.hidden, self.n_outputs_, self.activation)
+        if not np.array_equal(lay.sizes, self.layout_.sizes) or not np.array_equal(lay.acts, self.layout_.acts) \
+                or self._params.dtype != hyper.dtype:
+            raise NbnetError("warm_start continues the fitted network, but hidden_layer_sizes, activation or dtype "
+                             "changed; set warm_start=False to train a new one")
+
+    def _row_weights(self, y, sw: np.ndarray | None) -> np.ndarray | None:
+        """The kernel's per-row weights for labels ``y``: ``sw`` times ``class_weight``; sets
+        ``class_weight_`` (the weight of each of ``classes_``, or None)."""
+        classes = getattr(self, "classes_", None)
+        if classes is None or self.class_weight is None:
+            self.class_weight_ = None
+            return sw
+        idx = np.searchsorted(classes, np.asarray(y)).clip(0, len(classes) - 1)
+        self.class_weight_ = weights.class_weights(self.class_weight, classes, idx)
+        return weights.row_weights(sw, self.class_weight_, idx)
+
+    def _train_with(self, callbacks, X, Y, val, hyper, *, n_epochs=None, restore_best=False, sw=None) -> None:
         """Train under the callback protocol (:mod:`nbnet.nn.callbacks`): ``n_epochs`` epochs or,
         with None, those that remain of ``epochs`` after ``on_train_begin`` (a checkpoint may have
         restored a killed fit's state there)."""
@@ -301,7 +331,7 @@ class BaseMLP:
                 n_epochs = self.epochs - self.n_epochs_
                 if self.early_stopping and self._es_state is not None and self._es_state.wait >= self.patience:
                     n_epochs = 0  # resumed after early stopping had already triggered
-            self._train(X, Y, val, n_epochs, hyper, callbacks, restore_best=restore_best)
+            self._train(X, Y, val, n_epochs, hyper, callbacks, restore_best=restore_best, sw=sw)
         except BaseException as e:
             callbacks.exception(self, e)
             raise
@@ -334,15 +364,16 @@ class BaseMLP:
                 del self.feature_names_in_
         return self
 
-    def _holdout(self, X, y):
+    def _holdout(self, X, y, sw=None):
         stratify = self._loss_name != "mse"
         tr, va = train_val_split(len(y), self.validation_fraction, y if stratify else None, self.seed)
-        return X[tr], y[tr], (X[va], y[va])
+        return X[tr], y[tr], None if sw is None else sw[tr], (X[va], y[va])
 
     def _train(self, X, Y, val, n_epochs: int, hyper: Hyperparameters, callbacks: CallbackList,
-               restore_best: bool) -> None:
+               restore_best: bool, sw=None) -> None:
         """``n_epochs`` epochs on the chosen backend; X (n, n_features) and Y (n, n_outputs)
-        prepared and encoded, ``val`` a prepared and encoded (X_val, Y_val) or None."""
+        prepared and encoded, ``val`` a prepared and encoded (X_val, Y_val) or None, ``sw`` the
+        float64 (n,) row weights or None."""
         backend = kernels.backend(self.resolved_device())
         plan = self._plan(hyper, X.shape)
         validation = None if val is None else Validation(*val, self._score_outputs, self.val_score_key)
@@ -355,7 +386,8 @@ class BaseMLP:
             self._live = _LiveFit(trainer, stopper)
             try:
                 trainer.run(X, Y, n_epochs, first_epoch=self.n_epochs_ + 1, val=validation,
-                            callbacks=self._epoch_callbacks(stopper, callbacks))
+                            callbacks=self._epoch_callbacks(stopper, callbacks), sample_weight=sw,
+                            plateau=plan.schedule.plateau(self.history_, plan.schedule_start))
             finally:
                 self._live = None
                 if stopper is not None:
@@ -387,7 +419,9 @@ class BaseMLP:
             raise NbnetError(f"image_shape {img} needs {img[0] * img[1]} features, the model input has {shape[1]}")
         return EpochPlan(layout=self.layout_, loss=LOSSES[self.loss_], hp=hyper.hp, optimizer=hyper.optimizer,
                          nesterov=hyper.nesterov, image_shape=img, shuffle=bool(self.shuffle), l2=float(self.l2),
-                         batch_size=shape[0] if self.batch_size is None else int(self.batch_size))
+                         batch_size=shape[0] if self.batch_size is None else int(self.batch_size),
+                         schedule=Schedule.from_params(self.get_params()),
+                         schedule_start=getattr(self, "schedule_start_", 0))
 
     def _note_compile(self, backend, dtype) -> None:
         """Make the backend's kernels ready for ``dtype`` and add what it cost to this fit's counts."""
@@ -404,6 +438,7 @@ class BaseMLP:
         h["val_loss"].append(logs.get("val_loss", float("nan")))
         h[self.val_score_key].append(logs.get(self.val_score_key, float("nan")))
         h["grad_norm"].append([logs[f"grad_norm_{i}"] for i in range(self.layout_.n_layers)])
+        h.setdefault("lr", [float("nan")] * (len(h["loss"]) - 1)).append(logs.get("lr", float(self.learning_rate)))
         h["epoch_time"].append(logs["epoch_time"])
 
     # --- the training state --------------------------------------------------------------------
@@ -517,6 +552,7 @@ class BaseMLP:
             "estimator": type(self).__name__,
             "nbnet_version": __version__,
             "params": {k: json_value(v) for k, v in self.get_params().items()},
+            "schedule_start": int(getattr(self, "schedule_start_", 0)),
             "n_features_in": int(self.n_features_in_),
             "n_outputs": int(self.n_outputs_),
             "loss": self.loss_,
@@ -528,10 +564,13 @@ class BaseMLP:
         }
         moments = self._optimizer_state
         arrays = {"params": self._params, "opt_m": moments.m, "opt_v": moments.v, "rng": self._rng}
+        meta["params"]["class_weight"] = weights.class_weight_json(self.class_weight)
         if getattr(self, "classes_", None) is not None:
             meta["classes"] = [json_value(c) for c in self.classes_]
         if getattr(self, "feature_names_in_", None) is not None:  # columns a data frame X is matched by
             meta["feature_names_in"] = [str(c) for c in self.feature_names_in_]
+        if getattr(self, "class_weight_", None) is not None:
+            meta["class_weights"] = [float(w) for w in self.class_weight_]
         if getattr(self, "preprocessor_", None) is not None:
             pmeta, parrays = self.preprocessor_.to_state()
             meta["preprocessor"] = pmeta

@@ -5,7 +5,7 @@ these methods (all optional):
 
 * ``on_train_begin(estimator)``: before the first epoch (a checkpoint restores its state here);
 * ``on_epoch_end(epoch, logs) -> bool | None``: after each epoch; True stops training. ``logs``
-  holds ``loss``, ``grad_norm_{l}``, ``epoch_time`` and, with validation data, ``val_loss`` and
+  holds ``loss``, ``lr``, ``grad_norm_{l}``, ``epoch_time`` and, with validation data, ``val_loss`` and
   ``val_accuracy`` / ``val_r2``. The callbacks of one epoch share one copy of ``logs``, so one
   may add values for those after it;
 * ``on_train_end(estimator)``: after the last epoch of a fit that did not raise;

@@ -42,7 +42,7 @@ import numpy as np
 from nbnet._sys import locks
 from nbnet.errors import NbnetError
 from nbnet.io import read_bundle, write_bundle
-from nbnet.nn.base import json_value
+from nbnet.io import json_value
 from nbnet.nn.callbacks import EarlyStoppingState
 from nbnet.nn.estimator import from_bundle
 
@@ -87,7 +87,7 @@ def config_checkpoint_path(name: str, config: dict, data_hash: str, root=None) -
 
 def history_logs(estimator, upto: int) -> list[tuple[int, dict]]:
     """``(epoch, logs)`` of epochs 1..upto rebuilt from ``history_``, with the keys the training
-    loop reports live (``loss``, ``grad_norm_l``, ``val_loss``, ``val_<score>``, ``epoch_time``,
+    loop reports live (``loss``, ``grad_norm_l``, ``val_loss``, ``val_<score>``, ``epoch_time``, ``lr``,
     and ``act_*_l`` where activation statistics were recorded):
     a resumed run replays them to its tracker so its curves start at epoch 1."""
     h = estimator.history_
@@ -102,6 +102,9 @@ def history_logs(estimator, upto: int) -> list[tuple[int, dict]]:
             if v is not None and np.isfinite(v):
                 logs[key] = v
         logs["epoch_time"] = h["epoch_time"][i]
+        rates = h.get("lr", [])  # the learning rate (older model files have none)
+        if i < len(rates) and rates[i] is not None and np.isfinite(rates[i]):
+            logs["lr"] = rates[i]
         for key in ("act_mean", "act_std", "act_dead"):  # nbnet.viz.ActivationStats, when it ran
             rows = h.get(key, [])
             for j, v in enumerate(rows[i] if i < len(rows) and rows[i] is not None else ()):

@@ -23,9 +23,11 @@ import numpy as np
 from nbnet import optim
 from nbnet.data.prep import Preprocessor
 from nbnet.errors import NbnetError
-from nbnet.io import read_bundle
+from nbnet.io import json_value, read_bundle
 from nbnet.model import Layout
-from nbnet.nn.base import BaseMLP, json_value
+from nbnet.nn import weights
+from nbnet.nn.base import BaseMLP
+from nbnet.nn.schedules import Schedule
 from nbnet.nn.trainer import TrainingState
 from nbnet.nn.validation import DTYPES, check_y, numeric_targets, resolve_hyperparameters
 
@@ -53,6 +55,8 @@ def from_bundle(meta: dict, arrays: dict[str, np.ndarray]):
         est.preprocessor_ = None
         est.training_stats_ = meta.get("training_stats")
         est.config_ = meta.get("config")
+        est.schedule_start_ = int(meta.get("schedule_start", 0))
+        est.class_weight_ = np.array(meta["class_weights"], np.float64) if meta.get("class_weights") else None
         if meta.get("preprocessor") is not None:
             parrays = {k[5:]: v for k, v in arrays.items() if k.startswith("prep.")}
             est.preprocessor_ = Preprocessor.from_state(meta["preprocessor"], parrays)
@@ -69,8 +73,12 @@ def _unfitted(cls, meta: dict):
     for key in ("hidden_layer_sizes", "betas", "image_shape"):
         if isinstance(params.get(key), list):
             params[key] = tuple(params[key])
+    if "class_weight" in params:
+        params["class_weight"] = weights.class_weight_from_json(params["class_weight"])
     est = cls().set_params(**params)
     resolve_hyperparameters(est.get_params())
+    Schedule.from_params(est.get_params())
+    weights.check_class_weight(est.class_weight)
     est.n_features_in_ = int(meta["n_features_in"])
     est.n_outputs_ = int(meta["n_outputs"])
     est.loss_ = meta["loss"]
@@ -123,6 +131,12 @@ def _check_meta_types(meta: dict, cls) -> None:
     if names is not None and not (isinstance(names, list) and len(names) == meta["n_features_in"]
                                   and all(isinstance(c, str) for c in names)):
         bad("feature_names_in", "a list of n_features_in column names")
+    if not count(meta.get("schedule_start", 0), 0):
+        bad("schedule_start", "an integer >= 0")
+    cw = meta.get("class_weights")
+    if cw is not None and not (isinstance(cw, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                            and 0 <= w < float("inf") for w in cw)):
+        bad("class_weights", "a list of numbers >= 0")
     n_out, loss = meta["n_outputs"], meta.get("loss")
     if cls is MLPRegressor:
         if loss != "mse":
@@ -136,6 +150,8 @@ def _check_meta_types(meta: dict, cls) -> None:
             and all(isinstance(c, (str, int, float)) for c in classes)
             and len({type(c) for c in classes}) == 1):
         bad("classes", f"a list of {n_classes} labels of one type")
+    if cw is not None and len(cw) != n_classes:
+        bad("class_weights", f"a list of {n_classes} weights, one per class")
 
 
 def load(path):

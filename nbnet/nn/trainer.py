@@ -1,10 +1,11 @@
 """The epoch loop: one compiled kernel call per epoch on a backend, the epoch's logs, callbacks.
 
 :class:`Trainer` holds a training state's buffers on the backend's device for a run of epochs;
-after each epoch it builds the logs (training loss, per-layer gradient norms, validation loss and
-score, seconds) and hands them to the callbacks, which may stop the run. It knows nothing of
-estimators' hyperparameters (an :class:`EpochPlan` carries what the kernel needs), of Optuna or
-of MLflow: sweeps, trackers and checkpoints watch through callbacks.
+before each epoch it computes the learning rate of every step (the schedule, into the kernel's
+``lrs`` argument); after it, it builds the logs (training loss, learning rate, per-layer gradient
+norms, validation loss and score, seconds) and hands them to the callbacks, which may stop the
+run. It knows nothing of estimators' hyperparameters (an :class:`EpochPlan` carries what the
+kernel needs), of Optuna or of MLflow: sweeps, trackers and checkpoints watch through callbacks.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import numpy as np
 
 from nbnet.errors import DivergedError
 from nbnet.kernels.tables import (
-    N_SETTINGS, SETTING_BATCH, SETTING_IMG_H, SETTING_IMG_W, SETTING_NESTEROV, SETTING_OPTIMIZER, SETTING_SHUFFLE,
+    HP_LR, N_SETTINGS, SETTING_BATCH, SETTING_IMG_H, SETTING_IMG_W, SETTING_NESTEROV, SETTING_OPTIMIZER, SETTING_SHUFFLE,
     SETTING_STEP,
 )
 from nbnet.model import Layout
 from nbnet.nn.callbacks import CallbackList, EarlyStoppingState
+from nbnet.nn.schedules import Plateau, Schedule, epoch_metric
 from nbnet.optim import OptState
 
 
@@ -49,6 +51,20 @@ class EpochPlan:
     image_shape: tuple[int, int]  # (0, 0): no shift augmentation
     shuffle: bool
     l2: float  # the reported loss adds 0.5 * l2 * ||W||^2, as scikit-learn's does
+    schedule: Schedule = Schedule()  # the learning-rate schedule (constant: hp[HP_LR] throughout)
+    schedule_start: int = 0  # the epoch count where the schedule started (its epoch 0 is the next one)
+
+    def steps(self, n: int) -> int:
+        """Optimizer steps in an epoch over ``n`` rows."""
+        return -(-n // min(self.batch_size, n))
+
+    def rates(self, epoch: int, n: int, plateau: Plateau | None) -> np.ndarray | None:
+        """The learning rate of each step of (1-based) ``epoch`` over ``n`` rows: float64
+        (steps,), or None for a constant rate (the kernel reads ``hp[HP_LR]``)."""
+        if self.schedule.name == "constant":
+            return None
+        return self.schedule.rates(epoch - 1 - self.schedule_start, self.steps(n),
+                                   plateau.lr if plateau is not None else None)
 
     def settings(self, step: int) -> np.ndarray:
         """The int64 (N_SETTINGS,) settings vector of ``train_epoch`` at optimizer step ``step``."""
@@ -95,9 +111,12 @@ class Trainer:
                 host[:] = self.backend.to_host(live)
 
     def run(self, X: np.ndarray, Y: np.ndarray, n_epochs: int, *, first_epoch: int,
-            val: Validation | None = None, callbacks: CallbackList | None = None) -> None:
+            val: Validation | None = None, callbacks: CallbackList | None = None,
+            sample_weight: np.ndarray | None = None, plateau: Plateau | None = None) -> None:
         """Train ``n_epochs`` epochs numbered from ``first_epoch`` on X (n, n_features) and
-        encoded targets Y (n, n_outputs), until a callback asks to stop."""
+        encoded targets Y (n, n_outputs), until a callback asks to stop. ``sample_weight``:
+        float64 (n,) row weights or None; ``plateau``: the plateau schedule's rule, stepped
+        after every epoch with its validation loss (the training loss without validation)."""
         dev = self.backend.to_device
         Xd, Yd = dev(X), dev(Y)
         val_dev = val._replace(X=dev(val.X), Y=dev(val.Y)) if val is not None else None
@@ -105,26 +124,30 @@ class Trainer:
         callbacks = callbacks or CallbackList()
         try:
             for epoch in range(first_epoch, first_epoch + n_epochs):
-                logs = self._epoch(Xd, Yd, settings, epoch, val_dev, val)
+                logs = self._epoch(Xd, Yd, settings, epoch, val_dev, val, sample_weight, plateau)
                 self.optimizer.step = int(settings[SETTING_STEP])
+                if plateau is not None:
+                    plateau.step(epoch_metric(logs["loss"], logs.get("val_loss")))
                 if callbacks.epoch_end(epoch, logs):
                     break
         finally:
             self.sync()
 
-    def _epoch(self, Xd, Yd, settings, epoch: int, val_dev: Validation | None, val: Validation | None) -> dict:
+    def _epoch(self, Xd, Yd, settings, epoch: int, val_dev: Validation | None, val: Validation | None,
+               sw: np.ndarray | None, plateau: Plateau | None) -> dict:
         """One kernel call and the epoch's logs."""
         t0 = time.perf_counter()
         lay, stats = self.plan.layout, np.zeros(1 + self.plan.layout.n_layers)
+        rates = self.plan.rates(epoch, Xd.shape[0], plateau)
         self.backend.train_epoch(Xd, Yd, self._params_dev, self._grads_dev, self._m_dev, self._v_dev,
-                                 *lay.kernel_args(), self.plan.loss, self.plan.hp, settings, self.rng, stats)
+                                 *lay.kernel_args(), self.plan.loss, self.plan.hp, settings, self.rng, stats, sw, rates)
         train_loss = float(stats[0])
         if not np.isfinite(train_loss):
             raise DivergedError(epoch, train_loss)
         if self.plan.l2 > 0:  # report the penalised objective, as scikit-learn does
             weights = lay.views(self.backend.to_host(self._params_dev))[::2]
             train_loss += 0.5 * self.plan.l2 * sum(float(np.sum(w.astype(np.float64) ** 2)) for w in weights)
-        logs = {"loss": train_loss}
+        logs = {"loss": train_loss, "lr": float(rates[-1]) if rates is not None else float(self.plan.hp[HP_LR])}
         for i, g in enumerate(stats[1:]):
             logs[f"grad_norm_{i}"] = float(g)
         if val_dev is not None:

@@ -79,7 +79,7 @@ def update(model_uri: str, data, *, target: str | None = None, epochs: int = 10,
     split = _split(est, X, y, val_fraction)
     metric = _metric_of(ref, est, uri)
     if lr is not None:
-        est.set_params(learning_rate=float(lr))
+        est.set_params(learning_rate=float(lr), schedule="constant")  # --lr is the rate, not a schedule's base
     step0 = est.training_state().optimizer.step
     dh = data_hash(X, y)
     run_id = _start_run(ref, est, model_uri, data, tcol, split, metric, epochs, step0, len(X), dh, uri)
