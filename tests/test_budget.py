@@ -5,6 +5,7 @@ repetition; a worker that dies holding the claim leaks no slot; a retried trial 
 
 from __future__ import annotations
 
+import json
 import os
 
 import optuna
@@ -64,14 +65,14 @@ def test_two_sweeps_of_two_workers_on_one_journal_start_exactly_the_missing_tria
             tallies.append(tally(_journal_study(folder, f"rep{rep}"), runs))
     finally:
         sweepers.close()
-    print(tallies)
+    print(json.dumps(tallies))
     over = [i for i, t in enumerate(tallies) if t["trials"] > N_TRIALS]
     assert not over, f"{len(over)} of {REPETITIONS} repetitions started more than {N_TRIALS} trials: {tallies}"
     for t in tallies:
         assert t["counted"] == t["trials"] == N_TRIALS and t["states"] == {"COMPLETE": N_TRIALS}, tallies
         assert t["runs"] == N_TRIALS and not t["run_names"] and not t["open_runs"], tallies
-    # the repetitions raced: trials of one study were run by several processes
-    assert max(t["workers"] for t in tallies) >= 3, tallies
+    # the two sweeps raced in every repetition (their spawned workers join while the trials last)
+    assert min(t["workers"] for t in tallies) >= 2, tallies
 
 
 @pytest.mark.slow
