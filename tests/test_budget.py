@@ -39,6 +39,27 @@ def test_a_worker_starts_a_trial_only_while_the_budget_has_room(c, waitable, wan
     assert budget.decide(c, N_TRIALS, waitable) == want
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_the_claim_lock_excludes_every_other_holder_until_released(tmp_path, kind):
+    """The claim is an exclusive flock next to the store, which any other process (here: another
+    open file description, as another process would have) cannot take while it is held."""
+    from nbnet._sys import locks
+
+    if not locks.AVAILABLE:
+        pytest.skip("no flock on this platform")
+    if kind == "journal":
+        storage = str(tmp_path / "s.log")
+        lock_file = tmp_path / "s.log.claim"
+    else:
+        storage = f"sqlite:///{tmp_path}/s.db"
+        lock_file = tmp_path / "s.db.claim"
+    claim = budget.claim_lock(storage, open_storage(storage), "s")
+    with claim():
+        with pytest.raises(BlockingIOError):
+            locks.acquire(lock_file, blocking=False)
+    locks.release(locks.acquire(lock_file, blocking=False))  # free again
+
+
 @pytest.fixture
 def project(tmp_path, empty_store_db):
     (tmp_path / "tiny.toml").write_text(EXPERIMENT.format(n_trials=N_TRIALS))

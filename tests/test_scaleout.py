@@ -11,6 +11,10 @@ The database URL comes from ``NBNET_TEST_PG_URL``; without it the test tries the
 ``scripts/ci_services.sh`` creates and skips, with the reason, when no PostgreSQL answers. When the
 URL was given explicitly, a server that does not answer is a failure, not a skip.
 
+The trial budget is tested here too: four sweep processes (tests/sweepers.py) start together on a
+fresh PostgreSQL study, ten times, and each repetition must run exactly N trials; a process killed
+while it holds the study's claim must block nobody and cost no slot.
+
 The sweep's database traffic is measured with ``pg_stat_statements`` (when loaded) and printed;
 set ``NBNET_SCALEOUT_REPORT=path.json`` to keep it (the README's capacity note comes from two runs,
 ``NBNET_SCALEOUT_EPOCHS=4`` and ``=24``, which separate the per-trial from the per-epoch cost).
@@ -527,7 +531,7 @@ def test_a_worker_that_dies_holding_the_postgresql_claim_leaks_no_slot(pg, track
     (tmp_path / f"{name}.toml").write_text(BUDGET_EXPERIMENT.format(n_trials=BUDGET_TRIALS))
     url, uri = pg["urls"]["optuna"], tracking_server["uri"]
     study_name = f"{name}-{uuid.uuid4().hex[:6]}"
-    env = _env(MLFLOW_TRACKING_URI=uri, NBNET_HEARTBEAT_SECONDS="1", NBNET_GRACE_SECONDS="2")
+    env = _env(MLFLOW_TRACKING_URI=uri, NBNET_HEARTBEAT_SECONDS="1", NBNET_GRACE_SECONDS="5")
     number, lr = die_holding_the_claim(url, study_name, cwd=tmp_path, env=env)
     sweepers = Sweepers(tmp_path, tmp_path / f"{name}.toml", count=1, workers=2, storage=url, env=env)
     try:

@@ -168,14 +168,16 @@ class Claim:
     def __post_init__(self):
         self.rdb = is_rdb(self.storage)
         self.pid_started = pid_started(self.pid)
+        self._sid = None  # the study's id in storage_obj, once looked up
 
     def verdict(self, study) -> str:
         """Under the lock: free the slots of dead workers that this process can see, then
         :func:`decide` from the study's counts."""
         if not self.rdb:  # a journal has no heartbeat: this host's dead workers, by pid
             fail_stale_trials(study, self.storage_obj, self.uri)
-        self._fail_orphans(study)
         running = running_trials(study)
+        if self._fail_orphans(study, running):
+            running = running_trials(study)
         waitable = sum(1 for t in running if self.rdb or t.user_attrs.get(T.TRIAL_HOST, self.host) == self.host)
         return decide(counts(study), self.n_trials, waitable)
 
@@ -183,8 +185,7 @@ class Claim:
         """Under the lock: record the new trial's owner, so that its slot comes back if this
         process dies (a first heartbeat in a database, then host, pid and its start time)."""
         if self.rdb:
-            sid = self.storage_obj.get_study_id_from_name(study.study_name)
-            self.storage_obj.record_heartbeat(self.storage_obj.get_trial_id_from_study_id_trial_number(sid, trial.number))
+            self.storage_obj.record_heartbeat(self._trial_id(study, trial.number))
         trial.set_user_attr(T.TRIAL_HOST, self.host)
         trial.set_user_attr(T.TRIAL_PID, self.pid)
         if self.pid_started is not None:
@@ -202,26 +203,32 @@ class Claim:
                 optuna.storages.fail_stale_trials(study)
         return not interrupt.requested()
 
-    def _fail_orphans(self, study) -> None:
+    def _trial_id(self, study, number: int) -> int:
+        if self._sid is None:
+            self._sid = self.storage_obj.get_study_id_from_name(study.study_name)
+        return self.storage_obj.get_trial_id_from_study_id_trial_number(self._sid, number)
+
+    def _fail_orphans(self, study, running: list) -> int:
         """Fail (as stale, parameters enqueued again) the RUNNING trials with no owner that are
-        older than ``grace``: their worker died holding the claim."""
-        sid = None
-        for t in running_trials(study):
+        older than ``grace``: their worker died holding the claim. Returns how many."""
+        n = 0
+        for t in running:
             start = t.datetime_start
             if T.TRIAL_HOST in t.user_attrs or start is None:
                 continue
             if (datetime.now(start.tzinfo) - start).total_seconds() < self.grace:
                 continue
-            sid = sid if sid is not None else self.storage_obj.get_study_id_from_name(study.study_name)
-            tid = self.storage_obj.get_trial_id_from_study_id_trial_number(sid, t.number)
+            tid = self._trial_id(study, t.number)
             self.storage_obj.set_trial_user_attr(tid, T.TRIAL_FAIL_REASON, "its worker died while starting it")
             self.storage_obj.set_trial_user_attr(tid, T.TRIAL_STALE, True)
             try:
                 self.storage_obj.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
             except RuntimeError:
                 continue  # it finished meanwhile
+            n += 1
             if t.params:
                 study.enqueue_trial(dict(t.params), user_attrs={T.TRIAL_RETRY_OF: t.number})
+        return n
 
 
 class ClaimingStudy(optuna.Study):
