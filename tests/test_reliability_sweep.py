@@ -150,12 +150,15 @@ def test_kill_one_worker_mid_trial_then_resume(tmp_path, empty_store_db):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    # the other worker finished the rest (with no stall: the journal lock died with the victim);
-    # the sweep says what happened, in one line
+    # the other worker finished the rest (with no stall: the journal lock died with the victim) and,
+    # at its next claim of the budget, found the victim's process gone: it failed that trial, closed
+    # its run FAILED and ran its parameters again (the slot came back); the sweep says what
+    # happened, in one line
     assert proc.returncode == 2, err
     assert len(err.strip().splitlines()) == 1 and "killed by signal 9" in err, err
     dead_run = tracking.client(sw.uri).get_run(victim.user_attrs["mlflow_run_id"])
-    assert dead_run.info.status == "RUNNING"  # nobody could close it: the process is gone
+    assert dead_run.info.status == "FAILED"
+    assert [t.state.name for t in sw.study().trials if t.user_attrs.get("retry_of") == victim.number] == ["COMPLETE"]
 
     r = sw.run(workers=2)
     assert r.returncode == 0, r.stderr

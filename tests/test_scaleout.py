@@ -11,6 +11,10 @@ The database URL comes from ``NBNET_TEST_PG_URL``; without it the test tries the
 ``scripts/ci_services.sh`` creates and skips, with the reason, when no PostgreSQL answers. When the
 URL was given explicitly, a server that does not answer is a failure, not a skip.
 
+The trial budget is tested here too: four sweep processes (tests/sweepers.py) start together on a
+fresh PostgreSQL study, ten times, and each repetition must run exactly N trials; a process killed
+while it holds the study's claim must block nobody and cost no slot.
+
 The sweep's database traffic is measured with ``pg_stat_statements`` (when loaded) and printed;
 set ``NBNET_SCALEOUT_REPORT=path.json`` to keep it (the README's capacity note comes from two runs,
 ``NBNET_SCALEOUT_EPOCHS=4`` and ``=24``, which separate the per-trial from the per-epoch cost).
@@ -32,6 +36,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from servers import free_port
+from sweepers import EXPERIMENT as BUDGET_EXPERIMENT
+from sweepers import Sweepers, die_holding_the_claim, tally
 
 pytestmark = pytest.mark.slow
 
@@ -473,3 +479,72 @@ def test_a_dead_workers_trial_is_failed_by_its_heartbeat_and_retried(pg, trackin
         assert r.data.tags["mlflow.parentRunId"] == parent
         assert r.info.status == {"COMPLETE": "FINISHED", "FAIL": "FAILED"}[t.state.name]
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+# --- the trial budget: exact when processes race (nbnet.experiment.sweep.budget) ------------------
+BUDGET_REPETITIONS = 10
+BUDGET_TRIALS = 6
+
+
+def test_four_processes_on_one_postgresql_study_start_exactly_the_missing_trials(pg, tracking_server, tmp_path):
+    """Four sweep processes, as on four machines, start together on a fresh PostgreSQL study with
+    near-instant trials, ten times: every repetition has exactly N finished trials and N trial
+    runs. (Counting, then asking Optuna for a trial, without the claim: 4 workers finish their
+    first trials together, all see 4 of 6 and all start one more.)"""
+    import mlflow
+    import optuna
+
+    name = "budget_pg"
+    (tmp_path / f"{name}.toml").write_text(BUDGET_EXPERIMENT.format(n_trials=BUDGET_TRIALS))
+    url, uri = pg["urls"]["optuna"], tracking_server["uri"]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    storage = optuna.storages.RDBStorage(url)
+    tag = uuid.uuid4().hex[:6]
+    sweepers = Sweepers(tmp_path, tmp_path / f"{name}.toml", count=4, storage=url, env=_env(MLFLOW_TRACKING_URI=uri))
+    tallies = []
+    try:
+        for rep in range(BUDGET_REPETITIONS):
+            study_name = f"{name}-{tag}-{rep}"
+            sweepers.sweep(study_name)
+            runs = _all_runs(client, client.get_experiment_by_name(name).experiment_id)
+            tallies.append(tally(optuna.load_study(study_name=study_name, storage=storage), runs))
+    finally:
+        sweepers.close()
+    print(json.dumps(tallies))
+    over = [i for i, t in enumerate(tallies) if t["trials"] > BUDGET_TRIALS]
+    assert not over, f"{len(over)} of {BUDGET_REPETITIONS} repetitions started more than {BUDGET_TRIALS} trials: {tallies}"
+    for t in tallies:
+        assert t["counted"] == t["trials"] == BUDGET_TRIALS and t["states"] == {"COMPLETE": BUDGET_TRIALS}, tallies
+        assert t["runs"] == BUDGET_TRIALS and not t["run_names"] and not t["open_runs"], tallies
+    assert max(t["workers"] for t in tallies) >= 3, tallies  # the processes did race for the trials
+
+
+def test_a_worker_that_dies_holding_the_postgresql_claim_leaks_no_slot(pg, tracking_server, tmp_path):
+    """A process holds the study's advisory lock, has created a trial and is killed before it records
+    itself as the owner (no heartbeat either): the lock dies with its session, so the next sweep
+    is not blocked; the orphan is failed once older than the grace period and its parameters run
+    again; the study ends with exactly N counted trials (the retried one counts once)."""
+    import mlflow
+    import optuna
+
+    name = "budget_orphan"
+    (tmp_path / f"{name}.toml").write_text(BUDGET_EXPERIMENT.format(n_trials=BUDGET_TRIALS))
+    url, uri = pg["urls"]["optuna"], tracking_server["uri"]
+    study_name = f"{name}-{uuid.uuid4().hex[:6]}"
+    env = _env(MLFLOW_TRACKING_URI=uri, NBNET_HEARTBEAT_SECONDS="1", NBNET_GRACE_SECONDS="5")
+    number, lr = die_holding_the_claim(url, study_name, cwd=tmp_path, env=env)
+    sweepers = Sweepers(tmp_path, tmp_path / f"{name}.toml", count=1, workers=2, storage=url, env=env)
+    try:
+        sweepers.sweep(study_name, timeout=300)  # a lock left behind would block every claim
+    finally:
+        sweepers.close()
+    study = optuna.load_study(study_name=study_name, storage=optuna.storages.RDBStorage(url))
+    trials = study.get_trials(deepcopy=False)
+    orphan = trials[number]
+    assert orphan.state.name == "FAIL" and orphan.user_attrs["stale"] and "died" in orphan.user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == number]
+    assert retry.state.name == "COMPLETE" and retry.params["train.learning_rate"] == pytest.approx(lr)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    t = tally(study, _all_runs(client, client.get_experiment_by_name(name).experiment_id))
+    assert t["counted"] == BUDGET_TRIALS and t["trials"] == BUDGET_TRIALS + 1, t
+    assert t["runs"] == BUDGET_TRIALS and t["run_names"] == [f"trial-{number}"] and not t["open_runs"], t

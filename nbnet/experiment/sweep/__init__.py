@@ -11,14 +11,15 @@
   ``median``, ``hyperband`` (Li et al. 2018), ``none``; fed each epoch with the validation metric
   (:class:`nbnet.experiment.trial.PruningReport`).
 * **Workers** (:mod:`.workers`). ``workers=N`` runs worker 0 in this process and spawns N - 1
-  more, each running ``study.optimize`` on the shared study; together they run exactly the
-  missing trials. Spawned workers map the parent's prepared data
+  more, each running ``study.optimize`` on the shared study; with every other process on the
+  study they run exactly the missing trials: each trial's slot of ``n_trials`` is claimed under a
+  lock in the storage (:mod:`.budget`). Spawned workers map the parent's prepared data
   (:class:`nbnet.data.prepared.SharedData`) instead of loading it again.
 * **Failures** (:mod:`.recovery`). A diverging trial (NaN/inf loss) or an invalid combination of
   suggested values is recorded FAIL with its reason (user attr ``fail_reason``) and the sweep goes
-  on. A journal storage has no heartbeat, so on start, RUNNING trials whose worker process
-  (recorded as trial user attrs ``host``/``pid``) is gone are marked FAIL and their parameters
-  re-enqueued.
+  on. A journal storage has no heartbeat, so on start and before each new trial, RUNNING trials
+  whose worker process on this host (recorded as trial user attrs ``host``/``pid``) is gone are
+  marked FAIL and their parameters re-enqueued.
 * **Many machines.** With an RDB URL (PostgreSQL) any number of ``nbnet sweep`` processes on any
   machines join one study: the process that creates the study makes the one parent run the others
   attach to; trials carry Optuna heartbeats, and a trial whose worker died is failed, its run

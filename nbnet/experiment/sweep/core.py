@@ -23,9 +23,10 @@ from nbnet.experiment import resources, tracking
 from nbnet.experiment.run import Clock, build_estimator
 from nbnet.experiment.sweep.recovery import recover_study, running_trials
 from nbnet.experiment.sweep.samplers import make_sampler
-from nbnet.experiment.sweep.storage import default_storage, is_rdb, open_storage, optuna_load, storage_label, study_lock
+from nbnet.experiment.sweep.storage import (close_storage, default_storage, is_rdb, open_storage, optuna_load,
+                                            storage_label, study_lock)
 from nbnet.experiment.sweep.summary import counts, summarize
-from nbnet.experiment.sweep.workers import new_stop_event, new_tickets, run_workers
+from nbnet.experiment.sweep.workers import new_stop_event, run_workers
 from nbnet.experiment.trial import grid_space
 from nbnet.kernels.threads import default_threads
 
@@ -116,7 +117,7 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
             payload = {"config": C.to_dict(cfg), "name": cfg.name, "study": study_name, "storage": storage, "uri": uri,
                        "experiment_id": exp_id, "parent_run_id": parent, "quiet": quiet, "workers": workers,
                        "seed": (cfg.train.seed * 1_000_003 + n_existing) % 2**31}
-            _run_trials(payload, cfg, data, remaining)
+            _run_trials(payload, cfg, data)
         model_name = registered_model_name or cfg.name
         _finish(result, cfg, optuna_load(study_name, storage_obj), exp_id, uri, model_name if register else None,
                 n_existing)
@@ -128,6 +129,7 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
         result.seconds = time.perf_counter() - t_start
         with contextlib.suppress(Exception):
             tracking.end_run(parent, status, uri=uri)
+        close_storage(storage_obj)
     return result
 
 
@@ -225,17 +227,16 @@ def _await_parent_run(study, timeout: float = 120.0) -> str | None:
         time.sleep(0.25)  # poll the study for the creator's parent run id
 
 
-def _run_trials(payload: dict, cfg: C.ExperimentConfig, data: Data, remaining: int) -> None:
-    """Run ``remaining`` trials in ``payload["workers"]`` workers, sampling the parent run's system
+def _run_trials(payload: dict, cfg: C.ExperimentConfig, data: Data) -> None:
+    """Run the missing trials in ``payload["workers"]`` workers, sampling the parent run's system
     metrics meanwhile; an NbnetError when a spawned worker died."""
     workers, parent, uri = payload["workers"], payload["parent_run_id"], payload["uri"]
-    tickets = new_tickets(remaining)
     shared = SharedData() if workers > 1 else None  # the prepared data, for spawned workers
     payload["shared"] = shared.payload() if shared else None
     try:
         # the first Ctrl-C / SIGTERM stops every worker at its next epoch boundary (nbnet._sys.interrupt)
         with interrupt.graceful(new_stop_event()) as stop, resources.SystemMetrics(parent, uri=uri):
-            codes = run_workers(payload, workers, tickets, stop,
+            codes = run_workers(payload, workers, stop,
                                share=shared and (lambda: shared.write(data, lambda: build_estimator(cfg, data))))
             if interrupt.requested():
                 raise interrupt.Interrupted()

@@ -66,6 +66,11 @@ def default_storage(study_name: str, root: Path | None = None) -> str:
     return str(Path(root or Path.cwd()).resolve() / "mlruns" / "optuna" / f"{safe}.log")
 
 
+def journal_path(storage: str) -> Path:
+    """The journal file of a journal storage (a path, optionally ``journal:PATH``)."""
+    return Path(storage[len("journal:"):] if storage.startswith("journal:") else storage)
+
+
 def list_studies(root: Path | None = None) -> list[tuple[str, Path]]:
     """(study name, journal file) of the default journal storages, newest first."""
     folder = Path(root or Path.cwd()) / "mlruns" / "optuna"
@@ -102,6 +107,14 @@ def open_storage(storage: str, *, uri: str | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     # a SIGKILLed worker leaves no stale lock behind
     return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path))))
+
+
+def close_storage(storage_obj) -> None:
+    """Close the database connections of a storage that :func:`open_storage` opened (a journal
+    holds none): a program that runs many sweeps would otherwise keep a pool per sweep."""
+    engine = getattr(storage_obj, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def optuna_load(study_name: str, storage_obj):

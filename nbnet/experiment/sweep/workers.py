@@ -3,9 +3,9 @@
 ``workers=N`` runs worker 0 in the sweep's process and spawns N - 1 more (never fork: numba's
 threading layers and MLflow clients do not survive it), each running ``study.optimize`` on the
 shared study. They share numba's on-disk compile cache, so only the first trial of a fresh checkout
-compiles. Together they run exactly the missing trials: each takes a ticket from a shared counter
-before a trial, and a callback that counts finished and running trials stops them when other
-processes (on any machine) have run the rest.
+compiles. Together with every other process on the study, on any machine, they run exactly the
+missing trials: before each trial a worker claims a slot of the budget in the storage
+(:mod:`.budget`), and it stops when none is left.
 
 A worker gets everything it needs in one picklable ``payload`` dict: the resolved config
 (``config``, ``name``), ``study``, ``storage``, the MLflow ``uri``, ``experiment_id``,
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import time
 import warnings
 
 import optuna
@@ -25,15 +27,10 @@ from nbnet._sys import interrupt
 from nbnet.data.prepared import prepare_data, receive_shared
 from nbnet.errors import NbnetError
 from nbnet.experiment import config as C
+from nbnet.experiment.sweep.budget import BudgetSpent, Claim, ClaimingStudy
 from nbnet.experiment.sweep.samplers import make_pruner, make_sampler, worker_seed
-from nbnet.experiment.sweep.storage import is_rdb, open_storage
-from nbnet.experiment.sweep.summary import counts
+from nbnet.experiment.sweep.storage import GRACE_SECONDS, close_storage, is_rdb, open_storage
 from nbnet.experiment.trial import Objective, TrialContext, progress_line
-
-
-def new_tickets(n: int):
-    """A counter of ``n`` trials shared with spawned workers (a ``multiprocessing.Value``)."""
-    return mp.get_context("spawn").Value("i", n)
 
 
 def new_stop_event():
@@ -41,91 +38,83 @@ def new_stop_event():
     return mp.get_context("spawn").Event()
 
 
-def take_ticket(tickets) -> bool:
-    """Take one trial off ``tickets``; False when none is left or a stop was requested."""
-    if interrupt.requested():  # Ctrl-C / SIGTERM: no new trial
-        return False
-    with tickets.get_lock():
-        if tickets.value <= 0:
-            return False
-        tickets.value -= 1
-        return True
-
-
 class _WorkerCallbacks:
     """The Optuna callbacks of one worker's ``study.optimize``."""
 
-    def __init__(self, tickets, cfg: C.ExperimentConfig, worker: int, workers: int, quiet: bool):
-        self.tickets, self.cfg, self.worker, self.workers, self.quiet = tickets, cfg, worker, workers, quiet
-
-    def enough(self, study, trial) -> None:
-        """Stop at search.n_trials over every worker on every machine: finished or RUNNING trials
-        count (another machine may be running the last ones); stale trials that were retried do not."""
-        c = counts(study)
-        if c["COMPLETE"] + c["PRUNED"] + c["FAIL"] + c["RUNNING"] >= self.cfg.search.n_trials:
-            study.stop()
+    def __init__(self, cfg: C.ExperimentConfig, worker: int, workers: int, quiet: bool):
+        self.cfg, self.worker, self.workers, self.quiet = cfg, worker, workers, quiet
 
     def after_trial(self, study, trial) -> None:
-        """Print the trial's progress line and take the ticket of the next trial, or stop."""
+        """Print the trial's progress line; stop after Ctrl-C / SIGTERM (no new trial)."""
         if not self.quiet:
             print(progress_line(trial, self.cfg.search.metric, self.worker, self.workers), flush=True)
-        if not take_ticket(self.tickets):
+        if interrupt.requested():
             study.stop()
 
 
-def worker_main(payload: dict, tickets, worker: int, stop=None) -> None:
+def worker_main(payload: dict, worker: int, stop=None) -> None:
     """Entry point of a (spawned) worker process; also called in-process for one worker.
     ``stop``: the sweep's shared stop event (:mod:`nbnet._sys.interrupt`)."""
     with interrupt.graceful(stop, announce=False):
         try:
-            _worker_loop(payload, tickets, worker)
+            _worker_loop(payload, worker)
         except KeyboardInterrupt:
             if not interrupt.requested():  # e.g. a signal before the handlers were installed
                 raise
 
 
-def _worker_loop(payload: dict, tickets, worker: int) -> None:
+def _worker_loop(payload: dict, worker: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per trial is the progress report
     cfg = C.from_dict(payload["config"], payload["name"])
     if worker > 0:
         receive_shared(payload.get("shared"), cfg)
     data = prepare_data(cfg)
-    study = _load_study(payload, cfg, worker)
+    study, storage = _load_study(payload, cfg, worker)
     ctx = TrialContext(cfg, data, payload["study"], payload["experiment_id"], payload["parent_run_id"], payload["uri"],
                        worker, payload["quiet"])
-    callbacks = _WorkerCallbacks(tickets, cfg, worker, payload["workers"], ctx.quiet)
-    if not take_ticket(tickets):
+    callbacks = _WorkerCallbacks(cfg, worker, payload["workers"], ctx.quiet)
+    if interrupt.requested():
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.optimize(Objective(ctx), timeout=cfg.search.timeout, catch=(NbnetError,),
-                       callbacks=[callbacks.enough, callbacks.after_trial])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(Objective(ctx), timeout=cfg.search.timeout, catch=(NbnetError,),
+                           callbacks=[callbacks.after_trial])
+    except BudgetSpent:  # every slot of search.n_trials is taken, or finished
+        pass
+    finally:
+        storage.remove_session()
+        close_storage(storage)
 
 
 def _load_study(payload: dict, cfg: C.ExperimentConfig, worker: int):
-    """The sweep's study, with this worker's own sampler (seeded per worker) and pruner."""
+    """(The sweep's study, which claims each trial from the budget (:class:`.budget.ClaimingStudy`),
+    with this worker's own sampler (seeded per worker) and pruner; its opened storage)."""
     s = cfg.search
     storage = open_storage(payload["storage"], uri=payload["uri"])
     sampler = make_sampler(s.sampler, s.space, seed=worker_seed(payload["seed"], worker, is_rdb(payload["storage"])),
                            n_startup_trials=s.n_startup_trials)
     pruner = make_pruner(s.pruner, epochs=cfg.train.epochs, n_startup_trials=s.n_startup_trials,
                          n_warmup_steps=s.n_warmup_steps, epochs_searched="train.epochs" in s.space)
-    return optuna.load_study(study_name=payload["study"], storage=storage, sampler=sampler, pruner=pruner)
+    claim = Claim(s.n_trials, payload["storage"], storage, payload["uri"],
+                  grace=getattr(storage, "grace_period", None) or float(os.environ.get("NBNET_GRACE_SECONDS", GRACE_SECONDS)),
+                  deadline=None if s.timeout is None else time.monotonic() + s.timeout)
+    return ClaimingStudy(payload["study"], storage, claim, sampler=sampler, pruner=pruner), storage
 
 
-def run_workers(payload: dict, n: int, tickets, stop=None, share=None) -> list[int]:
+def run_workers(payload: dict, n: int, stop=None, share=None) -> list[int]:
     """Worker 0 runs in this process, which has its imports and data loaded already; workers
     1 … n-1 are spawned first, and import while ``share()`` (if given) writes the prepared data
     for them. Returns the spawned workers' exit codes."""
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=worker_main, args=(payload, tickets, i, stop), name=f"nbnet-sweep-{i}") for i in range(1, n)]
+    procs = [ctx.Process(target=worker_main, args=(payload, i, stop), name=f"nbnet-sweep-{i}") for i in range(1, n)]
     for p in procs:
         p.start()
     try:
         if share is not None:
             share()
-        worker_main(payload, tickets, 0, stop)
+        worker_main(payload, 0, stop)
         for p in procs:
             p.join()
     except KeyboardInterrupt:
