@@ -228,8 +228,7 @@ def _poll(url: str, proc: subprocess.Popen, timeout: float, data: bytes | None =
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("manager", ["uv"])
-def test_the_model_deploys_from_its_own_requirements(project, tmp_path, manager):
+def test_the_model_deploys_from_its_own_requirements(project, tmp_path):
     """`mlflow models serve --env-manager uv` builds a fresh environment from the model's own
     requirements.txt (the package index for the pinned requirements; nbnet from the wheel inside
     the model), with no nbnet checkout on the path, and answers like nbnet predict."""
@@ -239,7 +238,7 @@ def test_the_model_deploys_from_its_own_requirements(project, tmp_path, manager)
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([BIN / "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
-                             manager, "-h", "127.0.0.1", "-p", str(port)], cwd=folder, env=env, stdout=log,
+                             "uv", "-h", "127.0.0.1", "-p", str(port)], cwd=folder, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _poll(f"http://127.0.0.1:{port}/ping", proc, 900)

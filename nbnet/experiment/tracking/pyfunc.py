@@ -21,6 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -346,7 +347,9 @@ def _model_template(estimator, X_example, feature_names, categories, column_type
            None if schema is None else schema.to_json())
 
     def signature_of():
-        sig = infer_signature(example, pred, params={"proba": False} if proba else None)
+        with warnings.catch_warnings():  # MLflow's hint on integer columns: the explicit schema below has answered it
+            warnings.filterwarnings("ignore", message=".*[Ii]nteger column", category=UserWarning)
+            sig = infer_signature(example, pred, params={"proba": False} if proba else None)
         return sig if schema is None else ModelSignature(inputs=schema, outputs=sig.outputs, params=sig.params)
 
     return _template(key, estimator, example, config, signature_of)
