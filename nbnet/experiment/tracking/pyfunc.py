@@ -92,8 +92,10 @@ def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_feat
             return X.to_numpy(dtype=np.float64)  # unnamed columns (0, 1, ...): taken by position
         raise NbnetError(f"input lacks column(s) {missing[:5]}; the model reads {raw[:10]}"
                          f"{' ...' if len(raw) > 10 else ''}")
-    if not categories and all(X[c].dtype.kind in "iufb" for c in raw):
-        return X[raw].to_numpy(dtype=np.float64)
+    if not categories:
+        sub = X[raw]
+        if all(dt.kind in "iufb" for dt in sub.dtypes):  # the common case: one conversion
+            return sub.to_numpy(dtype=np.float64)
     out = np.empty((len(X), len(feature_names)), np.float64)
     groups = {f"{c}={k}": (c, str(k)) for c, cats in categories.items() for k in cats}
     for j, name in enumerate(feature_names):
