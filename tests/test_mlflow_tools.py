@@ -253,3 +253,18 @@ def test_the_model_deploys_from_its_own_requirements(project, tmp_path):
     (record,) = (tmp_path / "envs").rglob("nbnet-*.dist-info/direct_url.json")  # nbnet came from the model's wheel
     assert "/wheels/nbnet-" in json.loads(record.read_text())["url"]
     assert not list((tmp_path / "envs").rglob("*nbnet*.pth"))  # not an editable install of a checkout
+
+
+def test_column_types_are_the_files_own(tmp_path):
+    """What the signature is built from: each feature column as pandas reads the CSV."""
+    from nbnet.data.load import load_dataset
+
+    penguins(80, 3).to_csv(tmp_path / "p.csv", index=False)
+    ds = load_dataset(f"csv:{tmp_path / 'p.csv'}", target="species", categorical=["island", "sex"])
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert set(ds.column_types) == set(frame.columns) - {"species"}
+    for c, spec in ds.column_types.items():
+        kind = {"i": "long", "f": "double"}.get(frame[c].dtype.kind, "string")
+        assert spec == {"type": kind, "required": not frame[c].isna().any()}, c
+    assert ds.column_types["year"] == {"type": "long", "required": True}
+    assert ds.column_types["sex"] == {"type": "string", "required": False}

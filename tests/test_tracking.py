@@ -341,6 +341,16 @@ def test_log_model_is_models_from_code_without_pickles(store, logged, iris_clf):
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert "artifacts/model.nbnet" in files and "MLmodel" in files and "input_example.json" in files
     assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files), files
+    # nbnet travels with the model: its wheel, named by requirements.txt; the rest pinned; no nbnet==
+    reqs = (local / "requirements.txt").read_text().split()
+    assert f"wheels/nbnet-{nbnet.__version__}-py3-none-any.whl" in reqs and f"wheels/nbnet-{nbnet.__version__}-py3-none-any.whl" in files
+    assert not any(r.startswith("nbnet==") for r in reqs)
+    assert f"mlflow=={mlflow.__version__}" in reqs and f"numpy=={np.__version__}" in reqs
+    with zipfile.ZipFile(local / "wheels" / f"nbnet-{nbnet.__version__}-py3-none-any.whl") as z:
+        names = set(z.namelist())
+        assert "nbnet/experiment/tracking/_pyfunc_model.py" in names and "nbnet/cli.py" in names
+        meta = z.read(f"nbnet-{nbnet.__version__}.dist-info/METADATA").decode()
+    assert "Requires-Dist: mlflow" in meta and "extra ==" not in meta
     code = [f for f in files if f.endswith(".py")]
     assert len(code) == 1
     assert (local / code[0]).read_text() == tracking.PYFUNC_CODE.read_text()
@@ -504,10 +514,18 @@ def test_categorical_raw_input_roundtrip(store, tmp_path):
     clf = MLPClassifier((6,), epochs=3, seed=0).fit(ds.X, ds.y)
     exp = tracking.ensure_experiment("categorical")
     run_id = tracking.start_run(exp, run_name="cat")
-    uri = tracking.log_model(run_id, clf, ds.X[:5], feature_names=ds.feature_names, categories=ds.categories)
+    uri = tracking.log_model(run_id, clf, ds.X[:5], feature_names=ds.feature_names, categories=ds.categories,
+                             column_types=ds.column_types)
     tracking.end_run(run_id)
     info = mlflow.models.get_model_info(uri)
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["a", "color", "b"]
+    assert [c["type"] for c in info.signature.inputs.to_dict()] == ["double", "string", "double"]
+    # logged again from the loaded model (as nbnet update does), the signature keeps its types
+    est, (names, cats) = tracking.load_model(uri)
+    again = tracking.start_run(exp, run_name="again")
+    uri2 = tracking.log_model(again, est, ds.X[:5], feature_names=names, categories=cats)
+    tracking.end_run(again)
+    assert mlflow.models.get_model_info(uri2).signature.inputs.to_dict() == info.signature.inputs.to_dict()
     table = raw.drop(columns="label")
     table.loc[3, "color"] = "purple"  # unseen category: all-zeros group, as in nbnet.data
     X, _ = read_features(_write(table, tmp_path / "score.csv"), feature_names=ds.feature_names,

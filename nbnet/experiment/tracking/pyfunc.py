@@ -335,6 +335,8 @@ def _model_template(estimator, X_example, feature_names, categories, column_type
     names, cats = feature_spec(estimator)
     if feature_names is not None:
         names, cats = [str(f) for f in feature_names], dict(categories or {})
+    if column_types is None:  # a model loaded from MLflow keeps its signature's types (nbnet update)
+        column_types = getattr(estimator, "column_types_", None)
     types = {str(c): dict(v) for c, v in (column_types or {}).items()}
     example = _typed_example(_example_frame(X_example, names, cats), types)
     if names is None:
@@ -375,7 +377,8 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
     DataFrame columns, else ``x0, x1, ...``. ``column_types`` (``Dataset.column_types``: each raw
     column's type as the training file holds it, and whether values may be missing) makes the
     signature declare integers as ``long``, categories as ``string`` and columns with missing
-    values as optional; without it the types are inferred from the example. The model also
+    values as optional; default: the estimator's ``column_types_`` (set by :func:`load_model` for
+    a model logged with types), else the types are inferred from the example. The model also
     carries nbnet's wheel (``wheels/``), named in its ``requirements.txt``, so an environment
     built from the model's own requirements needs no nbnet checkout. ``experiment_id`` and ``params`` (the run's flat
     params, given to the LoggedModel) save reading the run back; with ``logger`` the run's
@@ -441,6 +444,8 @@ def load_model(uri_or_path: str, tracking_uri: str | None = None):
     if s.startswith(MLFLOW_URI_PREFIXES):
         path, config = download_model(s, tracking_uri=tracking_uri)
         est = load_file(path)
+        if config.get("column_types"):
+            est.column_types_ = dict(config["column_types"])  # logged again (nbnet update), the types stay
         return est, feature_spec(est, config)
     est = load_file(s)
     return est, feature_spec(est)

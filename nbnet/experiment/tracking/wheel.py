@@ -9,8 +9,8 @@ requirement is pinned to the version installed here (:func:`pinned_requirements`
 
 The wheel is written from the running nbnet's own files (its ``.py`` modules and the requirements
 of its installed metadata, else of the checkout's ``pyproject.toml``): no build backend, no
-network, a few tens of milliseconds, and byte-for-byte the same for the same sources (fixed
-timestamps), so :func:`source_digest` names it.
+network, and byte-for-byte the same for the same sources (fixed timestamps), so
+:func:`source_digest` names it. The pyfunc templates build it once each, not once per model.
 
 Example
 -------
