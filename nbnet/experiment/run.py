@@ -252,7 +252,8 @@ def rerun(run_id: str, *, uri: str | None = None) -> dict:
     ``nbnet.rerun_of``), refusing if the data's hash changed. Compares the new weights with the
     original model's, bit for bit, and the per-epoch loss history."""
     if uri is None and not os.environ.get("MLFLOW_TRACKING_URI") and tracking.project_store_file() is None:
-        raise NbnetError(f"no tracking store here (no {Path.cwd() / tracking.STORE_FILE}); run nbnet rerun from the project folder "
+        raise NbnetError(f"no tracking store here (no {Path.cwd() / tracking.STORE_FILE}); "
+                         "run nbnet rerun from the project folder "
                          "or set MLFLOW_TRACKING_URI")
     uri = uri or tracking.default_tracking_uri()
     c = tracking.client(uri)

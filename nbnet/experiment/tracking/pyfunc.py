@@ -199,8 +199,8 @@ def _input_schema(raw: list[str], column_types: dict) -> Schema | None:
     not known for every column (then MLflow infers them from the example)."""
     if not raw or any(c not in column_types or column_types[c].get("type") not in _MLFLOW_TYPES for c in raw):
         return None
-    return Schema([ColSpec(_MLFLOW_TYPES[column_types[c]["type"]], c, required=bool(column_types[c].get("required", True)))
-                   for c in raw])
+    specs = [column_types[c] for c in raw]
+    return Schema([ColSpec(_MLFLOW_TYPES[t["type"]], c, required=bool(t.get("required", True))) for c, t in zip(raw, specs)])
 
 
 def pip_requirements() -> list[str]:
@@ -380,9 +380,10 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
     values as optional; default: the estimator's ``column_types_`` (set by :func:`load_model` for
     a model logged with types), else the types are inferred from the example. The model also
     carries nbnet's wheel (``wheels/``), named in its ``requirements.txt``, so an environment
-    built from the model's own requirements needs no nbnet checkout. ``experiment_id`` and ``params`` (the run's flat
-    params, given to the LoggedModel) save reading the run back; with ``logger`` the run's
-    ``nbnet.model_id`` tag goes out with the logger's next flush instead of on its own.
+    built from the model's own requirements needs no nbnet checkout. ``experiment_id`` and
+    ``params`` (the run's flat params, given to the LoggedModel) save reading the run back; with
+    ``logger`` the run's ``nbnet.model_id`` tag goes out with the logger's next flush instead of
+    on its own.
     """
     uri = uri or default_tracking_uri()
     template = _model_template(estimator, X_example, feature_names, categories, column_types)
