@@ -182,7 +182,8 @@ def _add_model_commands(sub) -> None:
     p.add_argument("--chunk-rows", type=int, default=100_000, help="rows per chunk (default 100000)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("ui", help="open the MLflow UI on the project's store (mlruns/ or MLFLOW_TRACKING_URI)")
+    p = sub.add_parser("ui", help="open the MLflow UI on the project's store (./mlflow.db, as `mlflow ui`, or "
+                                  "MLFLOW_TRACKING_URI)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     p.set_defaults(func=cmd_ui)
@@ -212,6 +213,9 @@ def _add_deploy_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5001, help="port (default 5001)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--env-manager", choices=("local", "uv", "virtualenv"), default="local",
+                   help="local: this environment (default); uv/virtualenv: one MLflow builds from the model's own "
+                        "requirements (nbnet from the wheel inside the model)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write a model as one ONNX graph, preprocessing included, for ONNX Runtime",
@@ -229,7 +233,7 @@ def _add_deploy_commands(sub) -> None:
 def cmd_serve(args) -> int:
     from nbnet.ops.serve import serve_model  # heavy: the command's module loads MLflow
 
-    return serve_model(args.model, args.host, args.port, args.workers)
+    return serve_model(args.model, args.host, args.port, args.workers, env_manager=args.env_manager)
 
 
 def cmd_export(args) -> int:
@@ -351,7 +355,7 @@ def _add_viz_commands(sub) -> None:
                                    "retraining): loss curves, per-layer gradient norms, per-layer activation statistics, "
                                    "confusion matrix and ROC (classification) or predicted-vs-true (regression), and "
                                    "the summary panel. For a sweep's parent run, its best trial is drawn and the "
-                                   "study's figures are copied. Store: MLFLOW_TRACKING_URI or ./mlruns.")
+                                   "study's figures are copied. Store: MLFLOW_TRACKING_URI or ./mlflow.db.")
     p.add_argument("run_id", metavar="RUN_ID", help="a trial's, nbnet train's or a sweep's parent run id")
     p.add_argument("-o", "--output", metavar="DIR", help="folder for the PNGs (default: ./plots/RUN_ID)")
     p.set_defaults(func=cmd_plot)

@@ -324,7 +324,7 @@ def test_killed_nbnet_train_resumes_with_the_same_result(tmp_path, monkeypatch):
     fresh, out = train()  # no checkpoint now: an uninterrupted run of the same config
     assert "resumed" not in out
 
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     c = tracking.client(uri)
     a, b = nbnet.load(f"runs:/{resumed}/model"), nbnet.load(f"runs:/{fresh}/model")
@@ -369,7 +369,7 @@ def test_ctrl_c_stops_nbnet_train_cleanly_and_keeps_the_checkpoint(tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "nbnet: interrupted", err
     (ck,) = ckpts.glob("*.ckpt")
     assert 20 <= nbnet.load(ck).n_epochs_ < 2000
-    c = tracking.client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    c = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = c.search_runs([c.get_experiment_by_name("tiny").experiment_id])
     assert run.info.status == "KILLED"
     assert max(m.step for m in c.get_metric_history(run.info.run_id, "loss")) < 2000

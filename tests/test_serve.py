@@ -138,3 +138,21 @@ def test_a_local_file_is_wrapped_as_a_positional_pyfunc_model(champion, tmp_path
     np.testing.assert_allclose(proba.to_numpy(), clf.predict_proba(X), rtol=1e-12)
     with pytest.raises(Exception, match="feature"):
         pyfunc.predict(rows.iloc[:, :3])
+
+
+def test_env_manager_builds_the_models_own_environment_or_is_a_user_error(champion, tmp_path):  # noqa: F811
+    """--env-manager uv|virtualenv reaches `mlflow models serve`; a model folder for it carries the
+    wheel its requirements.txt names."""
+    from nbnet.errors import NbnetError
+    from nbnet.ops.serve import serve_command
+
+    cmd, _ = serve_command(tmp_path, env_manager="uv")
+    assert cmd[cmd.index("--env-manager") + 1] == "uv"
+    with pytest.raises(NbnetError, match="--env-manager must be one of local, uv, virtualenv"):
+        serve_command(tmp_path, env_manager="conda")
+    clf, _, _ = champion
+    clf.save(tmp_path / "iris.nbnet")
+    folder = model_dir(str(tmp_path / "iris.nbnet"), tmp_path / "served")
+    wheels = [line for line in (folder / "requirements.txt").read_text().split() if line.endswith(".whl")]
+    assert wheels and all((folder / w).is_file() for w in wheels)
+    assert not any(line.startswith("nbnet==") for line in (folder / "requirements.txt").read_text().split())

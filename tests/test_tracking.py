@@ -51,15 +51,61 @@ def logged(store, iris_clf):
     return run_id, uri
 
 
-def test_default_uri_is_sqlite_under_mlruns(tmp_path, monkeypatch):
+def test_default_uri_is_mlflows_own_default_store(tmp_path, monkeypatch):
+    """No URI set: MLflow's own default (sqlite:///<project>/mlflow.db, what mlflow ui/models/runs
+    open), artifacts under mlruns/; an explicit URI beats MLFLOW_TRACKING_URI, which beats it."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = tracking.default_tracking_uri(tmp_path)
-    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
-    assert (tmp_path / "mlruns").is_dir()
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.resolve_tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db" == tracking.default_tracking_uri(tmp_path)
+    from mlflow.tracking._tracking_service.utils import get_tracking_uri  # what MLflow's own tools resolve
+
+    assert get_tracking_uri() == uri
+    assert (tmp_path / "mlruns").is_dir() and tracking.project_store_file(tmp_path) is None
     assert tracking.artifact_root(uri) == str(tmp_path.resolve() / "mlruns" / "artifacts")
+    assert tracking.resolve_tracking_uri("sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.default_tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+    assert tracking.resolve_tracking_uri() == "http://127.0.0.1:5999"
+    assert tracking.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
     assert tracking.artifact_root("http://127.0.0.1:5999") is None
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.set_tracking_uri("sqlite:///other.db") == os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///other.db"
+    assert tracking.resolve_tracking_uri() == "sqlite:///other.db"
+    with pytest.raises(NbnetError, match="non-empty"):
+        tracking.set_tracking_uri(" ")
+
+
+def test_an_earlier_nbnets_store_keeps_working_with_a_one_line_notice(tmp_path, monkeypatch, capfd, empty_store_db):
+    import shutil
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("NBNET_STORE_NOTICE_SHOWN", raising=False)
+    (tmp_path / "mlruns").mkdir()
+    shutil.copyfile(empty_store_db, tmp_path / "mlruns" / "mlflow.db")
+    legacy = f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    code = "from nbnet.experiment import tracking; print(tracking.resolve_tracking_uri()); print(tracking.resolve_tracking_uri())"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [legacy, legacy]
+    (line,) = [x for x in r.stderr.splitlines() if x.startswith("nbnet:")]  # once, one line
+    assert "mv mlruns/mlflow.db mlflow.db" in line
+    assert tracking.project_store_file(tmp_path) == tmp_path.resolve() / "mlruns" / "mlflow.db"
+    assert tracking.artifact_root(legacy) == str(tmp_path.resolve() / "mlruns" / "artifacts")  # as before
+    # the move the notice suggests: the runs and their artifacts are found at MLflow's default place
+    monkeypatch.chdir(tmp_path)
+    exp = tracking.ensure_experiment("moved", legacy)
+    run_id = tracking.start_run(exp, run_name="r", uri=legacy)
+    tracking.log_dict(run_id, {"a": 1}, "config.json", uri=legacy)
+    tracking.end_run(run_id, uri=legacy)
+    (tmp_path / "mlruns" / "mlflow.db").rename(tmp_path / "mlflow.db")
+    uri = tracking.resolve_tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.json", tracking_uri=uri,
+                                                dst_path=str(tmp_path / "dl"))
+    assert Path(local).read_text().strip().startswith("{")
 
 
 def test_experiment_artifacts_live_beside_the_database(store):
@@ -295,6 +341,16 @@ def test_log_model_is_models_from_code_without_pickles(store, logged, iris_clf):
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert "artifacts/model.nbnet" in files and "MLmodel" in files and "input_example.json" in files
     assert not any(f.endswith((".pkl", ".pickle", ".cloudpickle")) for f in files), files
+    # nbnet travels with the model: its wheel, named by requirements.txt; the rest pinned; no nbnet==
+    reqs = (local / "requirements.txt").read_text().split()
+    assert f"wheels/nbnet-{nbnet.__version__}-py3-none-any.whl" in reqs and f"wheels/nbnet-{nbnet.__version__}-py3-none-any.whl" in files
+    assert not any(r.startswith("nbnet==") for r in reqs)
+    assert f"mlflow=={mlflow.__version__}" in reqs and f"numpy=={np.__version__}" in reqs
+    with zipfile.ZipFile(local / "wheels" / f"nbnet-{nbnet.__version__}-py3-none-any.whl") as z:
+        names = set(z.namelist())
+        assert "nbnet/experiment/tracking/_pyfunc_model.py" in names and "nbnet/cli.py" in names
+        meta = z.read(f"nbnet-{nbnet.__version__}.dist-info/METADATA").decode()
+    assert "Requires-Dist: mlflow" in meta and "extra ==" not in meta
     code = [f for f in files if f.endswith(".py")]
     assert len(code) == 1
     assert (local / code[0]).read_text() == tracking.PYFUNC_CODE.read_text()
@@ -458,10 +514,18 @@ def test_categorical_raw_input_roundtrip(store, tmp_path):
     clf = MLPClassifier((6,), epochs=3, seed=0).fit(ds.X, ds.y)
     exp = tracking.ensure_experiment("categorical")
     run_id = tracking.start_run(exp, run_name="cat")
-    uri = tracking.log_model(run_id, clf, ds.X[:5], feature_names=ds.feature_names, categories=ds.categories)
+    uri = tracking.log_model(run_id, clf, ds.X[:5], feature_names=ds.feature_names, categories=ds.categories,
+                             column_types=ds.column_types)
     tracking.end_run(run_id)
     info = mlflow.models.get_model_info(uri)
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["a", "color", "b"]
+    assert [c["type"] for c in info.signature.inputs.to_dict()] == ["double", "string", "double"]
+    # logged again from the loaded model (as nbnet update does), the signature keeps its types
+    est, (names, cats) = tracking.load_model(uri)
+    again = tracking.start_run(exp, run_name="again")
+    uri2 = tracking.log_model(again, est, ds.X[:5], feature_names=names, categories=cats)
+    tracking.end_run(again)
+    assert mlflow.models.get_model_info(uri2).signature.inputs.to_dict() == info.signature.inputs.to_dict()
     table = raw.drop(columns="label")
     table.loc[3, "color"] = "purple"  # unseen category: all-zeros group, as in nbnet.data
     X, _ = read_features(_write(table, tmp_path / "score.csv"), feature_names=ds.feature_names,

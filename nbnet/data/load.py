@@ -39,7 +39,9 @@ from typing import Iterator
 
 import numpy as np
 
-from nbnet.data.tables import csv_batches, encode_columns, one_line, parquet_batches, read_table, rebatch, target_column
+from nbnet.data.tables import (
+    column_types, csv_batches, encode_columns, one_line, parquet_batches, read_table, rebatch, target_column,
+)
 from nbnet.errors import NbnetError
 
 BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
@@ -59,6 +61,10 @@ class Dataset:
     name : a short name (``"digits"``, the file's stem, ``"synthetic"``).
     image_shape : (height, width) when the rows are flattened images, else None.
     categories : {column: [category, ...]} of the one-hot encoded columns; {} if none.
+    column_types : {column: {"type": ..., "required": ...}} of a CSV/Parquet file's feature
+        columns as pandas reads that file: ``"long"`` (whole numbers, none missing), ``"double"``,
+        ``"boolean"`` or ``"string"`` (categorical columns), ``required`` False where values are
+        missing; {} for arrays (every column a double). A logged model's signature is built from it.
     """
 
     X: np.ndarray
@@ -68,6 +74,7 @@ class Dataset:
     name: str
     image_shape: tuple | None = None
     categories: dict = field(default_factory=dict)
+    column_types: dict = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -532,4 +539,4 @@ def _dataset_from_table(table, *, target: str, categorical: list[str], name: str
     if not features:
         raise NbnetError(f"{path.name} has no feature columns besides the target {target!r}")
     X, names, cats = encode_columns(table, features, {c: None for c in categorical}, path, fixed_categories=False)
-    return Dataset(X, y, names, task, name, categories=cats)
+    return Dataset(X, y, names, task, name, categories=cats, column_types=column_types(table, features, categorical))

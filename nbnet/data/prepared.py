@@ -218,7 +218,8 @@ class SharedData:
                     "cleaning_report": data.cleaning_report,
                     "dataset": {"feature_names": list(ds.feature_names), "task": ds.task, "name": ds.name,
                                 "image_shape": list(ds.image_shape) if ds.image_shape else None,
-                                "categories": dict(ds.categories or {})}}
+                                "categories": dict(ds.categories or {}),
+                                "column_types": dict(ds.column_types or {})}}
             atomic_write(self.folder / "meta.json", lambda f: f.write(json.dumps(info, default=str).encode()))
         finally:
             self.ready.set()
@@ -248,7 +249,7 @@ def _load_shared(shared: dict, cfg) -> None:
     arrays = {k: load(k) for k in shared["splits"]}
     d = shared["dataset"]
     ds = Dataset(arrays["X_train"], arrays["y_train"], d["feature_names"], d["task"], d["name"],
-                 tuple(d["image_shape"]) if d["image_shape"] else None, d["categories"])
+                 tuple(d["image_shape"]) if d["image_shape"] else None, d["categories"], d.get("column_types") or {})
     data = Data(ds, *(arrays.get(k) for k in SPLITS), shared["hash"], shared["cleaning_report"])
     CACHE.keep_data(_data_key(cfg), data)
     pre = Preprocessor.from_state(shared["pre_meta"], {k: load(f"state_{k}") for k in shared["state"]})

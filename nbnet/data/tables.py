@@ -196,6 +196,31 @@ def encode_columns(table, columns, categories, path: Path, *, fixed_categories: 
     return np.ascontiguousarray(X, dtype=np.float64), names, cats_out
 
 
+def column_types(table, columns, categorical) -> dict:
+    """``{column: {"type": ..., "required": ...}}`` of a pyarrow table's ``columns`` as pandas
+    reads the same file: whole numbers with none missing are ``"long"`` (int64), true/false with
+    none missing ``"boolean"``, other numbers ``"double"`` (a missing value makes pandas read an
+    integer column as float64), ``categorical`` columns ``"string"``; ``required`` is False for
+    a column with a missing (null or NaN) value."""
+    import pyarrow.compute as pc  # heavy: imported on first use
+    import pyarrow.types as pt  # heavy
+
+    out = {}
+    for c in columns:
+        col = table.column(c)
+        missing = col.null_count > 0 or (pt.is_floating(col.type) and bool(pc.any(pc.is_nan(col)).as_py()))
+        if c in categorical:
+            kind = "string"
+        elif pt.is_integer(col.type) and not missing:
+            kind = "long"
+        elif pt.is_boolean(col.type) and not missing:
+            kind = "boolean"
+        else:
+            kind = "double"
+        out[c] = {"type": kind, "required": not missing}
+    return out
+
+
 def target_column(table, target: str, path: Path) -> np.ndarray:
     """The values of column ``target`` (numbers, or text as ``str``); an NbnetError when it is
     missing or has missing values."""

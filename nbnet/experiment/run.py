@@ -189,7 +189,8 @@ def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, ur
     return tracking.log_model(run_id, est, data.X_val[:5], uri=uri, experiment_id=experiment_id,
                               params=params if experiment_id else None, logger=logger,
                               feature_names=list(data.dataset.feature_names),
-                              categories=dict(data.dataset.categories or {}))
+                              categories=dict(data.dataset.categories or {}),
+                              column_types=data.dataset.column_types)
 
 
 # --- nbnet train -------------------------------------------------------------------------------
@@ -264,8 +265,9 @@ def rerun(run_id: str, *, uri: str | None = None) -> dict:
     """Retrain run ``run_id`` from its recorded config and seed as a new run (tag
     ``nbnet.rerun_of``), refusing if the data's hash changed. Compares the new weights with the
     original model's, bit for bit, and the per-epoch loss history."""
-    if uri is None and not os.environ.get("MLFLOW_TRACKING_URI") and not (Path.cwd() / "mlruns" / "mlflow.db").is_file():
-        raise NbnetError(f"no tracking store here ({Path.cwd() / 'mlruns'}); run nbnet rerun from the project folder "
+    if uri is None and not os.environ.get("MLFLOW_TRACKING_URI") and tracking.project_store_file() is None:
+        raise NbnetError(f"no tracking store here (no {Path.cwd() / tracking.STORE_FILE}); "
+                         "run nbnet rerun from the project folder "
                          "or set MLFLOW_TRACKING_URI")
     uri = uri or tracking.default_tracking_uri()
     c = tracking.client(uri)

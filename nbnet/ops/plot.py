@@ -88,8 +88,9 @@ def fetch_series(c, run) -> dict:
 
 
 def _store_uri(uri: str | None) -> str:
-    if uri is None and not os.environ.get("MLFLOW_TRACKING_URI") and not (Path.cwd() / "mlruns" / "mlflow.db").is_file():
-        raise NbnetError(f"no tracking store here ({Path.cwd() / 'mlruns'}); run nbnet plot from the project folder "
+    if uri is None and not os.environ.get("MLFLOW_TRACKING_URI") and tracking.project_store_file() is None:
+        raise NbnetError(f"no tracking store here (no {Path.cwd() / tracking.STORE_FILE}); "
+                         "run nbnet plot from the project folder "
                          "or set MLFLOW_TRACKING_URI")
     return uri or tracking.default_tracking_uri()
 

@@ -172,6 +172,7 @@ def _pyfunc_from_file(path: Path, dst: Path) -> Path:
                                  model_config={"feature_names": None, "categories": {}},
                                  signature=ModelSignature(inputs=None, params=params), input_example=example,
                                  pip_requirements=tracking.pip_requirements())
+    tracking.build_wheel(dst / tracking.WHEEL_DIR)  # requirements.txt names it: any env manager can build the model
     return dst
 
 
@@ -189,10 +190,19 @@ def model_dir(model: str, dst, tracking_uri: str | None = None) -> Path:
                      "runs:/RUN_ID/model) nor an existing .nbnet file")
 
 
-def serve_command(model_path, host: str = "127.0.0.1", port: int = 5001, workers: int = 1) -> tuple[list[str], dict]:
-    """The ``mlflow models serve`` command line and environment for a local pyfunc folder: the
-    current interpreter (``--env-manager local``: nbnet must be importable, and is)."""
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_path), "--env-manager", "local",
+ENV_MANAGERS = ("local", "uv", "virtualenv")
+
+
+def serve_command(model_path, host: str = "127.0.0.1", port: int = 5001, workers: int = 1,
+                  env_manager: str = "local") -> tuple[list[str], dict]:
+    """The ``mlflow models serve`` command line and environment for a local pyfunc folder. With
+    ``env_manager="local"`` the model runs in this interpreter (nbnet is importable here); with
+    ``"uv"`` or ``"virtualenv"`` MLflow first builds an environment from the model's own
+    requirements (the package index for the pinned packages, nbnet from the wheel the model
+    carries)."""
+    if env_manager not in ENV_MANAGERS:
+        raise NbnetError(f"--env-manager must be one of {', '.join(ENV_MANAGERS)}, got {env_manager!r}")
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model_path), "--env-manager", env_manager,
            "-h", host, "-p", str(port), "-w", str(workers)]
     env = _server_env()
     env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO chatter; uvicorn's access lines stay
@@ -201,7 +211,8 @@ def serve_command(model_path, host: str = "127.0.0.1", port: int = 5001, workers
 
 
 def serve_model(model: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1, *,
-                tracking_uri: str | None = None, ready_timeout: float = 180.0, stream=None) -> int:
+                tracking_uri: str | None = None, env_manager: str = "local", ready_timeout: float | None = None,
+                stream=None) -> int:
     """Serve ``model`` over MLflow's scoring protocol until Ctrl-C or SIGTERM; returns the server's
     exit status (0 after a signal).
 
@@ -209,16 +220,22 @@ def serve_model(model: str, host: str = "127.0.0.1", port: int = 5001, workers: 
     (``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``; optional
     ``"params": {"proba": true}`` for class probabilities) or CSV (``Content-Type: text/csv``) and
     answers ``{"predictions": [...]}``; a malformed request gets a 400 with a message. The model
-    is fetched (or wrapped) once into a temporary folder that is removed on exit.
+    is fetched (or wrapped) once into a temporary folder that is removed on exit. ``env_manager``:
+    see :func:`serve_command` (building an environment takes minutes the first time: the default
+    ``ready_timeout`` is 180 s for ``local``, 1800 s otherwise).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise NbnetError(f"--workers must be a positive integer, got {workers!r}")
+    if env_manager not in ENV_MANAGERS:
+        raise NbnetError(f"--env-manager must be one of {', '.join(ENV_MANAGERS)}, got {env_manager!r}")
+    if ready_timeout is None:
+        ready_timeout = 180.0 if env_manager == "local" else 1800.0
     _check_port(host, port)  # before the download: a taken port fails in a second
     stream = stream or sys.stdout
     url = _base_url(host, port)
     with tempfile.TemporaryDirectory(prefix="nbnet-serve-") as tmp:
         path = model_dir(model, tmp, tracking_uri)
-        cmd, env = serve_command(path, host, port, workers)
+        cmd, env = serve_command(path, host, port, workers, env_manager)
         return run_server(cmd, env, ready_url=f"{url}/ping", what="mlflow models serve", ready_timeout=ready_timeout,
                           stream=stream, banner=lambda pgid: f"serving {model} at {url}/invocations  "
                                                              f"(process group {pgid}; Ctrl-C stops it)")

@@ -2,11 +2,11 @@
 
 The public names of the package's modules, in one place:
 
-* :mod:`.client` — the store's URI, a cached client, experiments, retries;
+* :mod:`.client` — the store's URI (:func:`resolve_tracking_uri`), a cached client, experiments, retries;
 * :mod:`.runs` — start/end runs, :class:`MetricLogger`, tags, artifacts, stale-run repair;
 * :mod:`.pyfunc` — :class:`NbnetPyfuncModel`, log/download/load a model;
 * :mod:`.registry` — versions, the ``champion`` alias and its history;
-* :mod:`.datasets` — the data sets a run logs as its inputs (name, digest, context).
+from . import datasets, registry
 
 Example
 -------
@@ -19,11 +19,15 @@ Example
 """
 
 from . import datasets, registry
-from .client import artifact_root, client, default_tracking_uri, ensure_experiment, flatten, global_uri, quiet, retrying
+from .client import (
+    STORE_FILE, artifact_root, client, default_tracking_uri, ensure_experiment, flatten, global_uri, project_store_file,
+    project_tracking_uri, quiet, resolve_tracking_uri, retrying, set_tracking_uri,
+)
 from .pyfunc import (
     MODEL_FILE, MODEL_NAME, PYFUNC_CODE, NbnetPyfuncModel, download_model, download_model_file, feature_spec,
     frame_to_matrix, input_columns, load_model, log_model, pip_requirements, template_cache_dir,
 )
+from .wheel import WHEEL_DIR, build_wheel
 from .registry import CHALLENGER, CHAMPION, metric_of, register_champion
 from .runs import (
     STATUSES, MetricLogger, closing, end_run, log_artifact, log_dict, log_figure, log_metrics, log_params,
@@ -33,8 +37,8 @@ from .runs import (
 __all__ = [
     "datasets", "registry",
     # client
-    "artifact_root", "client", "default_tracking_uri", "ensure_experiment", "flatten", "global_uri", "quiet",
-    "retrying",
+    "STORE_FILE", "artifact_root", "client", "default_tracking_uri", "ensure_experiment", "flatten", "global_uri",
+    "project_store_file", "project_tracking_uri", "quiet", "resolve_tracking_uri", "retrying", "set_tracking_uri",
     # runs
     "STATUSES", "MetricLogger", "closing", "end_run", "log_artifact", "log_dict", "log_figure", "log_metrics",
     "log_params", "repair_stale_runs", "run", "set_tags", "standard_tags", "start_run",
@@ -42,6 +46,8 @@ __all__ = [
     "MODEL_FILE", "MODEL_NAME", "PYFUNC_CODE", "NbnetPyfuncModel", "download_model", "download_model_file",
     "feature_spec", "frame_to_matrix", "input_columns", "load_model", "log_model", "pip_requirements",
     "template_cache_dir",
+    # wheel
+    "WHEEL_DIR", "build_wheel",
     # registry
     "CHALLENGER", "CHAMPION", "metric_of", "register_champion",
 ]

@@ -1,7 +1,10 @@
 """The MLflow store: its URI, a cached client, experiments, retries, and MLflow's size limits.
 
-The default store is embedded and needs no server: ``sqlite:///<project>/mlruns/mlflow.db`` with
-artifacts under ``<project>/mlruns/artifacts``; ``MLFLOW_TRACKING_URI`` overrides it.
+The default store is MLflow's own: ``sqlite:///<project>/mlflow.db`` (what ``mlflow ui``,
+``mlflow models …``, ``mlflow runs …`` and ``mlflow.search_runs()`` open when no URI is set), with
+the artifacts of nbnet's experiments under ``<project>/mlruns/artifacts``. ``MLFLOW_TRACKING_URI``
+or an explicit URI overrides it (:func:`resolve_tracking_uri`). A store an earlier nbnet wrote to
+``mlruns/mlflow.db`` keeps being used, with a one-line notice saying how to move it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import functools
 import json
 import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
+from nbnet.errors import NbnetError
 from nbnet.experiment import tags as T
 
 # MLflow's limits (mlflow.utils.validation); values beyond them are truncated, not rejected.
@@ -32,17 +37,65 @@ MAX_PARAMS_PER_BATCH = 100  # also tags per batch
 MAX_METRICS_PER_BATCH = 1000
 
 
-def default_tracking_uri(root: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root or cwd>/mlruns/mlflow.db``.
+STORE_FILE = "mlflow.db"  # MLflow's own default store file, in the project folder
+LEGACY_STORE = Path("mlruns", "mlflow.db")  # where nbnet 0.1 kept it (MLflow's tools do not look there)
+_NOTICE_ENV = "NBNET_STORE_NOTICE_SHOWN"  # the legacy-store notice is printed once per process tree
 
-    The mlruns/ folder is created when the default is used.
-    """
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    store = Path(root or Path.cwd()).resolve() / "mlruns"
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
+
+def project_store_file(root: Path | None = None) -> Path | None:
+    """The MLflow store file of the project folder ``root`` (default: the working directory):
+    ``mlruns/mlflow.db`` when an earlier nbnet left one there, else ``mlflow.db`` if it exists,
+    else None (no store yet)."""
+    folder = Path(root or Path.cwd()).resolve()
+    for f in (folder / LEGACY_STORE, folder / STORE_FILE):
+        if f.is_file():
+            return f
+    return None
+
+
+def _legacy_notice(folder: Path) -> None:
+    """One line on stderr, once per process tree: how to move an earlier nbnet's store to where
+    MLflow's own tools look (artifact locations are absolute, so moving the file is enough)."""
+    if os.environ.get(_NOTICE_ENV):
+        return
+    os.environ[_NOTICE_ENV] = "1"  # sweep workers and other child processes inherit it
+    aside = "mv mlflow.db mlflow.db.bak && " if (folder / STORE_FILE).exists() else ""
+    print(f"nbnet: using {folder / LEGACY_STORE} (an earlier nbnet's store); MLflow's own tools read "
+          f"./{STORE_FILE}: move it with `cd {folder} && {aside}mv {LEGACY_STORE} {STORE_FILE}`", file=sys.stderr)
+
+
+def project_tracking_uri(root: Path | None = None) -> str:
+    """The project folder's own store: ``sqlite:///<root or cwd>/mlflow.db`` (MLflow's default
+    location), or an earlier nbnet's ``mlruns/mlflow.db`` when that exists (with a one-line
+    notice). The ``mlruns/`` folder (artifacts, Optuna journals) is created."""
+    folder = Path(root or Path.cwd()).resolve()
+    (folder / "mlruns").mkdir(parents=True, exist_ok=True)
+    if (folder / LEGACY_STORE).is_file():
+        _legacy_notice(folder)
+        return f"sqlite:///{folder / LEGACY_STORE}"
+    return f"sqlite:///{folder / STORE_FILE}"
+
+
+def resolve_tracking_uri(uri: str | None = None, root: Path | None = None) -> str:
+    """The tracking URI in effect: ``uri`` if given, else ``MLFLOW_TRACKING_URI``, else the
+    project folder's store (:func:`project_tracking_uri` of ``root``, default the working
+    directory). Every nbnet command resolves its store through this function."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or project_tracking_uri(root)
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    """:func:`resolve_tracking_uri` with no explicit URI."""
+    return resolve_tracking_uri(None, root)
+
+
+def set_tracking_uri(uri: str) -> str:
+    """Make ``uri`` the tracking URI in effect for this process and every process it starts
+    (sweep workers, ``mlflow`` servers): it becomes ``MLFLOW_TRACKING_URI``, which
+    :func:`resolve_tracking_uri` and MLflow itself read. Returns ``uri``."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise NbnetError(f"a tracking URI must be a non-empty string like sqlite:///mlflow.db, got {uri!r}")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return uri
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -53,11 +106,15 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 def artifact_root(uri: str | None = None) -> str | None:
-    """Where experiments created by nbnet keep artifacts: ``<folder of the sqlite db>/artifacts``
-    for a SQLite store (so the store is one self-contained folder), None (the server's default)
-    for anything else."""
+    """Where experiments created by nbnet keep artifacts for a SQLite store ``<folder>/<file>.db``:
+    ``<folder>/mlruns/artifacts`` (beside MLflow's default ``mlflow.db``), or ``<folder>/artifacts``
+    when the database itself lies in ``mlruns/`` (an earlier nbnet's layout); None (the server's
+    default) for anything else."""
     db = _sqlite_path(uri or default_tracking_uri())
-    return None if db is None else str(db.parent / "artifacts")
+    if db is None:
+        return None
+    folder = db.parent
+    return str((folder if folder.name == "mlruns" else folder / "mlruns") / "artifacts")
 
 
 @functools.lru_cache(maxsize=8)

@@ -21,25 +21,26 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
-import numba
 import numpy as np
 import pandas as pd
 from mlflow.entities import LoggedModelOutput
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
+from mlflow.types.schema import ColSpec, DataType, Schema
 
 from nbnet.data.load import raw_columns
 from nbnet.errors import NbnetError
 from nbnet.io import MLFLOW_URI_PREFIXES
 from nbnet.experiment import tags as T
 from nbnet.nn.estimator import load as load_file
-from nbnet.version import __version__
 
+from . import wheel
 from .client import client, default_tracking_uri, global_uri, param_value, quiet, retrying, truncated_key
 from .runs import MetricLogger, set_tags
 
@@ -92,7 +93,9 @@ def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_feat
         raise NbnetError(f"input lacks column(s) {missing[:5]}; the model reads {raw[:10]}"
                          f"{' ...' if len(raw) > 10 else ''}")
     if not categories:
-        return X[raw].to_numpy(dtype=np.float64)
+        sub = X[raw]
+        if all(dt.kind in "iufb" for dt in sub.dtypes):  # the common case: one conversion
+            return sub.to_numpy(dtype=np.float64)
     out = np.empty((len(X), len(feature_names)), np.float64)
     groups = {f"{c}={k}": (c, str(k)) for c, cats in categories.items() for k in cats}
     for j, name in enumerate(feature_names):
@@ -101,8 +104,28 @@ def frame_to_matrix(X, feature_names: list[str] | None, categories: dict, n_feat
             col = X[c]
             out[:, j] = (col.notna() & (col.astype(str) == k)).to_numpy()
         else:
-            out[:, j] = pd.to_numeric(X[name], errors="raise").to_numpy(dtype=np.float64)
+            out[:, j] = _numbers(X[name], name)
     return out
+
+
+def _numbers(col: pd.Series, name: str) -> np.ndarray:
+    """A numeric input column (int, float, bool, or text/None as JSON may give) as float64;
+    a value that is not a number is a one-line error naming the column."""
+    if col.dtype.kind in "iufb":
+        return col.to_numpy(dtype=np.float64)
+    try:
+        return pd.to_numeric(col, errors="raise").to_numpy(dtype=np.float64)
+    except (ValueError, TypeError):
+        bad = next((v for v in col if v is not None and not _is_number(v)), None)
+        raise NbnetError(f"column {name!r} must hold numbers, got {bad!r}") from None
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 class NbnetPyfuncModel(mlflow.pyfunc.PythonModel):
@@ -153,10 +176,39 @@ def _example_frame(X_example, feature_names, categories):
     return pd.DataFrame(cols)
 
 
+_MLFLOW_TYPES = {"long": DataType.long, "double": DataType.double, "boolean": DataType.boolean,
+                 "string": DataType.string}
+_PANDAS_TYPES = {"long": "int64", "boolean": "bool"}  # the example's dtype of such a column
+
+
+def _typed_example(example: pd.DataFrame, column_types: dict) -> pd.DataFrame:
+    """The example with the dtypes the signature declares (whole numbers as int64), where its
+    values allow it."""
+    out = example.copy()
+    for c, spec in column_types.items():
+        dtype = _PANDAS_TYPES.get(spec.get("type"))
+        if dtype and c in out and out[c].notna().all():
+            out[c] = out[c].astype(dtype)
+    return out
+
+
+def _input_schema(raw: list[str], column_types: dict) -> Schema | None:
+    """The signature's input columns as the training file holds them (``column_types``, see
+    :class:`nbnet.data.load.Dataset`): integers as ``long``, other numbers as ``double``,
+    categories as ``string``; a column with missing values is optional. None when the types are
+    not known for every column (then MLflow infers them from the example)."""
+    if not raw or any(c not in column_types or column_types[c].get("type") not in _MLFLOW_TYPES for c in raw):
+        return None
+    specs = [column_types[c] for c in raw]
+    return Schema([ColSpec(_MLFLOW_TYPES[t["type"]], c, required=bool(t.get("required", True))) for c, t in zip(raw, specs)])
+
+
 def pip_requirements() -> list[str]:
-    """The pinned requirements written into every logged model's environment files."""
-    return [f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}", f"numba=={numba.__version__}",
-            f"nbnet=={__version__}"]
+    """The requirements written into every logged model's environment files: nbnet's own
+    runtime requirements pinned to the installed versions (mlflow, numpy, numba, pandas, ...),
+    and nbnet itself as the wheel the model carries (``wheels/nbnet-<version>-py3-none-any.whl``,
+    :mod:`.wheel`), never a version no package index has."""
+    return [*wheel.pinned_requirements(), f"{wheel.WHEEL_DIR}/{wheel.WHEEL_NAME}"]
 
 
 # --- pyfunc model templates ------------------------------------------------------------------------
@@ -188,7 +240,8 @@ def _usable_template(local: Path, code: str) -> bool:
     """A whole template whose code file is nbnet's own (the one MLflow runs at load time)."""
     try:
         return (_PLACEHOLDERS["run_id"] in (local / "MLmodel").read_text()
-                and (local / PYFUNC_CODE.name).read_text() == code and (local / "artifacts" / MODEL_FILE).is_file())
+                and (local / PYFUNC_CODE.name).read_text() == code and (local / "artifacts" / MODEL_FILE).is_file()
+                and (local / wheel.WHEEL_DIR / wheel.WHEEL_NAME).is_file())
     except OSError:
         return False
 
@@ -202,6 +255,7 @@ def _save_template(folder: Path, estimator, example, config: dict, signature_of)
         mlflow.pyfunc.save_model(path=str(built), python_model=str(PYFUNC_CODE), artifacts={"model": str(src)},
                                  model_config=config, signature=signature_of(), input_example=example,
                                  pip_requirements=pip_requirements(), mlflow_model=Model(**_PLACEHOLDERS))
+    wheel.build_wheel(built / wheel.WHEEL_DIR)  # what requirements.txt names: nbnet travels with the model
     return built
 
 
@@ -236,7 +290,8 @@ def _template(key: tuple, estimator, example, config: dict, signature_of) -> tup
     if hit is not None and Path(hit[0]).is_dir():
         return hit
     code = PYFUNC_CODE.read_text()
-    digest = hashlib.sha256(json.dumps([list(map(str, key)), mlflow.__version__, sys.version, code]).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(json.dumps([list(map(str, key)), mlflow.__version__, sys.version, code,
+                                        wheel.source_digest()]).encode()).hexdigest()[:32]
     cache = _private_dir(template_cache_dir())
     local = cache / digest / MODEL_NAME if cache else None
     if local is None or not _usable_template(local, code):
@@ -273,28 +328,40 @@ def _write_model(dst: Path, estimator, template: tuple, ids: dict) -> None:
 
 
 # --- logging, downloading and loading a model -------------------------------------------------------
-def _model_template(estimator, X_example, feature_names, categories) -> tuple:
+def _model_template(estimator, X_example, feature_names, categories, column_types=None) -> tuple:
     """The template (see :func:`_template`) for ``estimator`` with its raw input columns: given as
-    ``feature_names``/``categories``, else the estimator's own, else the example's columns."""
+    ``feature_names``/``categories``, else the estimator's own, else the example's columns;
+    typed by ``column_types`` when given (see :func:`_input_schema`)."""
     names, cats = feature_spec(estimator)
     if feature_names is not None:
         names, cats = [str(f) for f in feature_names], dict(categories or {})
-    example = _example_frame(X_example, names, cats)
+    if column_types is None:  # a model loaded from MLflow keeps its signature's types (nbnet update)
+        column_types = getattr(estimator, "column_types_", None)
+    types = {str(c): dict(v) for c, v in (column_types or {}).items()}
+    example = _typed_example(_example_frame(X_example, names, cats), types)
     if names is None:
         names = [str(c) for c in example.columns]
-    config = {"feature_names": names, "categories": cats}
+    config = {"feature_names": names, "categories": cats, **({"column_types": types} if types else {})}
     X = frame_to_matrix(example, names, cats, estimator.n_features_in_)
     proba = hasattr(estimator, "predict_proba")
     pred = np.asarray(estimator.predict(X))
+    schema = _input_schema([str(c) for c in example.columns], types)
     key = (type(estimator).__name__, json.dumps(config, sort_keys=True, default=str), example.to_json(orient="split"),
-           tuple(str(t) for t in example.dtypes), str(pred.dtype), pred.shape[1:], proba, tuple(pip_requirements()))
-    return _template(key, estimator, example, config,
-                     lambda: infer_signature(example, pred, params={"proba": False} if proba else None))
+           tuple(str(t) for t in example.dtypes), str(pred.dtype), pred.shape[1:], proba, tuple(pip_requirements()),
+           None if schema is None else schema.to_json())
+
+    def signature_of():
+        with warnings.catch_warnings():  # MLflow's hint on integer columns: the explicit schema below has answered it
+            warnings.filterwarnings("ignore", message=".*[Ii]nteger column", category=UserWarning)
+            sig = infer_signature(example, pred, params={"proba": False} if proba else None)
+        return sig if schema is None else ModelSignature(inputs=schema, outputs=sig.outputs, params=sig.params)
+
+    return _template(key, estimator, example, config, signature_of)
 
 
 def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
               feature_names: list[str] | None = None, categories: dict | None = None,
-              experiment_id: str | None = None, params: dict | None = None,
+              column_types: dict | None = None, experiment_id: str | None = None, params: dict | None = None,
               logger: MetricLogger | None = None, name: str = MODEL_NAME) -> str:
     """Log ``estimator`` to run ``run_id`` as an MLflow pyfunc model named ``name`` and return
     ``runs:/<id>/<name>``.
@@ -308,12 +375,19 @@ def log_model(run_id: str, estimator, X_example, uri: str | None = None, *,
     ``feature_names`` (the matrix columns; one-hot groups as ``col=category``) and ``categories``
     (``{column: [category, ...]}``, as in :class:`nbnet.data.load.Dataset`) name the raw input
     columns; default: the estimator's ``feature_names_in_``/``categories_``, else the example's
-    DataFrame columns, else ``x0, x1, ...``. ``experiment_id`` and ``params`` (the run's flat
-    params, given to the LoggedModel) save reading the run back; with ``logger`` the run's
-    ``nbnet.model_id`` tag goes out with the logger's next flush instead of on its own.
+    DataFrame columns, else ``x0, x1, ...``. ``column_types`` (``Dataset.column_types``: each raw
+    column's type as the training file holds it, and whether values may be missing) makes the
+    signature declare integers as ``long``, categories as ``string`` and columns with missing
+    values as optional; default: the estimator's ``column_types_`` (set by :func:`load_model` for
+    a model logged with types), else the types are inferred from the example. The model also
+    carries nbnet's wheel (``wheels/``), named in its ``requirements.txt``, so an environment
+    built from the model's own requirements needs no nbnet checkout. ``experiment_id`` and
+    ``params`` (the run's flat params, given to the LoggedModel) save reading the run back; with
+    ``logger`` the run's ``nbnet.model_id`` tag goes out with the logger's next flush instead of
+    on its own.
     """
     uri = uri or default_tracking_uri()
-    template = _model_template(estimator, X_example, feature_names, categories)
+    template = _model_template(estimator, X_example, feature_names, categories, column_types)
     c = client(uri)
     if experiment_id is None or params is None:
         run = c.get_run(run_id)
@@ -372,6 +446,8 @@ def load_model(uri_or_path: str, tracking_uri: str | None = None):
     if s.startswith(MLFLOW_URI_PREFIXES):
         path, config = download_model(s, tracking_uri=tracking_uri)
         est = load_file(path)
+        if config.get("column_types"):
+            est.column_types_ = dict(config["column_types"])  # logged again (nbnet update), the types stay
         return est, feature_spec(est, config)
     est = load_file(s)
     return est, feature_spec(est)
