@@ -9,14 +9,30 @@ processes (on any machine) have run the rest.
 
 A worker gets everything it needs in one picklable ``payload`` dict: the resolved config
 (``config``, ``name``), ``study``, ``storage``, the MLflow ``uri``, ``experiment_id``,
-``parent_run_id``, the sampler ``seed``, ``quiet``, ``workers`` and ``shared`` (the prepared data,
-:meth:`nbnet.data.prepared.SharedData.payload`, or None).
+``parent_run_id``, the sampler ``seed``, ``quiet``, ``workers``, ``shared`` (the prepared data,
+:meth:`nbnet.data.prepared.SharedData.payload`, or None) and ``events`` (or None).
+
+Progress events. With a ``progress`` callable, :func:`relay` gives the workers a queue
+(``events``) and passes what they put on it to ``progress`` in a thread of the sweep's process;
+the workers then print nothing themselves. Each event is a dict with a ``kind``:
+
+* ``start`` (sent by ``run_sweep``): ``total`` (search.n_trials), ``done``, ``complete``,
+  ``pruned``, ``failed`` (trials of the study so far), ``best`` (value or None), ``metric``,
+  ``direction``;
+* ``epoch``: ``worker``, ``trial``, ``epoch``, ``epochs`` — after every epoch of a trial;
+* ``trial``: ``worker``, ``trial``, ``state`` (COMPLETE, PRUNED, FAIL), ``value`` (or None),
+  ``line`` (:func:`nbnet.experiment.trial.progress_line`) — when a trial ends;
+* ``end`` (sent by ``run_sweep``): no more events.
+
+Without ``progress`` each worker prints a trial's line when it ends, unless ``quiet``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import threading
 import warnings
 
 import optuna
@@ -55,8 +71,9 @@ def take_ticket(tickets) -> bool:
 class _WorkerCallbacks:
     """The Optuna callbacks of one worker's ``study.optimize``."""
 
-    def __init__(self, tickets, cfg: C.ExperimentConfig, worker: int, workers: int, quiet: bool):
+    def __init__(self, tickets, cfg: C.ExperimentConfig, worker: int, workers: int, quiet: bool, events=None):
         self.tickets, self.cfg, self.worker, self.workers, self.quiet = tickets, cfg, worker, workers, quiet
+        self.events = events
 
     def enough(self, study, trial) -> None:
         """Stop at search.n_trials over every worker on every machine: finished or RUNNING trials
@@ -66,9 +83,14 @@ class _WorkerCallbacks:
             study.stop()
 
     def after_trial(self, study, trial) -> None:
-        """Print the trial's progress line and take the ticket of the next trial, or stop."""
-        if not self.quiet:
-            print(progress_line(trial, self.cfg.search.metric, self.worker, self.workers), flush=True)
+        """Report the trial's progress line and take the ticket of the next trial, or stop."""
+        line = progress_line(trial, self.cfg.search.metric, self.worker, self.workers)
+        if self.events is not None:
+            value = trial.value if trial.state.name == "COMPLETE" else None
+            self.events.put({"kind": "trial", "worker": self.worker, "trial": trial.number, "state": trial.state.name,
+                             "value": value, "line": line})
+        elif not self.quiet:
+            print(line, flush=True)
         if not take_ticket(self.tickets):
             study.stop()
 
@@ -92,9 +114,10 @@ def _worker_loop(payload: dict, tickets, worker: int) -> None:
         receive_shared(payload.get("shared"), cfg)
     data = prepare_data(cfg)
     study = _load_study(payload, cfg, worker)
+    events = payload.get("events")
     ctx = TrialContext(cfg, data, payload["study"], payload["experiment_id"], payload["parent_run_id"], payload["uri"],
-                       worker, payload["quiet"])
-    callbacks = _WorkerCallbacks(tickets, cfg, worker, payload["workers"], ctx.quiet)
+                       worker, payload["quiet"], report=events.put if events is not None else None)
+    callbacks = _WorkerCallbacks(tickets, cfg, worker, payload["workers"], ctx.quiet, events)
     if not take_ticket(tickets):
         return
     with warnings.catch_warnings():
@@ -112,6 +135,32 @@ def _load_study(payload: dict, cfg: C.ExperimentConfig, worker: int):
     pruner = make_pruner(s.pruner, epochs=cfg.train.epochs, n_startup_trials=s.n_startup_trials,
                          n_warmup_steps=s.n_warmup_steps, epochs_searched="train.epochs" in s.space)
     return optuna.load_study(study_name=payload["study"], storage=storage, sampler=sampler, pruner=pruner)
+
+
+@contextlib.contextmanager
+def relay(progress):
+    """A queue for the workers' progress events and a thread of this process that hands them to
+    ``progress``; yields the queue (None without ``progress``). Every event put before the block
+    ends is delivered."""
+    if progress is None:
+        yield None
+        return
+    queue = mp.get_context("spawn").Queue()
+
+    def deliver():
+        while (event := queue.get()) is not None:
+            try:
+                progress(event)
+            except Exception as e:  # noqa: BLE001 (a display must not stop the sweep)
+                logging.getLogger(__name__).warning("progress display failed: %s", e)
+
+    thread = threading.Thread(target=deliver, name="nbnet-sweep-progress", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        queue.put(None)
+        thread.join(timeout=30)
 
 
 def run_workers(payload: dict, n: int, tickets, stop=None, share=None) -> list[int]:

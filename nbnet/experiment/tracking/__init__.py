@@ -18,7 +18,10 @@ Example
 """
 
 from . import registry
-from .client import artifact_root, client, default_tracking_uri, ensure_experiment, flatten, global_uri, quiet, retrying
+from .client import (
+    artifact_root, client, default_tracking_uri, ensure_experiment, flatten, global_uri, not_found, quiet, retrying,
+    store_error,
+)
 from .pyfunc import (
     MODEL_FILE, MODEL_NAME, PYFUNC_CODE, NbnetPyfuncModel, download_model, download_model_file, feature_spec,
     frame_to_matrix, input_columns, load_model, log_model, pip_requirements, template_cache_dir,
@@ -32,8 +35,8 @@ from .runs import (
 __all__ = [
     "registry",
     # client
-    "artifact_root", "client", "default_tracking_uri", "ensure_experiment", "flatten", "global_uri", "quiet",
-    "retrying",
+    "artifact_root", "client", "default_tracking_uri", "ensure_experiment", "flatten", "global_uri", "not_found", "quiet",
+    "retrying", "store_error",
     # runs
     "STATUSES", "MetricLogger", "closing", "end_run", "log_artifact", "log_dict", "log_figure", "log_metrics",
     "repair_stale_runs", "run", "set_tags", "standard_tags", "start_run",
