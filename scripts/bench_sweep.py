@@ -20,9 +20,9 @@ Every run trains the same trials: a seeded random draw of the space is queued in
 before it starts (see ``enqueue_same_trials``), so rates with 1 and 2 workers compare.
 
 Cases (the shipped experiment files):
-  digits     experiments/digits.toml (1797 × 64, 30 epochs): sub-second trials, where the fixed
+  digits     nbnet/examples/digits.toml (1797 × 64, 30 epochs): sub-second trials, where the fixed
              per-run cost of tracking (run, metrics, panel, pyfunc model) is most visible
-  synthetic  experiments/synthetic.toml (60 000 × 784, 10 classes, 10 epochs): trials of
+  synthetic  nbnet/examples/synthetic.toml (60 000 × 784, 10 classes, 10 epochs): trials of
              seconds, the benchmark-sized sweep
 
 Usage:
@@ -79,7 +79,7 @@ def run_case(case: str, trials: int | None, workers: int, threads: int | None = 
     name, overrides, default_trials = CASES[case]
     trials = trials or default_trials
     overrides = overrides + ([f"train.n_threads={threads}"] if threads else [])
-    cfg = config.load_experiment(ROOT / "experiments" / f"{name}.toml", overrides)
+    cfg = config.load_experiment(name, overrides)  # the shipped example (nbnet/examples)
     with tempfile.TemporaryDirectory(prefix=f"nbnet-bench-{case}-{workers}-") as tmp:
         os.chdir(tmp)
         uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
