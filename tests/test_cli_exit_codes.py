@@ -6,6 +6,8 @@ store through ``--tracking-uri`` only (no MLFLOW_TRACKING_URI, a working directo
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import pytest
@@ -189,6 +191,13 @@ def test_lifecycle_exit_codes_and_json(here, capfd):
         assert code == errors.EXIT_USER_ERROR and out == "" and len(err.strip().splitlines()) == 1, (argv, err)
 
 
+def _model_file(uri: str, run_id: str) -> Path:
+    """The nbnet file of the model run ``run_id`` logged, where the (local) store keeps it."""
+    c = mlflow.MlflowClient(uri)
+    model = c.get_logged_model(c.get_run(run_id).data.tags["nbnet.model_id"])
+    return next(Path(urlparse(model.artifact_location).path).rglob("model.nbnet"))
+
+
 @pytest.mark.slow
 def test_train_rerun_and_sweep_json(here, capfd):
     root, uri = here["root"], here["uri"]
@@ -198,6 +207,15 @@ def test_train_rerun_and_sweep_json(here, capfd):
 
     r = _json(*run_cli(["rerun", t["run_id"], "--json", "--tracking-uri", uri], capfd), 0)
     assert r["bit_identical"] is True and r["rerun_of"] == t["run_id"]
+
+    # the stored model no longer matches its run (replaced by another seed's): rerun's check fails, 1
+    code, out, err = run_cli(["train", root / "cli.toml", "--set", "train.epochs=2", "--set", "train.seed=7",
+                              "--tracking-uri", uri], capfd)
+    assert code == 0 and out.splitlines()[-1].startswith(f"open the UI:  nbnet ui --tracking-uri {uri}    ("), out
+    other = next(ln.split()[1].rstrip(":") for ln in out.splitlines() if ln.startswith("run ") and "val_" in ln)
+    _model_file(uri, t["run_id"]).write_bytes(_model_file(uri, other).read_bytes())
+    r = _json(*run_cli(["rerun", t["run_id"], "--json", "--tracking-uri", uri], capfd), errors.EXIT_CHECK_FAILED)
+    assert r["bit_identical"] is False and r["max_abs_diff"] > 0
 
     s = _json(*run_cli(["sweep", root / "cli.toml", "--study", "ok", "--no-register", "--json", "--tracking-uri", uri],
                        capfd), 0)

@@ -113,11 +113,11 @@ def test_sweep_progress_bar_counts_best_and_running_trials():
 
 def test_relay_brings_events_from_a_spawned_process():
     got = []
-    with relay(got.append) as queue:
-        proc = mp.get_context("spawn").Process(target=queue.put, args=({"kind": "trial", "from": "child"},))
+    with relay(got.append) as events:
+        proc = mp.get_context("spawn").Process(target=events.send, args=({"kind": "trial", "from": "child"},))
         proc.start()
         proc.join(timeout=120)
-        queue.put({"kind": "epoch", "from": "parent"})
+        events.send({"kind": "epoch", "from": "parent"})
     assert proc.exitcode == 0
     assert sorted(e["from"] for e in got) == ["child", "parent"]
 

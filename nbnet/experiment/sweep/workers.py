@@ -12,8 +12,8 @@ A worker gets everything it needs in one picklable ``payload`` dict: the resolve
 ``parent_run_id``, the sampler ``seed``, ``quiet``, ``workers``, ``shared`` (the prepared data,
 :meth:`nbnet.data.prepared.SharedData.payload`, or None) and ``events`` (or None).
 
-Progress events. With a ``progress`` callable, :func:`relay` gives the workers a queue
-(``events``) and passes what they put on it to ``progress`` in a thread of the sweep's process;
+Progress events. With a ``progress`` callable, :func:`relay` gives the workers a pipe
+(``events``) and passes what they send on it to ``progress`` in a thread of the sweep's process;
 the workers then print nothing themselves. Each event is a dict with a ``kind``:
 
 * ``start`` (sent by ``run_sweep``): ``total`` (search.n_trials), ``done``, ``complete``,
@@ -87,8 +87,8 @@ class _WorkerCallbacks:
         line = progress_line(trial, self.cfg.search.metric, self.worker, self.workers)
         if self.events is not None:
             value = trial.value if trial.state.name == "COMPLETE" else None
-            self.events.put({"kind": "trial", "worker": self.worker, "trial": trial.number, "state": trial.state.name,
-                             "value": value, "line": line})
+            self.events.send({"kind": "trial", "worker": self.worker, "trial": trial.number, "state": trial.state.name,
+                              "value": value, "line": line[:1000]})  # well under PIPE_BUF: one atomic write
         elif not self.quiet:
             print(line, flush=True)
         if not take_ticket(self.tickets):
@@ -116,7 +116,7 @@ def _worker_loop(payload: dict, tickets, worker: int) -> None:
     study = _load_study(payload, cfg, worker)
     events = payload.get("events")
     ctx = TrialContext(cfg, data, payload["study"], payload["experiment_id"], payload["parent_run_id"], payload["uri"],
-                       worker, payload["quiet"], report=events.put if events is not None else None)
+                       worker, payload["quiet"], report=events.send if events is not None else None)
     callbacks = _WorkerCallbacks(tickets, cfg, worker, payload["workers"], ctx.quiet, events)
     if not take_ticket(tickets):
         return
@@ -139,16 +139,20 @@ def _load_study(payload: dict, cfg: C.ExperimentConfig, worker: int):
 
 @contextlib.contextmanager
 def relay(progress):
-    """A queue for the workers' progress events and a thread of this process that hands them to
-    ``progress``; yields the queue (None without ``progress``). Every event put before the block
-    ends is delivered."""
+    """The pipe the workers send their progress events on, and a thread of this process that
+    hands them to ``progress``; yields the pipe's sending end (None without ``progress``). Every
+    event sent before the block ends is delivered.
+
+    One pipe and no lock: an event is one write of less than ``PIPE_BUF`` bytes, which the kernel
+    never interleaves with another, so a worker killed at any moment leaves neither half a message
+    nor a lock held (a ``multiprocessing.Queue`` would: its lock)."""
     if progress is None:
         yield None
         return
-    queue = mp.get_context("spawn").Queue()
+    receiver, sender = mp.get_context("spawn").Pipe(duplex=False)
 
     def deliver():
-        while (event := queue.get()) is not None:
+        while (event := receiver.recv()) is not None:
             try:
                 progress(event)
             except Exception as e:  # noqa: BLE001 (a display must not stop the sweep)
@@ -157,10 +161,12 @@ def relay(progress):
     thread = threading.Thread(target=deliver, name="nbnet-sweep-progress", daemon=True)
     thread.start()
     try:
-        yield queue
+        yield sender
     finally:
-        queue.put(None)
+        sender.send(None)  # after every worker's events: they sent theirs before they ended
         thread.join(timeout=30)
+        sender.close()
+        receiver.close()
 
 
 def run_workers(payload: dict, n: int, tickets, stop=None, share=None) -> list[int]:
