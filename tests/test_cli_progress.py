@@ -8,6 +8,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from terminal import run_on_terminal
 
 from nbnet import MLPClassifier
 from nbnet.cli.progress import EpochProgress, SweepProgress, compile_notice
-from nbnet.experiment.sweep.workers import relay
+from nbnet.experiment.sweep.workers import MAX_EVENT_BYTES, relay, send_event
 from nbnet.kernels import backend
 from nbnet.kernels.compile import cache_is_cold
 
@@ -114,12 +115,14 @@ def test_sweep_progress_bar_counts_best_and_running_trials():
 def test_relay_brings_events_from_a_spawned_process():
     got = []
     with relay(got.append) as events:
-        proc = mp.get_context("spawn").Process(target=events.send, args=({"kind": "trial", "from": "child"},))
+        proc = mp.get_context("spawn").Process(target=send_event, args=(events, {"kind": "trial", "from": "child"}))
         proc.start()
         proc.join(timeout=120)
-        events.send({"kind": "epoch", "from": "parent"})
+        send_event(events, {"kind": "epoch", "from": "parent", "line": "é" * 5000})  # shortened to fit
     assert proc.exitcode == 0
     assert sorted(e["from"] for e in got) == ["child", "parent"]
+    line = got[-1]["line"] if got[-1]["from"] == "parent" else got[0]["line"]
+    assert line.startswith("éé") and line.endswith("…") and len(pickle.dumps(got[-1])) <= MAX_EVENT_BYTES
 
 
 # --- the cold-compile notice ---------------------------------------------------------------------

@@ -9,7 +9,9 @@ import optuna
 from nbnet.errors import NbnetError
 from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
-from nbnet.experiment.sweep.storage import default_storage, env_storage, is_rdb, list_studies, open_storage, optuna_load, storage_label
+from nbnet.experiment.sweep.storage import (
+    default_storage, env_storage, is_rdb, list_studies, open_storage, optuna_load, storage_label,
+)
 
 
 def best_first(study, direction: str) -> list:

@@ -23,7 +23,9 @@ from nbnet.experiment import resources, tracking
 from nbnet.experiment.run import Clock, build_estimator
 from nbnet.experiment.sweep.recovery import recover_study, running_trials
 from nbnet.experiment.sweep.samplers import make_sampler
-from nbnet.experiment.sweep.storage import default_storage, env_storage, is_rdb, open_storage, optuna_load, storage_label, study_lock
+from nbnet.experiment.sweep.storage import (
+    default_storage, env_storage, is_rdb, open_storage, optuna_load, storage_label, study_lock,
+)
 from nbnet.experiment.sweep.summary import counts, summarize
 from nbnet.experiment.sweep.workers import new_stop_event, new_tickets, relay, run_workers
 from nbnet.experiment.trial import grid_space

@@ -30,8 +30,10 @@ Without ``progress`` each worker prints a trial's line when it ends, unless ``qu
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing as mp
+import pickle
 import threading
 import warnings
 
@@ -87,8 +89,8 @@ class _WorkerCallbacks:
         line = progress_line(trial, self.cfg.search.metric, self.worker, self.workers)
         if self.events is not None:
             value = trial.value if trial.state.name == "COMPLETE" else None
-            self.events.send({"kind": "trial", "worker": self.worker, "trial": trial.number, "state": trial.state.name,
-                              "value": value, "line": line[:1000]})  # well under PIPE_BUF: one atomic write
+            send_event(self.events, {"kind": "trial", "worker": self.worker, "trial": trial.number,
+                                     "state": trial.state.name, "value": value, "line": line})
         elif not self.quiet:
             print(line, flush=True)
         if not take_ticket(self.tickets):
@@ -116,7 +118,7 @@ def _worker_loop(payload: dict, tickets, worker: int) -> None:
     study = _load_study(payload, cfg, worker)
     events = payload.get("events")
     ctx = TrialContext(cfg, data, payload["study"], payload["experiment_id"], payload["parent_run_id"], payload["uri"],
-                       worker, payload["quiet"], report=events.send if events is not None else None)
+                       worker, payload["quiet"], report=functools.partial(send_event, events) if events is not None else None)
     callbacks = _WorkerCallbacks(tickets, cfg, worker, payload["workers"], ctx.quiet, events)
     if not take_ticket(tickets):
         return
@@ -137,11 +139,29 @@ def _load_study(payload: dict, cfg: C.ExperimentConfig, worker: int):
     return optuna.load_study(study_name=payload["study"], storage=storage, sampler=sampler, pruner=pruner)
 
 
+#: An event's size at most, in bytes: with its 4-byte header under the smallest ``PIPE_BUF`` (512
+#: on macOS, 4096 on Linux), so that sending it is one write the kernel never interleaves.
+MAX_EVENT_BYTES = 500
+
+
+def send_event(conn, event: dict) -> None:
+    """Send one progress event on the sweep's pipe (:func:`relay`), its ``line`` shortened if
+    needed to stay within :data:`MAX_EVENT_BYTES`."""
+    data = pickle.dumps(event)
+    if len(data) > MAX_EVENT_BYTES and event.get("line"):
+        raw = event["line"].encode()
+        keep = max(0, len(raw) - (len(data) - MAX_EVENT_BYTES) - len("…".encode()))
+        event = {**event, "line": raw[:keep].decode(errors="ignore") + "…"}
+        data = pickle.dumps(event)
+    if len(data) <= MAX_EVENT_BYTES:  # else (no line to shorten) it is not shown
+        conn.send_bytes(data)
+
+
 @contextlib.contextmanager
 def relay(progress):
-    """The pipe the workers send their progress events on, and a thread of this process that
-    hands them to ``progress``; yields the pipe's sending end (None without ``progress``). Every
-    event sent before the block ends is delivered.
+    """The pipe the workers send their progress events on (:func:`send_event`), and a thread of
+    this process that hands them to ``progress``; yields the pipe's sending end (None without
+    ``progress``). Every event sent before the block ends is delivered.
 
     One pipe and no lock: an event is one write of less than ``PIPE_BUF`` bytes, which the kernel
     never interleaves with another, so a worker killed at any moment leaves neither half a message
@@ -152,7 +172,7 @@ def relay(progress):
     receiver, sender = mp.get_context("spawn").Pipe(duplex=False)
 
     def deliver():
-        while (event := receiver.recv()) is not None:
+        while (event := pickle.loads(receiver.recv_bytes())) is not None:
             try:
                 progress(event)
             except Exception as e:  # noqa: BLE001 (a display must not stop the sweep)
@@ -163,7 +183,7 @@ def relay(progress):
     try:
         yield sender
     finally:
-        sender.send(None)  # after every worker's events: they sent theirs before they ended
+        sender.send_bytes(pickle.dumps(None))  # after every worker's events: they sent theirs before they ended
         thread.join(timeout=30)
         sender.close()
         receiver.close()
