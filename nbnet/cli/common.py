@@ -30,7 +30,7 @@ def add_debug_option(p: argparse.ArgumentParser) -> None:
 def add_store_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking store for this command (default: MLFLOW_TRACKING_URI, else the project's "
-                        "store under ./mlruns)")
+                        "default store)")
 
 
 def add_json_option(p: argparse.ArgumentParser, what: str = "the result") -> None:
