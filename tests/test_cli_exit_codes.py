@@ -203,7 +203,7 @@ def test_train_rerun_and_sweep_json(here, capfd):
     root, uri = here["root"], here["uri"]
     t = _json(*run_cli(["train", root / "cli.toml", "--set", "train.epochs=2", "--json", "--tracking-uri", uri], capfd), 0)
     assert t["tracking_uri"] == uri and mlflow.MlflowClient(uri).get_run(t["run_id"]).info.status == "FINISHED"
-    assert not (root / "work" / "mlruns" / "mlflow.db").exists()  # --tracking-uri, not the default store
+    assert not list((root / "work").rglob("mlflow.db"))  # --tracking-uri, not a default store here
 
     r = _json(*run_cli(["rerun", t["run_id"], "--json", "--tracking-uri", uri], capfd), 0)
     assert r["bit_identical"] is True and r["rerun_of"] == t["run_id"]
