@@ -79,7 +79,7 @@ def run_case(case: str, trials: int | None, workers: int, threads: int | None = 
     name, overrides, default_trials = CASES[case]
     trials = trials or default_trials
     overrides = overrides + ([f"train.n_threads={threads}"] if threads else [])
-    cfg = config.load_experiment(ROOT / "experiments" / f"{name}.toml", overrides)
+    cfg = config.load_experiment(name, overrides)  # the shipped example (experiments/)
     with tempfile.TemporaryDirectory(prefix=f"nbnet-bench-{case}-{workers}-") as tmp:
         os.chdir(tmp)
         uri = f"sqlite:///{tmp}/mlruns/mlflow.db"

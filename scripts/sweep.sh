@@ -7,7 +7,7 @@
 # that look at the results, nbnet's and MLflow's/Optuna's own.
 #
 #   scripts/sweep.sh                          # digits
-#   scripts/sweep.sh wine --sampler grid      # any experiment in experiments/, any `nbnet sweep` option
+#   scripts/sweep.sh wine --sampler grid      # experiments/NAME.toml or a shipped example, any `nbnet sweep` option
 #   scripts/sweep.sh digits --study digits-2 --workers 2 --trials 40
 #
 # Running it again resumes the same study (only missing trials run); pass --study NAME for a new one.

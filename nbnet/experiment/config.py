@@ -29,6 +29,7 @@ Example
 from __future__ import annotations
 
 import ast
+import importlib.resources
 import json
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace  # noqa: F401 (fields is re-exported)
@@ -52,8 +53,8 @@ SAMPLERS = ("tpe", "gp", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("maximize", "minimize", "auto")
 PARAM_TYPES = ("int", "float", "categorical")
-#: The experiments/ folder of the source checkout (nbnet/experiment/config.py -> repository root).
-SHIPPED_EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+#: The example experiments shipped inside the package (package data: the same in a checkout and a wheel).
+SHIPPED_EXPERIMENTS = importlib.resources.files("nbnet") / "examples"
 
 
 # --- the tables ------------------------------------------------------------------------------
@@ -391,9 +392,14 @@ def _check_metric(metric: str) -> None:
 
 
 # --- files and overrides ---------------------------------------------------------------------
+def shipped_experiments() -> list[str]:
+    """The names of the example experiments shipped with nbnet (``nbnet sweep NAME`` finds them)."""
+    return sorted(p.name[: -len(".toml")] for p in SHIPPED_EXPERIMENTS.iterdir() if p.name.endswith(".toml"))
+
+
 def find_experiment(path_or_name: str | Path) -> Path:
-    """A TOML path as given, or ``experiments/NAME.toml`` in the working directory or beside the
-    installed package (a source checkout)."""
+    """A TOML path as given, or ``experiments/NAME.toml`` in the working directory, else the
+    shipped example ``NAME`` (package data, :data:`SHIPPED_EXPERIMENTS`)."""
     p = Path(path_or_name)
     candidates = [p] if p.suffix == ".toml" else []
     if p.suffix != ".toml" and len(p.parts) == 1:
@@ -402,7 +408,7 @@ def find_experiment(path_or_name: str | Path) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    shipped = sorted(q.stem for q in SHIPPED_EXPERIMENTS.glob("*.toml"))
+    shipped = shipped_experiments()
     hint = f"; shipped experiments: {', '.join(shipped)}" if shipped else ""
     raise NbnetError(f"experiment {str(path_or_name)!r} not found; pass a .toml path or the name of one in experiments/{hint}")
 

@@ -195,10 +195,12 @@ def _log_run_artifacts(run_id: str, cfg: C.ExperimentConfig, est, data: Data, ur
 
 # --- nbnet train -------------------------------------------------------------------------------
 def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool = False, run_name: str = "train",
-              checkpoint_every: int | None = None) -> dict:
+              checkpoint_every: int | None = None, callbacks=(), announce=None) -> dict:
     """One tracked training run with the config's fixed values (``nbnet train``). With
     ``register``, the model is registered under the experiment's name and becomes champion
-    only if it beats the current one on ``search.metric``.
+    only if it beats the current one on ``search.metric``. ``callbacks``: more training
+    callbacks (a progress display); ``announce(run_id, experiment_id, uri)`` is called once the
+    run exists, before the first epoch.
 
     With ``checkpoint_every``, the fit writes an atomic checkpoint every that many epochs
     (:mod:`nbnet.nn.checkpoint`, under mlruns/checkpoints). Re-running the same command after a
@@ -222,11 +224,13 @@ def train_run(cfg: C.ExperimentConfig, *, uri: str | None = None, register: bool
     ck = None
     if checkpoint_every is not None:
         ck = checkpoint.Checkpoint(ck_path, every=checkpoint_every, fingerprint=data.hash, extra={"run_id": run_id})
+    if announce is not None:
+        announce(run_id, exp_id, uri)
     with tracking.closing(run_id, uri):
         # Ctrl-C / SIGTERM: stop at the next epoch boundary, run KILLED; system metrics sampled meanwhile
         with interrupt.graceful(), resources.SystemMetrics(run_id, uri=uri):
             est, metrics = train_once(cfg, run_id=run_id, uri=uri, data=data,
-                                      callbacks=([ck] if ck else []) + [interrupt.check])
+                                      callbacks=([ck] if ck else []) + [*callbacks, interrupt.check])
         if ck is not None and ck.resumed_from_epoch:
             with tracking.MetricLogger(run_id, uri=uri) as replay:
                 for epoch, logs in checkpoint.history_logs(est, ck.resumed_from_epoch):
@@ -273,7 +277,9 @@ def rerun(run_id: str, *, uri: str | None = None) -> dict:
     c = tracking.client(uri)
     try:
         orig = c.get_run(run_id)
-    except Exception:
+    except Exception as e:
+        if not tracking.not_found(e):
+            raise tracking.store_error(f"reading run {run_id}", uri, e) from e
         raise NbnetError(f"run {run_id!r} not found in {uri}; check the id (nbnet best prints it)") from None
     cfg = _run_config(run_id, uri)
     clear_cache()  # the data as it is now, not as this process loaded it earlier

@@ -120,6 +120,7 @@ class TrialContext:
     uri: str
     worker: int = 0
     quiet: bool = False
+    report: object = None  # progress events (see nbnet.experiment.sweep.workers) go to report(event), if set
 
 
 @dataclass
@@ -193,7 +194,10 @@ class Objective:
     def _train(self, trial, tcfg: C.ExperimentConfig, run_id: str, logger) -> dict:
         ctx = self.ctx
         key = report_key(tcfg, ctx.data.task)
-        _, metrics = train_once(tcfg, run_id=run_id, callbacks=[PruningReport(trial, key), interrupt.check],
+        callbacks = [PruningReport(trial, key), interrupt.check]
+        if ctx.report is not None:
+            callbacks.append(EpochEvents(ctx.report, ctx.worker, trial.number, tcfg.train.epochs))
+        _, metrics = train_once(tcfg, run_id=run_id, callbacks=callbacks,
                                 uri=ctx.uri, data=ctx.data, logger=logger, experiment_id=ctx.experiment_id)
         return metrics
 
@@ -219,6 +223,16 @@ class Objective:
         trial.set_user_attr(T.TRIAL_TRACKING_SECONDS, clock.seconds + inside)
         costs = {k: logger.latest[k] for k in COST_KEYS if k in logger.latest}
         trial.set_user_attr(T.TRIAL_COSTS, {**costs, "tracking_seconds": clock.seconds + inside})
+
+
+class EpochEvents:
+    """Training callback: an ``epoch`` progress event per epoch of a trial, to ``report``."""
+
+    def __init__(self, report, worker: int, trial: int, epochs: int):
+        self.report, self.worker, self.trial, self.epochs = report, worker, trial, epochs
+
+    def __call__(self, epoch: int, logs: dict) -> None:
+        self.report({"kind": "epoch", "worker": self.worker, "trial": self.trial, "epoch": epoch, "epochs": self.epochs})
 
 
 def _objective_value(trial, metric: str, metrics: dict) -> float:

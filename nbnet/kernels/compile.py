@@ -180,6 +180,18 @@ def compile_forward_elsewhere(backend: ModuleType, dtype):
         return None
 
 
+def cache_is_cold(backend: ModuleType) -> bool:
+    """Whether ``backend``'s epoch kernel has no usable entry in numba's on-disk cache (a first
+    run on this machine, a new cache folder, or kernels changed since they were cached): the next
+    fit compiles for about 10 s instead of loading in a fraction of a second. False where this
+    cannot be told (the CUDA backend, a numba whose cache this cannot see, caching off)."""
+    fused = getattr(backend, "train_epoch_fused", None)  # only the CPU backend has it
+    try:
+        return not fused._cache._cache_file._load_index()  # {} when missing or stale (source changed)
+    except (AttributeError, OSError, EOFError, ValueError):
+        return False
+
+
 def _warm_up(backend: ModuleType, dtype) -> None:
     helper = compile_forward_elsewhere(backend, dtype)
     warm_epoch(backend, dtype)

@@ -98,7 +98,9 @@ def _store_uri(uri: str | None) -> str:
 def _get_run(c, run_id: str, uri: str):
     try:
         return c.get_run(run_id)
-    except Exception:  # MlflowException (not found, malformed id) or a store error
+    except Exception as e:  # MlflowException (not found, malformed id) or a store error
+        if not tracking.not_found(e):
+            raise tracking.store_error(f"reading run {run_id}", uri, e) from e
         raise NbnetError(f"run {run_id!r} not found in {uri}; check the id (nbnet best prints the best trial's)") from None
 
 

@@ -64,10 +64,11 @@ class _Metric(NamedTuple):
 
 
 def update(model_uri: str, data, *, target: str | None = None, epochs: int = 10, lr: float | None = None,
-           val_fraction: float | None = None, uri: str | None = None, quiet: bool = True) -> dict:
+           val_fraction: float | None = None, uri: str | None = None, quiet: bool = True, callbacks=()) -> dict:
     """Warm-start ``model_uri`` on ``data`` for ``epochs`` epochs, log and register the result as
     ``challenger``; returns ``{"run_id", "name", "version", "source_version", "model_uri",
-    "metrics", "metric_key", "promote_command", ...}``."""
+    "metrics", "metric_key", "promote_command", ...}``. ``callbacks``: more training callbacks
+    (a progress display), called after the epoch's validation metrics are in its logs."""
     _check_options(epochs, lr)
     uri = uri or tracking.default_tracking_uri()
     ref = tracking.registry.resolve(model_uri, uri)
@@ -86,7 +87,7 @@ def update(model_uri: str, data, *, target: str | None = None, epochs: int = 10,
     with tracking.closing(run_id, uri), tracking.MetricLogger(run_id, uri=uri) as logger:
         with interrupt.graceful():
             est.partial_fit(split.X, split.y, epochs=epochs,
-                            callbacks=[_EpochReport(est, split, metric, logger, epochs, quiet)])
+                            callbacks=[_EpochReport(est, split, metric, logger, epochs, quiet), *callbacks])
         if est.preprocessor_ is not None:  # the drift reference: the data this model last learned from
             est.preprocessor_.stats_ = feature_stats(split.X)
         final = _final_metrics(est, split, metric, epochs, logger)

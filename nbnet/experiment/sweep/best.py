@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
+
 from nbnet.errors import NbnetError
 from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
-from nbnet.experiment.sweep.storage import default_storage, is_rdb, list_studies, open_storage, optuna_load, storage_label
+from nbnet.experiment.sweep.storage import (
+    default_storage, env_storage, is_rdb, list_studies, open_storage, optuna_load, storage_label,
+)
 
 
 def best_first(study, direction: str) -> list:
@@ -19,13 +23,12 @@ def best_first(study, direction: str) -> list:
 
 
 def best(study_name: str | None = None, storage: str | None = None) -> dict:
-    """The best trial of a study (default: the newest journal under mlruns/optuna): number,
-    value, metric, params, run id and model URIs."""
+    """The best trial of a study (default: the newest journal under mlruns/optuna, or the newest
+    study of ``storage``): number, value, metric, params, run id and model URIs. ``storage``
+    defaults to ``NBNET_STORAGE`` or ``OPTUNA_STORAGE``, else the study's journal file."""
+    storage = storage or env_storage()
     if study_name is None:
-        studies = list_studies()
-        if not studies:
-            raise NbnetError("no sweep found under mlruns/optuna; run nbnet sweep EXPERIMENT first (or pass --study/--storage)")
-        study_name = studies[0][0]
+        study_name = _newest_study(storage)
     storage = storage or default_storage(study_name)
     if not is_rdb(storage) and not Path(storage.removeprefix("journal:")).is_file():
         raise NbnetError(f"no study {study_name!r} at {storage_label(storage)}; run nbnet sweep first or pass --storage")
@@ -46,3 +49,19 @@ def best(study_name: str | None = None, storage: str | None = None) -> dict:
             "registered": a.get(T.STUDY_REGISTERED),
             "champion_uri": f"models:/{a[T.STUDY_EXPERIMENT]}@{tracking.CHAMPION}" if a.get(T.STUDY_REGISTERED) else None,
             "n_trials": len(study.trials)}
+
+
+def _newest_study(storage: str | None) -> str:
+    """The name of the study created last in ``storage``, or of the newest journal under
+    mlruns/optuna when no storage is named."""
+    if storage is None:
+        studies = list_studies()
+        if not studies:
+            raise NbnetError("no sweep found under mlruns/optuna; run nbnet sweep EXPERIMENT first (or pass --study/--storage)")
+        return studies[0][0]
+    if not is_rdb(storage) and not Path(storage.removeprefix("journal:")).is_file():
+        raise NbnetError(f"no study at {storage_label(storage)}; run nbnet sweep first or pass --storage")
+    names = optuna.get_all_study_names(open_storage(storage))  # in the order they were created
+    if not names:
+        raise NbnetError(f"no study in {storage_label(storage)}; run nbnet sweep EXPERIMENT first")
+    return names[-1]

@@ -23,10 +23,11 @@ from nbnet.experiment import resources, tracking
 from nbnet.experiment.run import Clock, build_estimator
 from nbnet.experiment.sweep.recovery import recover_study, running_trials
 from nbnet.experiment.sweep.samplers import make_sampler
-from nbnet.experiment.sweep.storage import (close_storage, default_storage, is_rdb, open_storage, optuna_load,
-                                            storage_label, study_lock)
+from nbnet.experiment.sweep.storage import (
+    close_storage, default_storage, env_storage, is_rdb, open_storage, optuna_load, storage_label, study_lock,
+)
 from nbnet.experiment.sweep.summary import counts, summarize
-from nbnet.experiment.sweep.workers import new_stop_event, run_workers
+from nbnet.experiment.sweep.workers import new_stop_event, relay, run_workers
 from nbnet.experiment.trial import grid_space
 from nbnet.kernels.threads import default_threads
 
@@ -79,14 +80,16 @@ class SweepResult:
 def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: int = 1, study_name: str | None = None,
               storage: str | None = None, sampler: str | None = None, pruner: str | None = None,
               uri: str | None = None, register: bool = True, quiet: bool = False,
-              registered_model_name: str | None = None) -> SweepResult:
+              registered_model_name: str | None = None, progress=None) -> SweepResult:
     """Run (or resume) the study ``study_name`` (default: the experiment's name) until it has
     ``trials`` (default ``search.n_trials``) finished trials; with ``register``, register the best
     model under ``registered_model_name`` (default: the experiment's name). See
-    :mod:`nbnet.experiment.sweep`."""
+    :mod:`nbnet.experiment.sweep`. ``storage`` defaults to ``NBNET_STORAGE`` or ``OPTUNA_STORAGE``,
+    else the study's journal file. ``progress``: a callable given the sweep's progress events
+    (:mod:`.workers`) instead of the workers printing a line per trial."""
     cfg, workers = _sweep_config(cfg, trials, sampler, pruner, workers)
     study_name = study_name or cfg.name
-    storage = storage or default_storage(study_name)
+    storage = storage or env_storage() or default_storage(study_name)
     direction = cfg.direction()
     t_start = time.perf_counter()
     data = prepare_data(cfg)  # fail fast on bad data, before any store or run is created
@@ -117,7 +120,8 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
             payload = {"config": C.to_dict(cfg), "name": cfg.name, "study": study_name, "storage": storage, "uri": uri,
                        "experiment_id": exp_id, "parent_run_id": parent, "quiet": quiet, "workers": workers,
                        "seed": (cfg.train.seed * 1_000_003 + n_existing) % 2**31}
-            _run_trials(payload, cfg, data)
+            start = _start_event(cfg, study, c, done) if progress is not None else None
+            _run_trials(payload, cfg, data, progress, start)
         model_name = registered_model_name or cfg.name
         _finish(result, cfg, optuna_load(study_name, storage_obj), exp_id, uri, model_name if register else None,
                 n_existing)
@@ -227,20 +231,38 @@ def _await_parent_run(study, timeout: float = 120.0) -> str | None:
         time.sleep(0.25)  # poll the study for the creator's parent run id
 
 
-def _run_trials(payload: dict, cfg: C.ExperimentConfig, data: Data) -> None:
+def _start_event(cfg: C.ExperimentConfig, study, c: dict, done: int) -> dict:
+    """The ``start`` progress event: the study's trials so far and its best value."""
+    best = None
+    with contextlib.suppress(ValueError):  # no completed trial yet
+        best = study.best_value
+    return {"kind": "start", "total": cfg.search.n_trials, "done": done, "complete": c["COMPLETE"],
+            "pruned": c["PRUNED"], "failed": c["FAIL"], "best": best, "metric": cfg.search.metric,
+            "direction": cfg.direction()}
+
+
+def _run_trials(payload: dict, cfg: C.ExperimentConfig, data: Data, progress=None,
+                start: dict | None = None) -> None:
     """Run the missing trials in ``payload["workers"]`` workers, sampling the parent run's system
-    metrics meanwhile; an NbnetError when a spawned worker died."""
+    metrics meanwhile; an NbnetError when a spawned worker died. ``progress`` gets the ``start``
+    event, the workers' progress events and ``end``."""
     workers, parent, uri = payload["workers"], payload["parent_run_id"], payload["uri"]
     shared = SharedData() if workers > 1 else None  # the prepared data, for spawned workers
     payload["shared"] = shared.payload() if shared else None
+    if progress is not None:
+        progress(start)
     try:
         # the first Ctrl-C / SIGTERM stops every worker at its next epoch boundary (nbnet._sys.interrupt)
-        with interrupt.graceful(new_stop_event()) as stop, resources.SystemMetrics(parent, uri=uri):
+        with interrupt.graceful(new_stop_event()) as stop, resources.SystemMetrics(parent, uri=uri), \
+                relay(progress) as events:
+            payload["events"] = events
             codes = run_workers(payload, workers, stop,
                                share=shared and (lambda: shared.write(data, lambda: build_estimator(cfg, data))))
             if interrupt.requested():
                 raise interrupt.Interrupted()
     finally:
+        if progress is not None:
+            progress({"kind": "end"})
         if shared:
             shared.close()
     bad = [c for c in codes if c != 0]

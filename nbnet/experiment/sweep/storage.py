@@ -23,7 +23,7 @@ import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from nbnet._sys import locks
-from nbnet.errors import NbnetError
+from nbnet.errors import NbnetError, StoreError
 from nbnet.experiment.sweep.recovery import RetryStaleTrial
 
 try:  # the base class is private in Optuna; JournalFileBackend only calls acquire() and release()
@@ -71,6 +71,16 @@ def journal_path(storage: str) -> Path:
     return Path(storage[len("journal:"):] if storage.startswith("journal:") else storage)
 
 
+#: The environment variables that name the study storage when none is given, the first set wins.
+STORAGE_ENV = ("NBNET_STORAGE", "OPTUNA_STORAGE")
+
+
+def env_storage() -> str | None:
+    """The study storage named by ``NBNET_STORAGE`` or ``OPTUNA_STORAGE`` (a URL such as
+    ``postgresql://…`` or a journal file), or None: then each study has its default journal."""
+    return next((os.environ[k] for k in STORAGE_ENV if os.environ.get(k)), None)
+
+
 def list_studies(root: Path | None = None) -> list[tuple[str, Path]]:
     """(study name, journal file) of the default journal storages, newest first."""
     folder = Path(root or Path.cwd()) / "mlruns" / "optuna"
@@ -98,9 +108,15 @@ def open_storage(storage: str, *, uri: str | None = None):
     a journal file path (optionally ``journal:PATH``). A URL gets an ``RDBStorage`` with
     heartbeats (see :func:`_rdb_storage`); ``uri`` is the MLflow store whose runs it closes."""
     if is_rdb(storage):
+        import sqlalchemy.exc  # heavy: only for database storages
+
         try:
             return _rdb_storage(storage, uri=uri)
-        except Exception as e:  # bad URL, missing driver, unreachable server
+        except sqlalchemy.exc.OperationalError as e:  # the server did not answer, or refused the login
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise StoreError(f"cannot open Optuna storage {storage_label(storage)}: {msg}; check that the database "
+                             "server is up and run the command again") from e
+        except Exception as e:  # bad URL, missing driver
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise NbnetError(f"cannot open Optuna storage {storage!r}: {msg}") from None
     path = Path(storage[len("journal:"):] if storage.startswith("journal:") else storage)

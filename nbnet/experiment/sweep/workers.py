@@ -9,15 +9,33 @@ missing trials: before each trial a worker claims a slot of the budget in the st
 
 A worker gets everything it needs in one picklable ``payload`` dict: the resolved config
 (``config``, ``name``), ``study``, ``storage``, the MLflow ``uri``, ``experiment_id``,
-``parent_run_id``, the sampler ``seed``, ``quiet``, ``workers`` and ``shared`` (the prepared data,
-:meth:`nbnet.data.prepared.SharedData.payload`, or None).
+``parent_run_id``, the sampler ``seed``, ``quiet``, ``workers``, ``shared`` (the prepared data,
+:meth:`nbnet.data.prepared.SharedData.payload`, or None) and ``events`` (or None).
+
+Progress events. With a ``progress`` callable, :func:`relay` gives the workers a pipe
+(``events``) and passes what they send on it to ``progress`` in a thread of the sweep's process;
+the workers then print nothing themselves. Each event is a dict with a ``kind``:
+
+* ``start`` (sent by ``run_sweep``): ``total`` (search.n_trials), ``done``, ``complete``,
+  ``pruned``, ``failed`` (trials of the study so far), ``best`` (value or None), ``metric``,
+  ``direction``;
+* ``epoch``: ``worker``, ``trial``, ``epoch``, ``epochs`` — after every epoch of a trial;
+* ``trial``: ``worker``, ``trial``, ``state`` (COMPLETE, PRUNED, FAIL), ``value`` (or None),
+  ``line`` (:func:`nbnet.experiment.trial.progress_line`) — when a trial ends;
+* ``end`` (sent by ``run_sweep``): no more events.
+
+Without ``progress`` each worker prints a trial's line when it ends, unless ``quiet``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import multiprocessing as mp
 import os
+import pickle
+import threading
 import time
 import warnings
 
@@ -41,13 +59,19 @@ def new_stop_event():
 class _WorkerCallbacks:
     """The Optuna callbacks of one worker's ``study.optimize``."""
 
-    def __init__(self, cfg: C.ExperimentConfig, worker: int, workers: int, quiet: bool):
+    def __init__(self, cfg: C.ExperimentConfig, worker: int, workers: int, quiet: bool, events=None):
         self.cfg, self.worker, self.workers, self.quiet = cfg, worker, workers, quiet
+        self.events = events
 
     def after_trial(self, study, trial) -> None:
-        """Print the trial's progress line; stop after Ctrl-C / SIGTERM (no new trial)."""
-        if not self.quiet:
-            print(progress_line(trial, self.cfg.search.metric, self.worker, self.workers), flush=True)
+        """Report the trial's progress line; stop after Ctrl-C / SIGTERM (no new trial)."""
+        line = progress_line(trial, self.cfg.search.metric, self.worker, self.workers)
+        if self.events is not None:
+            value = trial.value if trial.state.name == "COMPLETE" else None
+            send_event(self.events, {"kind": "trial", "worker": self.worker, "trial": trial.number,
+                                     "state": trial.state.name, "value": value, "line": line})
+        elif not self.quiet:
+            print(line, flush=True)
         if interrupt.requested():
             study.stop()
 
@@ -71,9 +95,10 @@ def _worker_loop(payload: dict, worker: int) -> None:
         receive_shared(payload.get("shared"), cfg)
     data = prepare_data(cfg)
     study, storage = _load_study(payload, cfg, worker)
+    events = payload.get("events")
     ctx = TrialContext(cfg, data, payload["study"], payload["experiment_id"], payload["parent_run_id"], payload["uri"],
-                       worker, payload["quiet"])
-    callbacks = _WorkerCallbacks(cfg, worker, payload["workers"], ctx.quiet)
+                       worker, payload["quiet"], report=functools.partial(send_event, events) if events is not None else None)
+    callbacks = _WorkerCallbacks(cfg, worker, payload["workers"], ctx.quiet, events)
     if interrupt.requested():
         return
     try:
@@ -101,6 +126,56 @@ def _load_study(payload: dict, cfg: C.ExperimentConfig, worker: int):
                   grace=getattr(storage, "grace_period", None) or float(os.environ.get("NBNET_GRACE_SECONDS", GRACE_SECONDS)),
                   deadline=None if s.timeout is None else time.monotonic() + s.timeout)
     return ClaimingStudy(payload["study"], storage, claim, sampler=sampler, pruner=pruner), storage
+
+
+#: An event's size at most, in bytes: with its 4-byte header under the smallest ``PIPE_BUF`` (512
+#: on macOS, 4096 on Linux), so that sending it is one write the kernel never interleaves.
+MAX_EVENT_BYTES = 500
+
+
+def send_event(conn, event: dict) -> None:
+    """Send one progress event on the sweep's pipe (:func:`relay`), its ``line`` shortened if
+    needed to stay within :data:`MAX_EVENT_BYTES`."""
+    data = pickle.dumps(event)
+    if len(data) > MAX_EVENT_BYTES and event.get("line"):
+        raw = event["line"].encode()
+        keep = max(0, len(raw) - (len(data) - MAX_EVENT_BYTES) - len("…".encode()))
+        event = {**event, "line": raw[:keep].decode(errors="ignore") + "…"}
+        data = pickle.dumps(event)
+    if len(data) <= MAX_EVENT_BYTES:  # else (no line to shorten) it is not shown
+        conn.send_bytes(data)
+
+
+@contextlib.contextmanager
+def relay(progress):
+    """The pipe the workers send their progress events on (:func:`send_event`), and a thread of
+    this process that hands them to ``progress``; yields the pipe's sending end (None without
+    ``progress``). Every event sent before the block ends is delivered.
+
+    One pipe and no lock: an event is one write of less than ``PIPE_BUF`` bytes, which the kernel
+    never interleaves with another, so a worker killed at any moment leaves neither half a message
+    nor a lock held (a ``multiprocessing.Queue`` would: its lock)."""
+    if progress is None:
+        yield None
+        return
+    receiver, sender = mp.get_context("spawn").Pipe(duplex=False)
+
+    def deliver():
+        while (event := pickle.loads(receiver.recv_bytes())) is not None:
+            try:
+                progress(event)
+            except Exception as e:  # noqa: BLE001 (a display must not stop the sweep)
+                logging.getLogger(__name__).warning("progress display failed: %s", e)
+
+    thread = threading.Thread(target=deliver, name="nbnet-sweep-progress", daemon=True)
+    thread.start()
+    try:
+        yield sender
+    finally:
+        sender.send_bytes(pickle.dumps(None))  # after every worker's events: they sent theirs before they ended
+        thread.join(timeout=30)
+        sender.close()
+        receiver.close()
 
 
 def run_workers(payload: dict, n: int, stop=None, share=None) -> list[int]:

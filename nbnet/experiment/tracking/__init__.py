@@ -20,8 +20,8 @@ Example
 
 from . import datasets, registry
 from .client import (
-    STORE_FILE, artifact_root, client, default_tracking_uri, ensure_experiment, flatten, global_uri, project_store_file,
-    project_tracking_uri, quiet, resolve_tracking_uri, retrying, set_tracking_uri,
+    STORE_FILE, artifact_root, client, default_tracking_uri, ensure_experiment, flatten, global_uri, not_found,
+    project_store_file, project_tracking_uri, quiet, resolve_tracking_uri, retrying, set_tracking_uri, store_error,
 )
 from .pyfunc import (
     MODEL_FILE, MODEL_NAME, PYFUNC_CODE, NbnetPyfuncModel, download_model, download_model_file, feature_spec,
@@ -38,7 +38,8 @@ __all__ = [
     "datasets", "registry",
     # client
     "STORE_FILE", "artifact_root", "client", "default_tracking_uri", "ensure_experiment", "flatten", "global_uri",
-    "project_store_file", "project_tracking_uri", "quiet", "resolve_tracking_uri", "retrying", "set_tracking_uri",
+    "not_found", "project_store_file", "project_tracking_uri", "quiet", "resolve_tracking_uri", "retrying",
+    "set_tracking_uri", "store_error",
     # runs
     "STATUSES", "MetricLogger", "closing", "end_run", "log_artifact", "log_dict", "log_figure", "log_metrics",
     "log_params", "repair_stale_runs", "run", "set_tags", "standard_tags", "start_run",

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
-from nbnet.errors import NbnetError
+from nbnet.errors import NbnetError, StoreError
 from nbnet.experiment import tags as T
 
 # MLflow's limits (mlflow.utils.validation); values beyond them are truncated, not rejected.
@@ -191,6 +191,18 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
     if exp.lifecycle_stage == "deleted":
         c.restore_experiment(exp.experiment_id)
     return exp.experiment_id
+
+
+def store_error(what: str, uri: str, e: Exception) -> StoreError:
+    """A one-line :class:`StoreError`: ``what`` failed on store ``uri``, and MLflow's first line why."""
+    why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    return StoreError(f"{what} failed on the tracking store {uri}: {why}; check the store and run the command again")
+
+
+def not_found(e: Exception) -> bool:
+    """Whether MLflow answered that what was asked for does not exist (a user's wrong id or name),
+    as opposed to failing to answer at all (a store failure)."""
+    return isinstance(e, MlflowException) and e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 _TRANSIENT = ("deadlock", "database is locked", "could not serialize", "connection reset",

@@ -41,7 +41,9 @@ from nbnet.experiment import tags as T
 from nbnet.nn.estimator import load as load_file
 
 from . import wheel
-from .client import client, default_tracking_uri, global_uri, param_value, quiet, retrying, truncated_key
+from .client import (
+    client, default_tracking_uri, global_uri, not_found, param_value, quiet, retrying, store_error, truncated_key,
+)
 from .runs import MetricLogger, set_tags
 
 MODEL_NAME = "model"  # artifact name of the pyfunc model in a run: runs:/<run_id>/model
@@ -424,6 +426,8 @@ def download_model(uri: str, dst: str | None = None, tracking_uri: str | None = 
         with global_uri(tracking), quiet():
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=tracking)
     except MlflowException as e:
+        if not not_found(e):  # the store did not answer: not the user's URI
+            raise store_error(f"fetching model {uri!r}", tracking, e) from e
         msg = str(e).splitlines()[0][:200]
         raise NbnetError(f"could not fetch model {uri!r} from {tracking}: {msg}") from None
     path = Path(local, "artifacts", MODEL_FILE)
