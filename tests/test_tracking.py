@@ -348,7 +348,7 @@ def test_log_model_is_models_from_code_without_pickles(store, logged, iris_clf):
     assert f"mlflow=={mlflow.__version__}" in reqs and f"numpy=={np.__version__}" in reqs
     with zipfile.ZipFile(local / "wheels" / f"nbnet-{nbnet.__version__}-py3-none-any.whl") as z:
         names = set(z.namelist())
-        assert "nbnet/experiment/tracking/_pyfunc_model.py" in names and "nbnet/cli.py" in names
+        assert "nbnet/experiment/tracking/_pyfunc_model.py" in names and "nbnet/cli/__init__.py" in names
         meta = z.read(f"nbnet-{nbnet.__version__}.dist-info/METADATA").decode()
     assert "Requires-Dist: mlflow" in meta and "extra ==" not in meta
     code = [f for f in files if f.endswith(".py")]
