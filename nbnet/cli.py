@@ -15,7 +15,7 @@ import os
 import sys
 
 from nbnet import errors
-from nbnet.errors import NbnetError, StoreError
+from nbnet.errors import NbnetError
 from nbnet.experiment import config
 from nbnet.version import __version__
 
@@ -360,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_logs()
+    from nbnet.experiment import faults  # heavy: the experiment layer (faults itself imports no MLflow or Optuna)
+
+    faults.bounded_retries()
     try:
         return int(args.func(args) or 0)
     except NbnetError as e:
@@ -371,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a store or internal failure: one line, the traceback only on --debug
         if args.debug:
             raise
-        kind = "store error" if isinstance(e, StoreError) else f"internal error: {type(e).__name__}"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        store = faults.describe(e)  # a full disk, a read-only or unreachable store: what failed, how to resume
+        kind = "store error" if store is not None else f"internal error: {type(e).__name__}"
+        first = store or (str(e).strip().splitlines()[0] if str(e).strip() else "")
         print(f"nbnet: {kind}: {first} (run again with --debug for the traceback)", file=sys.stderr)
         return errors.EXIT_STORE_ERROR
 

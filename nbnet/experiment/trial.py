@@ -24,6 +24,7 @@ from nbnet._sys.procs import pid_started
 from nbnet.data.prepared import Data
 from nbnet.errors import NbnetError
 from nbnet.experiment import config as C
+from nbnet.experiment import faults
 from nbnet.experiment import tags as T
 from nbnet.experiment import resources, tracking
 from nbnet.experiment.run import COST_KEYS, Clock, train_once
@@ -179,6 +180,9 @@ class Objective:
             raise
         except BaseException as e:
             out.reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            if faults.describe(e) is not None:  # a full disk, an unreachable store: not the trial's fault
+                out.reason = faults.describe(e)
+                _retry_later(trial)
             raise
         finally:
             self._close(trial, run_id, logger, out, metrics, clock, usage)

@@ -20,10 +20,12 @@ import zlib
 from pathlib import Path
 
 import optuna
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalStorage
 
 from nbnet._sys import locks
 from nbnet.errors import NbnetError
+from nbnet.experiment import faults
+from nbnet.experiment.sweep.journal import RepairingJournalBackend
 from nbnet.experiment.sweep.recovery import RetryStaleTrial
 
 try:  # the base class is private in Optuna; JournalFileBackend only calls acquire() and release()
@@ -93,15 +95,20 @@ def open_storage(storage: str, *, uri: str | None = None):
     a journal file path (optionally ``journal:PATH``). A URL gets an ``RDBStorage`` with
     heartbeats (see :func:`_rdb_storage`); ``uri`` is the MLflow store whose runs it closes."""
     if is_rdb(storage):
-        try:
-            return _rdb_storage(storage, uri=uri)
-        except Exception as e:  # bad URL, missing driver, unreachable server
+        faults.note_store("study", storage_label(storage))
+        try:  # a server that is restarting gets a few seconds (faults.CONNECT_ATTEMPTS)
+            return faults.retry_unreachable(lambda: _rdb_storage(storage, uri=uri))
+        except Exception as e:  # bad URL, missing driver (a user error); unreachable server (a store fault)
+            fault = faults.store_error(e)
+            if fault is not None:
+                raise fault from e
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise NbnetError(f"cannot open Optuna storage {storage!r}: {msg}") from None
+            raise NbnetError(f"cannot open Optuna storage {storage_label(storage)!r}: {msg}") from None
     path = Path(storage[len("journal:"):] if storage.startswith("journal:") else storage)
+    faults.note_store("study", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a SIGKILLed worker leaves no stale lock behind
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path))))
+    # a SIGKILLed worker leaves no stale lock behind; a torn tail is repaired before the next append
+    return JournalStorage(RepairingJournalBackend(str(path), lock_obj=journal_lock(str(path))))
 
 
 def optuna_load(study_name: str, storage_obj):

