@@ -185,3 +185,136 @@ def test_disk_and_connection_errors_become_one_line_and_others_do_not(tmp_path):
     wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
     assert "no space left" in faults.describe(wrapped)
     assert "\n" not in faults.describe(RuntimeError("connection refused\nline two"))
+
+
+# --- a full disk during a sweep -------------------------------------------------------------------
+TOML = """
+[data]
+source = "builtin:iris"
+val_fraction = 0.3
+
+[model]
+hidden_layer_sizes = [8]
+
+[train]
+epochs = 3
+batch_size = 16
+seed = 0
+
+[search]
+sampler = "random"
+pruner = "none"
+n_trials = {trials}
+metric = "val_accuracy"
+
+[search.space]
+"train.learning_rate" = {{ type = "float", low = 1e-3, high = 1e-1, log = true }}
+"""
+
+
+def _sweep(folder: Path, trials: int, *, preexec=None, env=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in (env or os.environ).items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "nbnet", "sweep", "tiny.toml", "--trials", str(trials), "--no-register"],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=600, preexec_fn=preexec)
+
+
+def _one_store_line(proc: subprocess.CompletedProcess, *what: str) -> str:
+    """The command failed with exit 3 and exactly one stderr line naming the fault and how to resume."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert len(lines) == 1, proc.stderr[-4000:]
+    line = lines[0]
+    assert line.startswith("nbnet: store error: ") and "run the same command again to resume" in line, line
+    assert "Traceback" not in proc.stderr
+    assert any(w in line for w in what), line
+    return line
+
+
+def check_consistent(folder: Path, uri: str, study_name: str, storage, trials: int) -> None:
+    """The study has ``trials`` counted COMPLETE trials (store-failed ones retried); every trial has
+    one MLflow run that agrees with it; no run is left RUNNING; every stored model file loads."""
+    import mlflow
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    ts = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in ts if "retry_of" in t.user_attrs}
+    counted = [t for t in ts if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and t.number not in retried]
+    assert len(counted) == trials and all(t.state.name == "COMPLETE" for t in counted), \
+        [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in ts]
+    assert not [t for t in ts if t.state.name in ("RUNNING", "WAITING")]
+    c = mlflow.MlflowClient(tracking_uri=uri)
+    runs = c.search_runs([c.get_experiment_by_name("tiny").experiment_id], max_results=1000)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "a RUNNING run without a live process"
+    by_id = {r.info.run_id: r for r in runs}
+    for t in ts:
+        run = by_id.get(t.user_attrs.get("mlflow_run_id"))
+        if t.state.name == "COMPLETE":
+            assert run is not None and run.info.status == "FINISHED", (t.number, run and run.info.status)
+            assert run.data.metrics["val_accuracy"] == pytest.approx(t.value)
+        elif run is not None:
+            assert run.info.status in ("FAILED", "KILLED"), (t.number, t.state.name, run.info.status)
+
+
+def _mount_tmpfs(mnt: Path, size: str) -> str | None:
+    """Mount a tmpfs of ``size`` at ``mnt``; the reason when this machine does not allow it."""
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                           text=True, timeout=30)
+    except FileNotFoundError:
+        return "no mount command"
+    return None if r.returncode == 0 else f"mount -t tmpfs failed: {r.stderr.strip()[:200]}"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.6 MB tmpfs (the project's stores fill it after a few trials), unmounted afterwards."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    why = _mount_tmpfs(mnt, "1600k")
+    if why:
+        pytest.skip(f"{why}; the file-size-limit variant of this test injects the write failures instead")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def _project(folder: Path, template: Path, trials: int) -> str:
+    from stores import fresh_store
+
+    (folder / "tiny.toml").write_text(TOML.format(trials=trials))
+    return fresh_store(folder, template)
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_sweep_is_one_line_and_the_same_command_resumes(small_disk, empty_store_db):
+    uri = _project(small_disk, empty_store_db, 20)
+    full = _sweep(small_disk, 20)
+    line = _one_store_line(full, "no space left on device")
+    assert str(small_disk) in line  # names the file or store it could not write
+    assert not list(small_disk.rglob("*.tmp")), "a half-written file was left behind"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True, timeout=30)  # space freed
+    again = _sweep(small_disk, 20)
+    assert again.returncode == 0, again.stderr[-4000:]
+    check_consistent(small_disk, uri, "tiny", open_storage(str(small_disk / "mlruns" / "optuna" / "tiny.log")), 20)
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_mid_sweep_is_one_line_and_the_same_command_resumes(tmp_path, empty_store_db):
+    """Injected write failures that need no mount: RLIMIT_FSIZE makes every write past the limit
+    fail (EFBIG; SQLite reports a disk I/O error)."""
+    import resource
+    import signal
+
+    uri = _project(tmp_path, empty_store_db, 12)
+    limit = (tmp_path / "mlruns" / "mlflow.db").stat().st_size + 120_000  # a few trials' rows
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    failed = _sweep(tmp_path, 12, preexec=limited)
+    _one_store_line(failed, "I/O error while writing the MLflow store", "file size limit exceeded")
+    again = _sweep(tmp_path, 12)
+    assert again.returncode == 0, again.stderr[-4000:]
+    check_consistent(tmp_path, uri, "tiny", open_storage(str(tmp_path / "mlruns" / "optuna" / "tiny.log")), 12)

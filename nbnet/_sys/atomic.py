@@ -19,6 +19,7 @@ DISK_ERRORS = {
     errno.EDQUOT: "disk quota exceeded",
     errno.EIO: "I/O error",
     errno.EROFS: "read-only file system",
+    errno.EFBIG: "file size limit exceeded",
 }
 RESUME = "free space (or fix the disk) and run the same command again to resume"
 

@@ -69,12 +69,22 @@ def bounded_retries() -> None:
 
 
 class _DropStoreTracebacks(logging.Filter):
-    """Optuna logs a failed trial's traceback as a warning: drop it when the failure is a store
-    fault, which the command reports as one line."""
+    """Optuna logs a failed trial's traceback as a warning, then "Trial N failed with value None.":
+    drop both when the failure is a store fault, which the command reports as one line."""
+
+    def __init__(self):
+        super().__init__()
+        self.dropped = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return exc is None or describe(exc) is None
+        if exc is not None:
+            self.dropped = describe(exc) is not None
+            return not self.dropped
+        if self.dropped and "failed with value" in record.getMessage():
+            self.dropped = False
+            return False
+        return True
 
 
 def _chain(e: BaseException):
@@ -88,15 +98,11 @@ def _chain(e: BaseException):
 
 def _where(e: BaseException) -> str | None:
     """Which store the innermost known frame of the innermost exception belongs to."""
-    for x in reversed(list(_chain(e))):
-        frames, tb = [], x.__traceback__
-        while tb is not None:
-            frames.append(tb.tb_frame.f_code.co_filename.replace(os.sep, "/"))
-            tb = tb.tb_next
-        for filename in reversed(frames):
-            for fragment, kind in _WHERE:
-                if fragment in filename:
-                    return kind
+    for frame in _frames(e):
+        filename = frame.f_code.co_filename.replace(os.sep, "/")
+        for fragment, kind in _WHERE:
+            if fragment in filename:
+                return kind
     return None
 
 
@@ -107,18 +113,36 @@ def _redact(uri: str) -> str:
     return uri
 
 
-def _tracking_uri() -> str:
+def _frames(e: BaseException):
+    """The frames of ``e``'s chain, innermost first."""
+    for x in reversed(list(_chain(e))):
+        frames, tb = [], x.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        yield from reversed(frames)
+
+
+def _store_uri(e: BaseException) -> str:
+    """The MLflow store the failing call used: MLflow's SQL store's ``db_uri`` or the REST host in
+    the traceback, else an nbnet function's ``uri`` argument, else ``MLFLOW_TRACKING_URI``."""
+    for frame in _frames(e):
+        loc = frame.f_locals
+        for found in (getattr(loc.get("self"), "db_uri", None), getattr(loc.get("host_creds"), "host", None),
+                      loc.get("uri") if "/nbnet/" in frame.f_code.co_filename.replace(os.sep, "/") else None):
+            if isinstance(found, str) and found:
+                return _redact(found)
     mlflow = sys.modules.get("mlflow")
     uri = os.environ.get("MLFLOW_TRACKING_URI") or (mlflow.get_tracking_uri() if mlflow else "")
     return _redact(uri) if uri else "mlruns/"
 
 
-def _name(kind: str | None) -> str:
+def _name(kind: str | None, e: BaseException) -> str:
     """What a store kind is called in the message."""
     if kind == "artifacts":
-        return f"the MLflow artifacts (store {_tracking_uri()})"
+        return f"the MLflow artifacts (store {_store_uri(e)})"
     if kind == "mlflow":
-        uri = _tracking_uri()
+        uri = _store_uri(e)
         return f"the MLflow {'tracking server' if uri.startswith('http') else 'store'} {uri}"
     if kind == "study":
         return f"the Optuna study storage {STORES.get('study', '')}".rstrip()
@@ -140,7 +164,7 @@ def describe(e: BaseException) -> str | None:
     for x in chain:
         if isinstance(x, StoreError):
             return _first_line(x)
-    what = _name(_where(e))
+    what = _name(_where(e), e)
     for x in chain:
         if isinstance(x, OSError) and x.errno in DISK_ERRORS:
             return disk_error_message(x, x.filename if isinstance(x.filename, str) else what)

@@ -144,6 +144,17 @@ class Objective:
         self.pid_started = pid_started(self.pid)
 
     def __call__(self, trial) -> float:
+        try:
+            return self._run(trial)
+        except Exception as e:
+            fault = faults.describe(e)
+            if fault is not None:  # a full disk, an unreachable store: not the trial's fault; run it again on resume
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr(T.TRIAL_FAIL_REASON, fault)
+                _retry_later(trial)
+            raise
+
+    def _run(self, trial) -> float:
         cfg = self.ctx.cfg
         trial.set_user_attr(T.TRIAL_HOST, self.host)
         trial.set_user_attr(T.TRIAL_PID, self.pid)
@@ -180,9 +191,6 @@ class Objective:
             raise
         except BaseException as e:
             out.reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-            if faults.describe(e) is not None:  # a full disk, an unreachable store: not the trial's fault
-                out.reason = faults.describe(e)
-                _retry_later(trial)
             raise
         finally:
             self._close(trial, run_id, logger, out, metrics, clock, usage)
