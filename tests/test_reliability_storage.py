@@ -5,13 +5,19 @@ stores, a real ``mlflow server``, a tmpfs that fills up, a TCP proxy the test cu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 import pytest
@@ -318,3 +324,222 @@ def test_a_file_size_limit_mid_sweep_is_one_line_and_the_same_command_resumes(tm
     again = _sweep(tmp_path, 12)
     assert again.returncode == 0, again.stderr[-4000:]
     check_consistent(tmp_path, uri, "tiny", open_storage(str(tmp_path / "mlruns" / "optuna" / "tiny.log")), 12)
+
+
+@pytest.mark.slow
+def test_a_torn_journal_then_nbnet_sweep_best_and_a_dashboard_reader(tmp_path, empty_store_db):
+    uri = _project(tmp_path, empty_store_db, 2)
+    first = _sweep(tmp_path, 2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    journal = tmp_path / "mlruns" / "optuna" / "tiny.log"
+    data = journal.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    journal.write_bytes(data[: last + (len(data) - last) // 2])  # power lost in the middle of the last append
+    again = _sweep(tmp_path, 3)
+    assert again.returncode == 0, again.stderr[-3000:]
+    warn = again.stderr.strip().splitlines()
+    assert len(warn) == 1 and warn[0].startswith("nbnet: warning: the study journal") and "torn-" in warn[0], warn
+    assert len(_sides(journal)) == 1
+    best = subprocess.run([sys.executable, "-m", "nbnet", "best", "--study", "tiny", "--json"], cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+                          capture_output=True, text=True, timeout=300)
+    assert best.returncode == 0 and not best.stderr.strip(), best.stderr
+    assert json.loads(best.stdout)["run_id"]
+    check_consistent(tmp_path, uri, "tiny", JournalStorage(JournalFileBackend(str(journal))), 3)  # plain Optuna
+
+
+@pytest.fixture
+def ro_disk(tmp_path):
+    """A tmpfs for the MLflow store that the test can remount read-only."""
+    mnt = tmp_path / "store"
+    mnt.mkdir()
+    why = _mount_tmpfs(mnt, "64m")
+    if why:
+        pytest.skip(f"{why} (as root a file's mode does not stop writes: a read-only mount does)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+@pytest.mark.slow
+def test_a_read_only_sqlite_store_is_one_line_and_the_same_command_resumes(tmp_path, ro_disk, empty_store_db):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tiny.toml").write_text(TOML.format(trials=4))
+    db = ro_disk / "mlflow.db"
+    db.write_bytes(empty_store_db.read_bytes())
+    uri = f"sqlite:///{db}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+
+    def sweep(n):
+        return subprocess.run([sys.executable, "-m", "nbnet", "sweep", "tiny.toml", "--trials", str(n), "--no-register"],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+    assert sweep(2).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(ro_disk)], check=True, timeout=30)
+    line = _one_store_line(sweep(4), "read-only")
+    assert str(db) in line
+    subprocess.run(["mount", "-o", "remount,rw", str(ro_disk)], check=True, timeout=30)
+    again = sweep(4)
+    assert again.returncode == 0, again.stderr[-3000:]
+    check_consistent(project, uri, "tiny", open_storage(str(project / "mlruns" / "optuna" / "tiny.log")), 4)
+
+
+# --- unreachable stores: a stopped MLflow server, PostgreSQL gone mid-sweep --------------------------
+from test_scaleout import CLUSTER, _env, pg  # noqa: E402,F401  (the real PostgreSQL of the scale-out tests)
+
+SLOW_TOML = TOML.replace("epochs = 3", "epochs = 150")  # about a second a trial: time to cut a store mid-sweep
+
+
+class Proxy:
+    """A TCP proxy on 127.0.0.1 in front of ``target`` (host, port) that the test controls: ``cut()``
+    drops every connection and refuses new ones (the server is gone), ``restore()`` listens again."""
+
+    def __init__(self, target: tuple[str, int]):
+        from servers import free_port
+
+        self.target, self.port, self.lock, self.conns = target, free_port(), threading.Lock(), []
+        self.restore()
+
+    def restore(self) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(128)
+        self.listener = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, s: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = s.accept()
+            except OSError:  # cut()
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for x in (a, b):
+            with contextlib.suppress(OSError):
+                x.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+        self.listener.close()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended before {what}: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)  # polling another process's progress in the study
+
+
+def _completed(study_name: str, storage) -> int:
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    return sum(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False))
+
+
+@pytest.mark.slow
+def test_postgresql_gone_mid_sweep_is_one_line_and_the_same_command_resumes(pg, tmp_path, empty_store_db):
+    """The sweep's PostgreSQL connections go through a proxy that the test cuts mid-sweep (every
+    connection dropped, new ones refused), so the shared server itself keeps running."""
+    real = urlsplit(pg["urls"]["optuna"])
+    proxy = Proxy((real.hostname, real.port or 5432))
+    via_proxy = urlunsplit(real._replace(netloc=real.netloc.replace(f"{real.hostname}:{real.port or 5432}",
+                                                                    f"127.0.0.1:{proxy.port}")))
+    study_name = f"gone-{uuid.uuid4().hex[:6]}"
+    uri = _project(tmp_path, empty_store_db, 6)
+    (tmp_path / "tiny.toml").write_text(SLOW_TOML.format(trials=6))
+    cmd = [sys.executable, "-m", "nbnet", "sweep", "tiny.toml", "--storage", via_proxy, "--study", study_name,
+           "--no-register"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    direct = optuna.storages.RDBStorage(pg["urls"]["optuna"])
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _completed(study_name, direct) >= 2, "two finished trials", proc)
+        proxy.cut()
+        out, err = proc.communicate(timeout=180)  # bounded: no endless retry
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    line = _one_store_line(subprocess.CompletedProcess(cmd, proc.returncode, out, err), "cannot reach")
+    assert "the Optuna study storage postgresql://" in line and "nbnet_test:" not in line  # no password
+    assert _completed(study_name, direct) < 6
+    proxy.restore()
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    check_consistent(tmp_path, uri, study_name, direct, 6)
+    proxy.cut()
+
+
+def _tracking_server(run_dir: Path, port: int, backend: str, *, stop: bool = False) -> None:
+    args = ["--run-dir", str(run_dir), "--stop"] if stop else [
+        "--backend", backend, "--artifacts", str(run_dir / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--run-dir", str(run_dir), "--no-jobs", "--timeout", "180"]
+    p = subprocess.run(["bash", str(CLUSTER / "start_tracking_server.sh"), *args], env=_env(), capture_output=True,
+                       text=True, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_a_stopped_mlflow_server_is_one_line_and_the_same_command_resumes(pg, tmp_path):
+    from servers import free_port
+
+    run_dir, port = tmp_path / "server", free_port()
+    run_dir.mkdir()
+    _tracking_server(run_dir, port, pg["urls"]["mlflow"])
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tiny.toml").write_text(SLOW_TOML.format(trials=6))
+    uri = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
+    cmd = [sys.executable, "-m", "nbnet", "sweep", "tiny.toml", "--no-register"]
+    journal = project / "mlruns" / "optuna" / "tiny.log"
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        try:
+            _wait_for(lambda: journal.exists() and _completed("tiny", open_storage(str(journal))) >= 2,
+                      "two finished trials", proc)
+        finally:
+            _tracking_server(run_dir, port, "", stop=True)
+        out, err = proc.communicate(timeout=300)  # MLflow's retries are bounded (faults.HTTP_RETRIES)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    line = _one_store_line(subprocess.CompletedProcess(cmd, proc.returncode, out, err), "cannot reach")
+    assert f"the MLflow tracking server {uri}" in line
+    _tracking_server(run_dir, port, pg["urls"]["mlflow"])  # the server is back
+    try:
+        again = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        check_consistent(project, uri, "tiny", open_storage(str(journal)), 6)
+    finally:
+        _tracking_server(run_dir, port, "", stop=True)

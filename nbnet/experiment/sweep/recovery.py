@@ -17,6 +17,7 @@ import warnings
 import optuna
 
 from nbnet._sys.procs import pid_started
+from nbnet.experiment import faults
 from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
 
@@ -114,12 +115,47 @@ def fail_stale_trials(study, storage, uri: str | None = None) -> int:
     return len(stale)
 
 
+#: A finished trial's state → the status its MLflow run must have.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def close_runs_of_finished_trials(study, uri: str | None) -> int:
+    """End the MLflow runs still RUNNING although their trial finished (the tracking store was
+    unreachable when the trial ended), with the status of the trial's state; returns how many.
+    Only finished trials' runs are touched, so this is safe while other machines run trials."""
+    parent = study.user_attrs.get(T.STUDY_PARENT_RUN_ID)
+    finished = {t.user_attrs.get(T.TRIAL_RUN_ID): t for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    if not parent or not finished:
+        return 0
+    c = tracking.client(uri)
+    try:
+        exp = c.get_run(parent).info.experiment_id
+    except Exception as e:
+        if faults.describe(e) is not None:
+            raise
+        return 0  # the tracking store was reset: the sweep starts a new parent run
+    running = c.search_runs([exp], filter_string=f"tags.`{T.MLFLOW_PARENT_RUN_ID}` = '{parent}' and "
+                                                 "attributes.status = 'RUNNING'", max_results=10_000)
+    n = 0
+    for r in running:
+        t = finished.get(r.info.run_id)
+        if t is None:
+            continue
+        reason = t.user_attrs.get(T.TRIAL_FAIL_REASON, "closed on resume: its trial had finished")
+        tracking.set_tags(r.info.run_id, {T.OPTUNA_STATE: t.state.name, T.REASON: reason}, uri=uri)
+        tracking.end_run(r.info.run_id, RUN_STATUS[t.state.name], uri=uri)
+        n += 1
+    return n
+
+
 def recover_study(study, storage_obj, rdb: bool, uri: str | None) -> int:
     """Fail and retry the trials of dead workers: this host's (:func:`fail_stale_trials`, whose
-    count it returns) and, in a database storage (``rdb``), every machine's whose heartbeat stopped."""
+    count it returns) and, in a database storage (``rdb``), every machine's whose heartbeat stopped;
+    then end the runs that a finished trial left RUNNING (:func:`close_runs_of_finished_trials`)."""
     n_stale = fail_stale_trials(study, storage_obj, uri)
     if rdb:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+    close_runs_of_finished_trials(study, uri)
     return n_stale
