@@ -233,6 +233,7 @@ def _one_store_line(proc: subprocess.CompletedProcess, *what: str) -> str:
     assert line.startswith("nbnet: store error: ") and "run the same command again to resume" in line, line
     assert "Traceback" not in proc.stderr
     assert any(w in line for w in what), line
+    print(line)  # shown with -s: the docs' table quotes these
     return line
 
 

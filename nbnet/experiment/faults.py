@@ -63,9 +63,19 @@ def bounded_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_RETRIES))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(HTTP_BACKOFF))
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # logs each SQLAlchemy error in full
+    monitor = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")  # warns when it cannot reach the run
+    if not any(isinstance(f, _DropStoreWarnings) for f in monitor.filters):
+        monitor.addFilter(_DropStoreWarnings())
     opt = logging.getLogger("optuna.study._optimize")
     if not any(isinstance(f, _DropStoreTracebacks) for f in opt.filters):
         opt.addFilter(_DropStoreTracebacks())
+
+
+class _DropStoreWarnings(logging.Filter):
+    """Drop a logged warning that is a store fault: the command reports it once, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return describe(RuntimeError(record.getMessage())) is None
 
 
 class _DropStoreTracebacks(logging.Filter):
