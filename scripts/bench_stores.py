@@ -14,13 +14,14 @@ Measured between the sweep's start and end:
 * ``pg_stat_statements`` of the two databases: statements (each one a client round trip:
   BEGIN and COMMIT included), write statements and the server's execution time, per trial;
 * HTTP requests the MLflow server answered, per trial (its access log);
-* CPU seconds of the MLflow server's process group, per trial (``/proc``);
+* CPU seconds, per trial, of the PostgreSQL backends serving the two databases and of the MLflow
+  server's process group (``/proc``, sampled every 0.5 s);
 * trials/s the stores sustained: COMPLETE trials between the first and the last completion.
 
 Derived (printed and written to JSON): how many workers of a trial length τ one PostgreSQL + one
 MLflow server carry, ``N(τ) = τ × R``, where ``R`` is the smaller of the trial rates that the
-PostgreSQL execution time and the MLflow server's CPU time per trial allow on ``--cores``
-cores each, and the measured sustained rate (a floor: on a small machine the workers' own CPU
+CPU time per trial of PostgreSQL and of the MLflow server allow on ``--cores`` cores each; and the
+measured sustained rate (a floor: on a small machine the workers' own CPU
 limits it first).
 
 Usage:
@@ -38,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -104,17 +106,58 @@ def stats(conn, dbs: list[str]) -> dict:
     return out
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of the live processes of process group ``pgid``."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ... utime(11) stime(12)
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+class CpuSampler(threading.Thread):
+    """Every 0.5 s: the CPU seconds of the PostgreSQL backends serving ``dbs`` (pg_stat_activity)
+    and of the MLflow server's process group. Processes come and go (a worker's connections end
+    with it), so each one's last reading counts, less its reading at the start."""
+
+    def __init__(self, pg_url: str, dbs: list[str], pgid: int):
+        super().__init__(daemon=True)
+        self.pg_url, self.dbs, self.pgid, self.done = pg_url, dbs, pgid, threading.Event()
+        self.first: dict[int, float] = {}
+        self.started = False
+        self.last: dict[tuple[str, int], float] = {}
+
+    def sample(self, conn) -> None:
+        pids = [p for (p,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s)", [self.dbs])]
+        group = [int(f.parent.name) for f in Path("/proc").glob("[0-9]*/stat") if proc_stat(f, 2) == self.pgid]
+        for kind, pid_list in (("postgresql", pids), ("mlflow_server", group)):
+            for pid in pid_list:
+                t = cpu_seconds(pid)
+                if t is not None:
+                    self.first.setdefault(pid, 0.0 if self.started else t)  # a new process started at 0
+                    self.last[(kind, pid)] = t
+        self.started = True
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.pg_url, autocommit=True, connect_timeout=10) as conn:
+            self.sample(conn)
+            while not self.done.wait(0.5):
+                self.sample(conn)
+            self.sample(conn)
+
+    def seconds(self) -> dict[str, float]:
+        out = {"postgresql": 0.0, "mlflow_server": 0.0}
+        for (kind, pid), t in self.last.items():
+            out[kind] += t - self.first.get(pid, 0.0)
+        return out
+
+
+def proc_stat(path: Path, field: int) -> int | None:
+    """Field ``field`` (0 = state) after the command name of /proc/PID/stat, or None."""
+    try:
+        return int(path.read_text().rsplit(")", 1)[1].split()[field])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` in seconds, or None when it is gone."""
+    stat = Path(f"/proc/{pid}/stat")
+    u, s = proc_stat(stat, 11), proc_stat(stat, 12)
+    return None if u is None or s is None else (u + s) / os.sysconf("SC_CLK_TCK")
 
 
 def http_requests(log: Path) -> int:
@@ -142,14 +185,18 @@ def measure(args, conn, urls: dict, work: Path) -> dict:
     try:
         (work / "bench.toml").write_text(EXPERIMENT.format(epochs=args.epochs, trials=args.trials))
         dbs = [urlsplit(u).path.lstrip("/") for u in urls.values()]
-        s0, cpu0, req0 = stats(conn, dbs), group_cpu_seconds(pgid), http_requests(run_dir / "server.log")
+        cpu = CpuSampler(args.pg_url, dbs, pgid)
+        cpu.start()
+        s0, req0 = stats(conn, dbs), http_requests(run_dir / "server.log")
         t0 = time.time()
         p = subprocess.run(["bash", str(CLUSTER / "start_workers.sh"), "-n", str(args.workers), "--log-dir",
                             str(work / "logs"), "--", "bench.toml", "--storage", urls["optuna"], "--study", "bench",
                             "--no-register"], cwd=work, env=env_with_bin(MLFLOW_TRACKING_URI=uri, NBNET_NUM_THREADS="1"),
                            capture_output=True, text=True, timeout=args.timeout)
         wall = time.time() - t0
-        s1, cpu1, req1 = stats(conn, dbs), group_cpu_seconds(pgid), http_requests(run_dir / "server.log")
+        cpu.done.set()
+        cpu.join()
+        s1, req1 = stats(conn, dbs), http_requests(run_dir / "server.log")
         if p.returncode != 0:
             logs = "\n".join(f.read_text()[-2000:] for f in sorted((work / "logs").glob("worker-*.log")))
             sys.exit(f"bench_stores: the workers failed ({p.returncode}):\n{p.stderr}\n{logs}")
@@ -165,7 +212,7 @@ def measure(args, conn, urls: dict, work: Path) -> dict:
            "sustained_trials_per_s": round((n - 1) / span, 2) if n > 1 else None,
            "trial_seconds_median": round(sorted((t.datetime_complete - t.datetime_start).total_seconds()
                                                 for t in trials if t.state.name == "COMPLETE")[n // 2], 3),
-           "mlflow_server_cpu_s_per_trial": round((cpu1 - cpu0) / n, 4),
+           "cpu_s_per_trial": {k: round(v / n, 4) for k, v in cpu.seconds().items()},
            "mlflow_http_requests_per_trial": round((req1 - req0) / n, 1)}
     for name, db in zip(urls, dbs):
         calls, writes, ms = (s1[db][i] - s0[db][i] for i in range(3))
@@ -176,8 +223,7 @@ def measure(args, conn, urls: dict, work: Path) -> dict:
 
 def model(m: dict, cores: int) -> dict:
     """Trials/s each store allows on ``cores`` cores, and the workers they carry per trial length."""
-    pg_ms = m["optuna"]["exec_ms_per_trial"] + m["mlflow"]["exec_ms_per_trial"]
-    rates = {"postgresql": 1000.0 * cores / pg_ms, "mlflow_server": cores / m["mlflow_server_cpu_s_per_trial"]}
+    rates = {k: cores / v for k, v in m["cpu_s_per_trial"].items()}
     limit = min(rates.values())
     return {"cores_each": cores, "trials_per_s_allowed": {k: round(v, 1) for k, v in rates.items()},
             "bottleneck": min(rates, key=rates.get),
