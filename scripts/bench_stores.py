@@ -116,10 +116,14 @@ class CpuSampler(threading.Thread):
         self.pg_url, self.dbs, self.pgid, self.done = pg_url, dbs, pgid, threading.Event()
         self.first: dict[int, float] = {}
         self.started = False
+        self.peak: Counter = Counter()  # the most connections each database had
         self.last: dict[tuple[str, int], float] = {}
 
     def sample(self, conn) -> None:
-        pids = [p for (p,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s)", [self.dbs])]
+        rows = conn.execute("SELECT pid, datname FROM pg_stat_activity WHERE datname = ANY(%s)", [self.dbs]).fetchall()
+        pids = [p for p, _ in rows]
+        for db, k in Counter(d for _, d in rows).items():
+            self.peak[db] = max(self.peak[db], k)
         group = [int(f.parent.name) for f in Path("/proc").glob("[0-9]*/stat") if proc_stat(f, 2) == self.pgid]
         for kind, pid_list in (("postgresql", pids), ("mlflow_server", group)):
             for pid in pid_list:
@@ -213,6 +217,7 @@ def measure(args, conn, urls: dict, work: Path) -> dict:
            "trial_seconds_median": round(sorted((t.datetime_complete - t.datetime_start).total_seconds()
                                                 for t in trials if t.state.name == "COMPLETE")[n // 2], 3),
            "cpu_s_per_trial": {k: round(v / n, 4) for k, v in cpu.seconds().items()},
+           "peak_connections": {name: cpu.peak[db] for name, db in zip(urls, dbs)},
            "mlflow_http_requests_per_trial": round((req1 - req0) / n, 1)}
     for name, db in zip(urls, dbs):
         calls, writes, ms = (s1[db][i] - s0[db][i] for i in range(3))

@@ -135,6 +135,10 @@ def test_a_complete_but_corrupt_record_mid_file_is_one_error_naming_file_and_lin
     assert torn_tail(str(journal)) is None and repair_tail(str(journal)) is None  # not a torn tail: kept
     with pytest.raises(StoreError, match=rf"{journal}.*line 4"):
         optuna.load_study(study_name="s", storage=open_storage(str(journal)))
+    best = subprocess.run([sys.executable, "-m", "nbnet", "best", "--study", "s", "--storage", str(journal)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert best.returncode == 3 and len(best.stderr.strip().splitlines()) == 1, best.stderr
+    assert f"the study journal {journal} has a corrupt record at line 4" in best.stderr
     assert journal.read_bytes() == b"".join(lines)  # nothing was dropped
 
 

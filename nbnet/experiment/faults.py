@@ -30,6 +30,7 @@ _TEXTS = (
     (("database or disk is full",), DISK_ERRORS[28]),
     (("disk i/o error",), "I/O error"),
     (("readonly database", "read-only file system", "read-only transaction"), "read-only"),
+    (("remaining connection slots are reserved", "too many clients already", "too many connections"), "no slot"),
     (("connection refused", "could not connect", "server closed the connection", "terminating connection",
       "connection reset", "max retries exceeded", "failed to establish a new connection", "name or service not known",
       "connection is closed", "consuming input failed", "connection timed out", "timeout expired",
@@ -184,6 +185,9 @@ def describe(e: BaseException) -> str | None:
             continue
         if kind == "read-only":
             return f"{what} is read-only ({_first_line(chain[-1])}); make it writable and run the same command again to resume"
+        if kind == "no slot":
+            return (f"{what} has no free connection ({_first_line(chain[-1])}); run fewer workers or raise the "
+                    "server's max_connections (docs/scaleout.md), then run the same command again to resume")
         if kind == "unreachable":
             return (f"cannot reach {what} ({_first_line(chain[-1])}); start it (or fix the address) and run the same "
                     "command again to resume")
@@ -205,12 +209,13 @@ def store_error(e: BaseException) -> StoreError | None:
 
 def retry_unreachable(open_fn, *, attempts: int = CONNECT_ATTEMPTS, wait: float = 1.0):
     """``open_fn()``, tried again (after ``wait``, then twice that, …) while the store is
-    unreachable, at most ``attempts`` times in all; other errors are raised at once."""
+    unreachable or has no free connection, at most ``attempts`` times in all; other errors are
+    raised at once."""
     for i in range(attempts):
         try:
             return open_fn()
         except Exception as e:
             msg = describe(e)
-            if i == attempts - 1 or msg is None or not msg.startswith("cannot reach"):
+            if i == attempts - 1 or msg is None or not (msg.startswith("cannot reach") or "no free connection" in msg):
                 raise
             time.sleep(wait * 2**i)  # back-off while a database server restarts

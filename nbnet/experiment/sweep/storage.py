@@ -90,14 +90,22 @@ def storage_label(storage: str) -> str:
         return storage
 
 
+_RDB_STORAGES: dict[tuple[str, str | None], object] = {}  # one engine (and its connections) per URL in a process
+
+
 def open_storage(storage: str, *, uri: str | None = None):
     """An Optuna storage: a URL (``postgresql://…``, ``sqlite:///…``, anything with ``://``) or
     a journal file path (optionally ``journal:PATH``). A URL gets an ``RDBStorage`` with
-    heartbeats (see :func:`_rdb_storage`); ``uri`` is the MLflow store whose runs it closes."""
+    heartbeats (see :func:`_rdb_storage`), one per URL and process (its connection pool is
+    shared); ``uri`` is the MLflow store whose runs it closes."""
     if is_rdb(storage):
         faults.note_store("study", storage_label(storage))
+        if (storage, uri) in _RDB_STORAGES:  # the sweep's own worker 0 shares the sweep's connections
+            return _RDB_STORAGES[storage, uri]
         try:  # a server that is restarting gets a few seconds (faults.CONNECT_ATTEMPTS)
-            return faults.retry_unreachable(lambda: _rdb_storage(storage, uri=uri))
+            opened = faults.retry_unreachable(lambda: _rdb_storage(storage, uri=uri))
+            _RDB_STORAGES[storage, uri] = opened
+            return opened
         except Exception as e:  # bad URL, missing driver (a user error); unreachable server (a store fault)
             fault = faults.store_error(e)
             if fault is not None:
@@ -134,9 +142,12 @@ def _rdb_storage(url: str, *, uri: str | None = None):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=beat,
                                                   grace_period=grace, heartbeat_stale_trial_callback=retry)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
-            # Another worker is creating the same tables right now (duplicate key / already exists).
-            if attempt == 5 or not any(s in str(e).lower() for s in ("duplicate key", "already exists")):
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                optuna.exceptions.StorageInternalError) as e:
+            # Another worker is creating the same tables right now (duplicate key / already exists;
+            # Optuna wraps it in StorageInternalError, the driver's text in its cause).
+            text = f"{e} {e.__cause__}".lower()
+            if attempt == 5 or not any(s in text for s in ("duplicate key", "already exists")):
                 raise
             time.sleep(0.2 * 2**attempt)  # back-off before retrying a lost table-creation race
 
