@@ -593,3 +593,40 @@ def test_a_stopped_mlflow_server_is_one_line_and_the_same_command_resumes(pg, tm
         check_consistent(project, uri, "tiny", open_storage(str(journal)), 5)
     finally:
         _tracking_server(run_dir, port, "", stop=True)
+
+
+def test_store_fault_warnings_of_mlflow_and_optuna_stay_off_stderr(caplog):
+    """What MLflow's and Optuna's threads log about a store fault is dropped (the command reports
+    the fault once); other warnings of the same loggers pass."""
+    import logging
+
+    faults.bounded_retries()
+    for name in ("mlflow.system_metrics.system_metrics_monitor", "optuna.storages._rdb.storage"):
+        log = logging.getLogger(name)
+        with caplog.at_level(logging.WARNING, logger=name):
+            caplog.clear()
+            log.warning("Caught an error from sqlalchemy: (psycopg.OperationalError) consuming input failed: "
+                        "server closed the connection unexpectedly")
+            log.warning("an unrelated warning")
+        assert [r.getMessage() for r in caplog.records] == ["an unrelated warning"], name
+
+
+THREADS = textwrap.dedent("""
+    import threading, sys
+    from nbnet.experiment import faults
+    faults.bounded_retries()
+    def run(exc):
+        raise exc
+    for exc in (RuntimeError("server closed the connection unexpectedly"), ValueError("not a store fault")):
+        t = threading.Thread(target=run, args=(exc,))
+        t.start()
+        t.join()
+""")
+
+
+def test_a_background_threads_store_fault_stays_off_stderr():
+    """Optuna's heartbeat thread meeting a dropped connection dies quietly (the command's own thread
+    reports the fault); any other exception of a thread is printed as before."""
+    p = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True, timeout=120)
+    assert "ValueError: not a store fault" in p.stderr
+    assert "server closed the connection" not in p.stderr

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 
 from nbnet._sys.atomic import DISK_ERRORS, RESUME, disk_error_message
@@ -64,12 +65,30 @@ def bounded_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_RETRIES))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(HTTP_BACKOFF))
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # logs each SQLAlchemy error in full
-    monitor = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")  # warns when it cannot reach the run
-    if not any(isinstance(f, _DropStoreWarnings) for f in monitor.filters):
-        monitor.addFilter(_DropStoreWarnings())
+    # MLflow's system-metrics thread warns when it cannot reach the run; Optuna's RDB storage warns
+    # with the whole SQL statement when a query fails before it falls back to another one
+    for name in ("mlflow.system_metrics.system_metrics_monitor", "optuna.storages._rdb.storage"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropStoreWarnings) for f in log.filters):
+            log.addFilter(_DropStoreWarnings())
+    if not isinstance(threading.excepthook, _QuietThreadHook):  # Optuna's heartbeat thread, MLflow's monitor
+        threading.excepthook = _QuietThreadHook(threading.excepthook)
     opt = logging.getLogger("optuna.study._optimize")
     if not any(isinstance(f, _DropStoreTracebacks) for f in opt.filters):
         opt.addFilter(_DropStoreTracebacks())
+
+
+class _QuietThreadHook:
+    """``threading.excepthook`` that keeps a background thread's store fault off stderr (the
+    command's own thread meets the same fault and reports it as one line); others as before."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, args) -> None:
+        if args.exc_value is not None and describe(args.exc_value) is not None:
+            return
+        self.previous(args)
 
 
 class _DropStoreWarnings(logging.Filter):
