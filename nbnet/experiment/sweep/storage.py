@@ -8,6 +8,8 @@ and every other process then waits Optuna's 30 s grace period, warning, before b
 ``flock(2)`` locks belong to the open file and the kernel drops them when the process dies, so a
 dead worker costs nothing. All nbnet processes lock nbnet's journals this way; a plain Optuna
 script writing to the same journal at the same time would not be excluded (reading is fine).
+Before each append, under that lock, a torn tail left by a crash or a full disk is moved aside
+(:mod:`nbnet.experiment.sweep.journal`).
 """
 
 from __future__ import annotations
