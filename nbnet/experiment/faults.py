@@ -13,6 +13,7 @@ stops with one line, and the same command run again resumes (see docs/reliabilit
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -28,7 +29,7 @@ CONNECT_ATTEMPTS = 3  # opening a PostgreSQL study storage: 3 tries, 1 s then 2 
 
 #: Texts of the drivers' errors (lower case) → what happened.
 _TEXTS = (
-    (("database or disk is full",), DISK_ERRORS[28]),
+    (("database or disk is full",), DISK_ERRORS[errno.ENOSPC]),
     (("disk i/o error",), "I/O error"),
     (("readonly database", "read-only file system", "read-only transaction"), "read-only"),
     (("remaining connection slots are reserved", "too many clients already", "too many connections"), "no slot"),
