@@ -10,6 +10,7 @@ heartbeat went stale and calls :class:`RetryStaleTrial`, on any machine.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import warnings
@@ -55,14 +56,27 @@ def running_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
 
 
+def _unowned_grace() -> float:
+    """Seconds after which a RUNNING trial that never recorded its worker counts as dead
+    (``NBNET_GRACE_SECONDS``, default 60: the heartbeat grace period)."""
+    return float(os.environ.get("NBNET_GRACE_SECONDS", 60))
+
+
 def _stale_trials(study) -> list:
-    """RUNNING trials whose worker process on this host is gone."""
+    """RUNNING trials whose worker process on this host is gone, and those whose worker never
+    recorded itself (it died, or lost its store, within moments of starting the trial) once they
+    are older than the grace period: no heartbeat will ever fail them."""
     host = socket.gethostname()
     stale = []
     for t in running_trials(study):
         a = t.user_attrs
-        if a.get(T.TRIAL_HOST) != host or T.TRIAL_PID not in a:
-            continue  # another machine's worker (or one that died before recording itself): leave it
+        if a.get(T.TRIAL_HOST) is None or T.TRIAL_PID not in a:
+            age = (datetime.datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            if age > _unowned_grace():
+                stale.append(t)
+            continue
+        if a.get(T.TRIAL_HOST) != host:
+            continue  # another machine's worker: its heartbeat tells
         pid = int(a[T.TRIAL_PID])
         started = pid_started(pid)
         alive = started is not None and (a.get(T.TRIAL_PID_STARTED) is None or abs(started - float(a[T.TRIAL_PID_STARTED])) < 1.0)
@@ -98,7 +112,9 @@ def fail_stale_trials(study, storage, uri: str | None = None) -> int:
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in stale:
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        reason = f"worker process {t.user_attrs.get(T.TRIAL_PID)} on {t.user_attrs.get(T.TRIAL_HOST)} died; parameters re-enqueued"
+        who = (f"worker process {t.user_attrs[T.TRIAL_PID]} on {t.user_attrs.get(T.TRIAL_HOST)}" if T.TRIAL_PID in t.user_attrs
+               else "its worker, which never recorded itself,")
+        reason = f"{who} died; parameters re-enqueued"
         storage.set_trial_user_attr(tid, T.TRIAL_FAIL_REASON, reason)
         storage.set_trial_user_attr(tid, T.TRIAL_STALE, True)
         try:
