@@ -15,7 +15,7 @@ import sys
 
 from nbnet import errors
 from nbnet.cli import commands_lifecycle, commands_models, commands_search, common, completion
-from nbnet.errors import NbnetError, StoreError
+from nbnet.errors import NbnetError
 from nbnet.version import __version__
 
 #: The epilog of ``nbnet --help``: what scripts can rely on.
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     common.quiet_logs()
+    from nbnet.experiment import faults  # heavy: the experiment layer (faults itself imports no MLflow or Optuna)
+
+    faults.bounded_retries()
     try:
         with common.tracking_uri(getattr(args, "tracking_uri", None)):
             return int(args.func(args) or 0)
@@ -78,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a store or internal failure: one line, the traceback only on --debug
         if args.debug:
             raise
-        kind = "store error" if isinstance(e, StoreError) else f"internal error: {type(e).__name__}"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        store = faults.describe(e)  # a full disk, a read-only or unreachable store: what failed, how to resume
+        kind = "store error" if store is not None else f"internal error: {type(e).__name__}"
+        first = store or (str(e).strip().splitlines()[0] if str(e).strip() else "")
         print(f"nbnet: {kind}: {first} (run again with --debug for the traceback)", file=sys.stderr)
         return errors.EXIT_STORE_ERROR
 

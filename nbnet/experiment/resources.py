@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from nbnet.errors import NbnetError
+from nbnet.experiment import faults
 from nbnet.experiment.tracking import default_tracking_uri
 
 INTERVAL_ENV = "NBNET_SYSTEM_METRICS_INTERVAL"
@@ -120,7 +121,8 @@ class SystemMetrics:
                 m.publish_metrics(m.aggregate_metrics())
             m.mlflow_logger.flush()
         except Exception as e:  # noqa: BLE001
-            _log.warning("could not log the last system metrics of run %s: %s", self.run_id, e)
+            if faults.describe(e) is None:  # a store fault is reported once, by the command
+                _log.warning("could not log the last system metrics of run %s: %s", self.run_id, e)
 
     def __enter__(self) -> SystemMetrics:
         return self.start()

@@ -24,6 +24,7 @@ from nbnet._sys.procs import pid_started
 from nbnet.data.prepared import Data
 from nbnet.errors import NbnetError
 from nbnet.experiment import config as C
+from nbnet.experiment import faults
 from nbnet.experiment import tags as T
 from nbnet.experiment import resources, tracking
 from nbnet.experiment.run import COST_KEYS, Clock, train_once
@@ -144,6 +145,17 @@ class Objective:
         self.pid_started = pid_started(self.pid)
 
     def __call__(self, trial) -> float:
+        try:
+            return self._run(trial)
+        except Exception as e:
+            fault = faults.describe(e)
+            if fault is not None:  # a full disk, an unreachable store: not the trial's fault; run it again on resume
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr(T.TRIAL_FAIL_REASON, fault)
+                _retry_later(trial)
+            raise
+
+    def _run(self, trial) -> float:
         cfg = self.ctx.cfg
         trial.set_user_attr(T.TRIAL_HOST, self.host)
         trial.set_user_attr(T.TRIAL_PID, self.pid)

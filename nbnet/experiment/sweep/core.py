@@ -16,7 +16,7 @@ import optuna
 from nbnet._sys import interrupt
 from nbnet._sys.fmt import number
 from nbnet.data.prepared import Data, SharedData, prepare_data
-from nbnet.errors import NbnetError
+from nbnet.errors import EXIT_STORE_ERROR, NbnetError, StoreError
 from nbnet.experiment import config as C
 from nbnet.experiment import tags as T
 from nbnet.experiment import resources, tracking
@@ -266,6 +266,9 @@ def _run_trials(payload: dict, cfg: C.ExperimentConfig, data: Data, progress=Non
         if shared:
             shared.close()
     bad = [c for c in codes if c != 0]
+    if bad and all(c == EXIT_STORE_ERROR for c in bad):  # each said which store failed, in one line
+        raise StoreError(f"{len(bad)} of {workers} sweep workers stopped on a store error (above); fix the store and "
+                         "run the same command again to resume")
     if bad:
         how = "; ".join(f"killed by signal {-c}" if c < 0 else f"exit code {c}" for c in bad)
         raise NbnetError(f"{len(bad)} of {workers} sweep workers died ({how}); run the same command again "

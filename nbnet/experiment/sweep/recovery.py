@@ -10,6 +10,7 @@ heartbeat went stale and calls :class:`RetryStaleTrial`, on any machine.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import warnings
@@ -17,6 +18,7 @@ import warnings
 import optuna
 
 from nbnet._sys.procs import pid_started
+from nbnet.experiment import faults
 from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
 
@@ -54,14 +56,27 @@ def running_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
 
 
+def _unowned_grace() -> float:
+    """Seconds after which a RUNNING trial that never recorded its worker counts as dead
+    (``NBNET_GRACE_SECONDS``, default 60: the heartbeat grace period)."""
+    return float(os.environ.get("NBNET_GRACE_SECONDS", 60))
+
+
 def _stale_trials(study) -> list:
-    """RUNNING trials whose worker process on this host is gone."""
+    """RUNNING trials whose worker process on this host is gone, and those whose worker never
+    recorded itself (it died, or lost its store, within moments of starting the trial) once they
+    are older than the grace period: no heartbeat will ever fail them."""
     host = socket.gethostname()
     stale = []
     for t in running_trials(study):
         a = t.user_attrs
-        if a.get(T.TRIAL_HOST) != host or T.TRIAL_PID not in a:
-            continue  # another machine's worker (or one that died before recording itself): leave it
+        if a.get(T.TRIAL_HOST) is None or T.TRIAL_PID not in a:
+            age = (datetime.datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            if age > _unowned_grace():
+                stale.append(t)
+            continue
+        if a.get(T.TRIAL_HOST) != host:
+            continue  # another machine's worker: its heartbeat tells
         pid = int(a[T.TRIAL_PID])
         started = pid_started(pid)
         alive = started is not None and (a.get(T.TRIAL_PID_STARTED) is None or abs(started - float(a[T.TRIAL_PID_STARTED])) < 1.0)
@@ -97,7 +112,9 @@ def fail_stale_trials(study, storage, uri: str | None = None) -> int:
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in stale:
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        reason = f"worker process {t.user_attrs.get(T.TRIAL_PID)} on {t.user_attrs.get(T.TRIAL_HOST)} died; parameters re-enqueued"
+        who = (f"worker process {t.user_attrs[T.TRIAL_PID]} on {t.user_attrs.get(T.TRIAL_HOST)}" if T.TRIAL_PID in t.user_attrs
+               else "its worker, which never recorded itself,")
+        reason = f"{who} died; parameters re-enqueued"
         storage.set_trial_user_attr(tid, T.TRIAL_FAIL_REASON, reason)
         storage.set_trial_user_attr(tid, T.TRIAL_STALE, True)
         try:
@@ -114,12 +131,47 @@ def fail_stale_trials(study, storage, uri: str | None = None) -> int:
     return len(stale)
 
 
+#: A finished trial's state → the status its MLflow run must have.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+def close_runs_of_finished_trials(study, uri: str | None) -> int:
+    """End the MLflow runs still RUNNING although their trial finished (the tracking store was
+    unreachable when the trial ended), with the status of the trial's state; returns how many.
+    Only finished trials' runs are touched, so this is safe while other machines run trials."""
+    parent = study.user_attrs.get(T.STUDY_PARENT_RUN_ID)
+    finished = {t.user_attrs.get(T.TRIAL_RUN_ID): t for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    if not parent or not finished:
+        return 0
+    c = tracking.client(uri)
+    try:
+        exp = c.get_run(parent).info.experiment_id
+    except Exception as e:
+        if faults.describe(e) is not None:
+            raise
+        return 0  # the tracking store was reset: the sweep starts a new parent run
+    running = c.search_runs([exp], filter_string=f"tags.`{T.MLFLOW_PARENT_RUN_ID}` = '{parent}' and "
+                                                 "attributes.status = 'RUNNING'", max_results=10_000)
+    n = 0
+    for r in running:
+        t = finished.get(r.info.run_id)
+        if t is None:
+            continue
+        reason = t.user_attrs.get(T.TRIAL_FAIL_REASON, "closed on resume: its trial had finished")
+        tracking.set_tags(r.info.run_id, {T.OPTUNA_STATE: t.state.name, T.REASON: reason}, uri=uri)
+        tracking.end_run(r.info.run_id, RUN_STATUS[t.state.name], uri=uri)
+        n += 1
+    return n
+
+
 def recover_study(study, storage_obj, rdb: bool, uri: str | None) -> int:
     """Fail and retry the trials of dead workers: this host's (:func:`fail_stale_trials`, whose
-    count it returns) and, in a database storage (``rdb``), every machine's whose heartbeat stopped."""
+    count it returns) and, in a database storage (``rdb``), every machine's whose heartbeat stopped;
+    then end the runs that a finished trial left RUNNING (:func:`close_runs_of_finished_trials`)."""
     n_stale = fail_stale_trials(study, storage_obj, uri)
     if rdb:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+    close_runs_of_finished_trials(study, uri)
     return n_stale

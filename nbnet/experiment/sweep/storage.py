@@ -8,6 +8,8 @@ and every other process then waits Optuna's 30 s grace period, warning, before b
 ``flock(2)`` locks belong to the open file and the kernel drops them when the process dies, so a
 dead worker costs nothing. All nbnet processes lock nbnet's journals this way; a plain Optuna
 script writing to the same journal at the same time would not be excluded (reading is fine).
+Before each append, under that lock, a torn tail left by a crash or a full disk is moved aside
+(:mod:`nbnet.experiment.sweep.journal`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import zlib
 from pathlib import Path
 
 import optuna
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalStorage
 
 from nbnet._sys import locks
-from nbnet.errors import NbnetError, StoreError
+from nbnet.errors import NbnetError
+from nbnet.experiment import faults
+from nbnet.experiment.sweep.journal import RepairingJournalBackend
 from nbnet.experiment.sweep.recovery import RetryStaleTrial
 
 try:  # the base class is private in Optuna; JournalFileBackend only calls acquire() and release()
@@ -103,26 +107,33 @@ def storage_label(storage: str) -> str:
         return storage
 
 
+_RDB_STORAGES: dict[tuple[str, str | None], object] = {}  # one engine (and its connections) per URL in a process
+
+
 def open_storage(storage: str, *, uri: str | None = None):
     """An Optuna storage: a URL (``postgresql://…``, ``sqlite:///…``, anything with ``://``) or
     a journal file path (optionally ``journal:PATH``). A URL gets an ``RDBStorage`` with
-    heartbeats (see :func:`_rdb_storage`); ``uri`` is the MLflow store whose runs it closes."""
+    heartbeats (see :func:`_rdb_storage`), one per URL and process (its connection pool is
+    shared); ``uri`` is the MLflow store whose runs it closes."""
     if is_rdb(storage):
-        import sqlalchemy.exc  # heavy: only for database storages
-
-        try:
-            return _rdb_storage(storage, uri=uri)
-        except sqlalchemy.exc.OperationalError as e:  # the server did not answer, or refused the login
+        faults.note_store("study", storage_label(storage))
+        if (storage, uri) in _RDB_STORAGES:  # the sweep's own worker 0 shares the sweep's connections
+            return _RDB_STORAGES[storage, uri]
+        try:  # a server that is restarting gets a few seconds (faults.CONNECT_ATTEMPTS)
+            opened = faults.retry_unreachable(lambda: _rdb_storage(storage, uri=uri))
+            _RDB_STORAGES[storage, uri] = opened
+            return opened
+        except Exception as e:  # bad URL, missing driver (a user error); unreachable server (a store fault)
+            fault = faults.store_error(e)
+            if fault is not None:
+                raise fault from e
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise StoreError(f"cannot open Optuna storage {storage_label(storage)}: {msg}; check that the database "
-                             "server is up and run the command again") from e
-        except Exception as e:  # bad URL, missing driver
-            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise NbnetError(f"cannot open Optuna storage {storage!r}: {msg}") from None
+            raise NbnetError(f"cannot open Optuna storage {storage_label(storage)!r}: {msg}") from None
     path = Path(storage[len("journal:"):] if storage.startswith("journal:") else storage)
+    faults.note_store("study", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a SIGKILLed worker leaves no stale lock behind
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=journal_lock(str(path))))
+    # a SIGKILLed worker leaves no stale lock behind; a torn tail is repaired before the next append
+    return JournalStorage(RepairingJournalBackend(str(path), lock_obj=journal_lock(str(path))))
 
 
 def close_storage(storage_obj) -> None:
@@ -156,9 +167,12 @@ def _rdb_storage(url: str, *, uri: str | None = None):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=beat,
                                                   grace_period=grace, heartbeat_stale_trial_callback=retry)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
-            # Another worker is creating the same tables right now (duplicate key / already exists).
-            if attempt == 5 or not any(s in str(e).lower() for s in ("duplicate key", "already exists")):
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                optuna.exceptions.StorageInternalError) as e:
+            # Another worker is creating the same tables right now (duplicate key / already exists;
+            # Optuna wraps it in StorageInternalError, the driver's text in its cause).
+            text = f"{e} {e.__cause__}".lower()
+            if attempt == 5 or not any(s in text for s in ("duplicate key", "already exists")):
                 raise
             time.sleep(0.2 * 2**attempt)  # back-off before retrying a lost table-creation race
 

@@ -35,6 +35,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import sys
 import threading
 import time
 import warnings
@@ -43,8 +44,9 @@ import optuna
 
 from nbnet._sys import interrupt
 from nbnet.data.prepared import prepare_data, receive_shared
-from nbnet.errors import NbnetError
+from nbnet.errors import EXIT_STORE_ERROR, NbnetError
 from nbnet.experiment import config as C
+from nbnet.experiment import faults
 from nbnet.experiment.sweep.budget import BudgetSpent, Claim, ClaimingStudy
 from nbnet.experiment.sweep.samplers import make_pruner, make_sampler, worker_seed
 from nbnet.experiment.sweep.storage import GRACE_SECONDS, close_storage, is_rdb, open_storage
@@ -85,11 +87,18 @@ def worker_main(payload: dict, worker: int, stop=None) -> None:
         except KeyboardInterrupt:
             if not interrupt.requested():  # e.g. a signal before the handlers were installed
                 raise
+        except Exception as e:
+            fault = faults.describe(e)
+            if worker == 0 or fault is None:
+                raise  # worker 0 is the sweep's own process: the CLI reports it
+            print(f"nbnet: store error: {fault} (worker {worker})", file=sys.stderr, flush=True)
+            sys.exit(EXIT_STORE_ERROR)  # one line, not multiprocessing's traceback
 
 
 def _worker_loop(payload: dict, worker: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # one line per trial is the progress report
+    faults.bounded_retries()  # and a store fault is one line, not MLflow's and Optuna's logged tracebacks
     cfg = C.from_dict(payload["config"], payload["name"])
     if worker > 0:
         receive_shared(payload.get("shared"), cfg)
