@@ -51,8 +51,8 @@ import time
 import numpy as np
 
 SHAPES = {  # name: (layer sizes, batch sizes, timed epochs)
-    "mnist": ((784, 256, 128, 10), (32, 128, 512), 2),
-    "digits": ((64, 128, 10), (16, 32, 128), 10),
+    "mnist": ((784, 256, 128, 10), (32, 128, 512), 1),
+    "digits": ((64, 128, 10), (16, 32, 128), 5),
 }
 N_TRAIN, N_TEST = 60_000, 10_000
 LR = 1e-3
@@ -376,7 +376,7 @@ def parse_args(argv):
     ap.add_argument("--batch-sizes", default="", help="e.g. mnist=128,digits=16/32 (default: each shape's own)")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="from nbnet, torch, compile, jax, sklearn")
     ap.add_argument("--sklearn-batch", type=int, default=128, help="scikit-learn runs on mnist at this batch only")
-    ap.add_argument("--epochs", type=int, default=0, help="timed epochs after the warm-up (default: mnist 2, digits 10)")
+    ap.add_argument("--epochs", type=int, default=0, help="timed epochs after the warm-up (default: mnist 1, digits 5)")
     ap.add_argument("--rounds", type=int, default=2, help="alternated rounds; the fastest epoch over all counts")
     ap.add_argument("--n-train", type=int, default=N_TRAIN, help="mnist rows")
     ap.add_argument("--threads", type=int, default=0, help="0: each framework's default (all cores); 1: one core each")
