@@ -31,7 +31,7 @@ gradients: ``roof_shapes``), against which nbnet's batch-512 rate is set using t
 FLOPs per sample (``flops_per_sample``: 1 007 104 for 784-256-128-10). numpy's 2048^3 rate is
 printed too.
 
-    python scripts/bench_train.py                      # both shapes, all peers, 2 rounds (~10 min idle)
+    python scripts/bench_train.py                      # both shapes, all peers, 2 rounds
     python scripts/bench_train.py --threads 1          # each process on one core
     python scripts/bench_train.py --quick              # sanity run, small data, 1 round
     python scripts/bench_train.py --shapes digits --frameworks nbnet,jax --json out.json
