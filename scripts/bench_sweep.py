@@ -25,10 +25,20 @@ Cases (the shipped experiment files):
   synthetic  experiments/synthetic.toml (60 000 × 784, 10 classes, 10 epochs): trials of
              seconds, the benchmark-sized sweep
 
+``--peer``: an end-to-end figure. A tracked 20-trial digits sweep as shipped
+(experiments/digits.toml: TPE, median pruning, 30 epochs), ``nbnet sweep`` against
+scripts/peer_torch_optuna_mlflow.py (the PyTorch + Optuna + MLflow script written from MLflow's
+documented pattern: parent run, nested run per trial, per-epoch metrics, median pruning,
+``mlflow.pytorch.log_model``, the best model registered). Both run as fresh processes on fresh
+SQLite stores, in temporary folders, on the same search space, epochs and splits (nbnet's split of
+the digits, handed to the peer as an .npz); wall time is the whole command, imports included.
+Reported: wall time, best validation accuracy, the best model's test accuracy.
+
 Usage:
   python scripts/bench_sweep.py                       # both cases, 1 and 2 workers (30 / 12 trials)
   python scripts/bench_sweep.py --case digits --trials 20 --workers 1
-Writes a Markdown table to stdout and JSON to bench_out/sweep.json.
+  python scripts/bench_sweep.py --peer                # nbnet sweep vs the PyTorch + Optuna + MLflow script
+Writes a Markdown table to stdout and JSON to bench_out/sweep.json (bench_out/peer.json).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,16 +122,99 @@ def run_case(case: str, trials: int | None, workers: int, threads: int | None = 
     }
 
 
+def write_splits(cfg, path: Path) -> None:
+    """nbnet's own train/val/test split of the experiment's data, raw (each side standardises)."""
+    import numpy as np
+
+    from nbnet.data import prepared
+
+    d = prepared.prepare_data(cfg)
+    np.savez(path, X_train=d.X_train, y_train=d.y_train, X_val=d.X_val, y_val=d.y_val, X_test=d.X_test, y_test=d.y_test)
+
+
+def timed(cmd: list[str], cwd: str, uri: str) -> tuple[float, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MPLBACKEND": "Agg"}
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        raise RuntimeError(f"{cmd[:4]} exited {p.returncode}:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    return wall, p.stdout
+
+
+def nbnet_outcome(cfg, tmp: str, uri: str) -> dict:
+    """Best validation value, its run's test accuracy and the registered model, from the stores."""
+    from nbnet.experiment import sweep, tags, tracking
+
+    os.chdir(tmp)
+    try:
+        study = sweep.optuna_load(cfg.name, sweep.open_storage(sweep.default_storage(cfg.name), uri=uri))
+    finally:
+        os.chdir(ROOT)
+    best = study.best_trial
+    run = tracking.client(uri).get_run(best.user_attrs[tags.TRIAL_RUN_ID])
+    states = [t.state.name for t in study.trials]
+    return {"best_val": best.value, "test_accuracy": run.data.metrics.get("test_accuracy"),
+            "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
+            "registered": study.user_attrs.get(tags.STUDY_REGISTERED)}
+
+
+def run_peer(trials: int) -> list[dict]:
+    """``nbnet sweep digits`` and the PyTorch + Optuna + MLflow script, one after the other."""
+    from nbnet.experiment import config
+
+    exp = ROOT / "experiments" / "digits.toml"
+    cfg = config.load_experiment(exp, [])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nbnet-bench-peer-") as tmp:
+        splits = Path(tmp) / "digits_splits.npz"
+        write_splits(cfg, splits)
+        for who in ("nbnet", "peer"):
+            folder = Path(tmp) / who
+            folder.mkdir()
+            uri = f"sqlite:///{folder}/mlflow.db"
+            print(f"running {who} ...", file=sys.stderr, flush=True)
+            if who == "nbnet":
+                wall, _ = timed([sys.executable, "-m", "nbnet", "sweep", str(exp), "--trials", str(trials), "-q"], str(folder), uri)
+                out = nbnet_outcome(cfg, str(folder), uri)
+            else:
+                wall, stdout = timed([sys.executable, str(ROOT / "scripts" / "peer_torch_optuna_mlflow.py"), "--trials",
+                                      str(trials), "--epochs", str(cfg.train.epochs), "--data", str(splits)], str(folder), uri)
+                out = json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+                out["inner_wall_s"] = out.pop("wall_s")
+            rows.append({"who": who, "trials": trials, "wall_s": wall, **out})
+    return rows
+
+
+def print_peer(rows: list[dict]) -> None:
+    print("| sweep (20-trial digits, tracked) | wall s | trials/min | complete / pruned | best val acc | test acc |")
+    print("|---|---:|---:|---:|---:|---:|")
+    names = {"nbnet": "`nbnet sweep digits`", "peer": "PyTorch + Optuna + MLflow (scripts/peer_torch_optuna_mlflow.py)"}
+    for r in rows:
+        print(f"| {names[r['who']]} | {r['wall_s']:.1f} | {60 * r['trials'] / r['wall_s']:.1f} | {r['complete']} / {r['pruned']} | "
+              f"{r['best_val']:.4f} | {r['test_accuracy']:.4f} |")
+    if len(rows) == 2:
+        print(f"\nnbnet is {rows[1]['wall_s'] / rows[0]['wall_s']:.1f}× faster end to end")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
     ap.add_argument("--trials", type=int, help="trials per run (default: 30 for digits, 12 for synthetic)")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     ap.add_argument("--threads", type=int, help="threads per worker (default: the cores split between the workers)")
-    ap.add_argument("--out", default=str(ROOT / "bench_out" / "sweep.json"))
+    ap.add_argument("--peer", action="store_true", help="nbnet sweep vs the PyTorch + Optuna + MLflow script (20 trials)")
+    ap.add_argument("--out", default=None, help="JSON output (default bench_out/sweep.json, bench_out/peer.json)")
     args = ap.parse_args()
     os.environ.setdefault("MPLBACKEND", "Agg")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if args.peer:
+        rows = run_peer(args.trials or 20)
+        print_peer(rows)
+        out = Path(args.out or ROOT / "bench_out" / "peer.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=1))
+        return 0
     cases = list(CASES) if args.case == "all" else [args.case]
     rows = []
     for case in cases:
@@ -136,7 +230,7 @@ def main() -> int:
         print(f"| {r['case']} | {r['workers']} | {r['threads']} | {r['trials']} | {r['wall_s']:.1f} | {r['trials_per_min']:.1f}{ratio} | "
               f"{r['per_trial_train_s']:.2f} | {r['per_trial_tracking_s']:.2f} | {100 * r['tracking_share']:.1f}% | "
               f"{100 * r['train_share']:.1f}% |")
-    out = Path(args.out)
+    out = Path(args.out or ROOT / "bench_out" / "sweep.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=1))
     print(f"\n(JSON: {out})", file=sys.stderr)

@@ -1,0 +1,55 @@
+"""scripts/bench_train.py: its FLOP accounting, and one tiny side-by-side run of the JAX and
+PyTorch children (skipped where those optional packages, the ``bench`` extra, are absent)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_train.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_flops_per_sample_counts_forward_weight_and_input_gradients():
+    b = _bench()
+    # 3-5-2: forward 2·(15+10), weight gradients the same, input gradient of layer 2 only 2·10
+    assert b.flops_per_sample((3, 5, 2)) == 50 + 50 + 20
+
+
+@pytest.mark.parametrize("sizes", [(784, 256, 128, 10), (64, 128, 10)])
+def test_roof_shapes_hold_every_gemm_flop_of_a_step(sizes):
+    b = _bench()
+    shapes = b.roof_shapes(sizes, 512)
+    assert sum(2 * m * k * n for m, k, n in shapes) == 512 * b.flops_per_sample(sizes)
+    assert len(shapes) == 3 * (len(sizes) - 1) - 1
+
+
+@pytest.mark.slow
+def test_jax_and_torch_children_train_side_by_side_on_one_core(tmp_path):
+    pytest.importorskip("jax", reason="the bench extra (jax, optax) is not installed")
+    pytest.importorskip("optax", reason="the bench extra (jax, optax) is not installed")
+    pytest.importorskip("torch", reason="the bench extra (torch) is not installed")
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, str(SCRIPT), "--shapes", "digits", "--batch-sizes", "digits=128",
+                        "--frameworks", "jax,torch", "--rounds", "1", "--epochs", "2", "--threads", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = {r["framework"]: r["rounds"][0] for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"jax", "torch"}
+    for r in runs.values():
+        assert len(r["cpus"]) == 1  # --threads 1 pins the child to one core
+        assert r["accuracy"] > 0.3  # 10 classes: trained well past chance in 3 epochs
+        assert len(r["epoch_s"]) == 3 and r["best_samples_per_s"] > 0
+    assert runs["jax"]["samples_per_epoch"] == (1797 // 128) * 128  # lax.scan drops the partial batch
+    assert "| 64-128-10, bs 128 |" in p.stdout
