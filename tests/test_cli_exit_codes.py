@@ -150,7 +150,7 @@ def test_unreachable_study_database_exits_3(capfd):
     dead = f"postgresql://nbnet:nbnet@127.0.0.1:{free_port()}/nbnet"
     code, out, err = run_cli(["best", "--storage", dead, "--study", "s"], capfd)
     assert code == errors.EXIT_STORE_ERROR, err
-    assert len(err.strip().splitlines()) == 1 and "cannot open Optuna storage" in err and "nbnet:nbnet@" not in err
+    assert len(err.strip().splitlines()) == 1 and "Optuna study storage" in err and "nbnet:nbnet@" not in err
 
 
 # --- 0, 1, 2 and --json --------------------------------------------------------------------------

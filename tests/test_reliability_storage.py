@@ -366,7 +366,7 @@ def test_a_file_size_limit_mid_sweep_is_one_line_and_the_same_command_resumes(tm
     import signal
 
     uri = _project(tmp_path, empty_store_db, 8)
-    limit = (tmp_path / "mlruns" / "mlflow.db").stat().st_size + 120_000  # a few trials' rows
+    limit = (tmp_path / "mlflow.db").stat().st_size + 120_000  # a few trials' rows
 
     def limited():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process

@@ -88,6 +88,9 @@ def test_update_registers_a_challenger_that_the_gate_promotes(store, capsys):
     r = c.get_run(mv.run_id)
     assert r.data.tags["nbnet.kind"] == "update" and r.data.params["update.source_version"] == "1"
     assert r.data.params["update.epochs"] == "8" and r.data.params["train.epochs"] == "8"
+    # its data, as the runs table's Dataset column shows it: the training rows and the held-out rows
+    inputs = {(d.dataset.name, t.value) for d in r.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+    assert inputs == {("train", "training"), ("val", "validation")}
     assert r.data.params["data.rows"] == "300" and len(r.data.params["data.hash"]) == 64
     assert [m.step for m in c.get_metric_history(mv.run_id, "loss")] == list(range(1, 9))
     assert len(c.get_metric_history(mv.run_id, "val_accuracy")) >= 8

@@ -198,7 +198,9 @@ def describe(e: BaseException) -> str | None:
     what = _name(_where(e), e)
     for x in chain:
         if isinstance(x, OSError) and x.errno in DISK_ERRORS:
-            return disk_error_message(x, x.filename if isinstance(x.filename, str) else what)
+            # a copy (shutil) names its source in filename and the file it was writing in filename2
+            target = next((f for f in (getattr(x, "filename2", None), x.filename) if isinstance(f, str)), what)
+            return disk_error_message(x, target)
     text = " ".join(str(x) for x in chain).lower()
     for needles, kind in _TEXTS:
         if not any(n in text for n in needles):

@@ -84,6 +84,7 @@ def update(model_uri: str, data, *, target: str | None = None, epochs: int = 10,
     step0 = est.training_state().optimizer.step
     dh = data_hash(X, y)
     run_id = _start_run(ref, est, model_uri, data, tcol, split, metric, epochs, step0, len(X), dh, uri)
+    tracking.datasets.log_inputs(run_id, _inputs(split), uri=uri)  # the runs table's Dataset column
     with tracking.closing(run_id, uri), tracking.MetricLogger(run_id, uri=uri) as logger:
         with interrupt.graceful():
             est.partial_fit(split.X, split.y, epochs=epochs,
@@ -108,6 +109,16 @@ def _check_options(epochs, lr) -> None:
         raise NbnetError(f"--epochs must be a positive integer, got {epochs!r}")
     if lr is not None and not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
         raise NbnetError(f"--lr must be a positive number, got {lr!r}")
+
+
+def _inputs(split: _Split) -> list[tuple]:
+    """The update's data sets, as :func:`nbnet.experiment.tracking.datasets.log_inputs` takes them:
+    the training rows and, when some are held out, the validation rows."""
+    D = tracking.datasets
+    out = [(D.dataset(split.X, split.y, "train"), D.TRAINING, None)]
+    if split.X_val is not None:
+        out.append((D.dataset(split.X_val, split.y_val, "val"), D.VALIDATION, "val_"))
+    return out
 
 
 def _split(est, X, y, val_fraction: float | None) -> _Split:
