@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+from nbnet._sys.environ import environ
 #: Where ``nbnet ui`` serves a local store unless told otherwise.
 UI_ADDRESS = "http://127.0.0.1:5000"
 
@@ -49,15 +50,8 @@ def tracking_uri(uri: str | None):
     if not uri:
         yield
         return
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    with environ(MLFLOW_TRACKING_URI=uri):
         yield
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 @contextlib.contextmanager

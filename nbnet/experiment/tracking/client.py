@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
+from nbnet._sys.environ import environ
 from nbnet.errors import NbnetError, StoreError
 from nbnet.experiment import tags as T
 
@@ -136,16 +137,8 @@ _URI_LOCK = threading.RLock()
 @contextlib.contextmanager
 def quiet():
     """No artifact progress bars: they would garble ``nbnet predict``'s own."""
-    with _URI_LOCK:
-        old = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-        try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-            else:
-                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = old
+    with _URI_LOCK, environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        yield
 
 
 @contextlib.contextmanager
@@ -154,20 +147,15 @@ def global_uri(uri: str):
     only read it (model logging, registration, downloads), then restore it exactly, environment
     variables included (``mlflow.set_tracking_uri`` also writes ``MLFLOW_TRACKING_URI``). The
     active-run state is not touched."""
-    env_keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    with _URI_LOCK:
-        saved = (tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in env_keys})
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}  # restored as they are
+    with _URI_LOCK, environ(**env):
+        saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:
             yield
         finally:
-            tracking_utils._tracking_uri, registry_utils._registry_uri, env = saved
-            for k, v in env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
 
 
 def ensure_experiment(name: str, uri: str | None = None) -> str:
