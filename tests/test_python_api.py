@@ -160,6 +160,18 @@ def test_autolog_warns_and_the_fit_survives_a_store_that_fails(tmp_path, iris, m
 
 
 # --- log_model / load_model ----------------------------------------------------------------------
+def test_a_frame_fitted_model_predicts_through_pyfunc_by_name_without_warnings(store, iris):
+    X, y = iris
+    df = pd.DataFrame(X, columns=["sl", "sw", "pl", "pw"])
+    clf = nbnet.MLPClassifier((8,), epochs=3, seed=0).fit(df, y)
+    info = nbnet.mlflow.log_model(clf, input_example=df.head())
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # scikit-learn's feature-name warnings included
+        got = model.predict(df[["pw", "pl", "sw", "sl"]])  # columns in another order: matched by name
+    assert np.array_equal(got, clf.predict(df))
+
+
 def test_log_model_and_load_model_with_mlflows_argument_names(store, iris):
     X, y = iris
     clf = nbnet.MLPClassifier((8,), epochs=3, seed=0).fit(X, y)

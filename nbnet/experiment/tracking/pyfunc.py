@@ -148,11 +148,15 @@ class NbnetPyfuncModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None):
         est = self.estimator
         X = frame_to_matrix(model_input, *self.features, est.n_features_in_)
-        if params and params.get("proba"):
-            if not hasattr(est, "predict_proba"):
-                raise NbnetError("proba=True needs a classifier; this model is a regressor")
-            return pd.DataFrame(est.predict_proba(X), columns=[str(c) for c in est.classes_])
-        return est.predict(X)
+        with warnings.catch_warnings():
+            # X's columns were matched by name just above: scikit-learn's warning for an array
+            # given to a model fitted on a data frame does not apply
+            warnings.filterwarnings("ignore", "X does not have valid feature names", UserWarning)
+            if params and params.get("proba"):
+                if not hasattr(est, "predict_proba"):
+                    raise NbnetError("proba=True needs a classifier; this model is a regressor")
+                return pd.DataFrame(est.predict_proba(X), columns=[str(c) for c in est.classes_])
+            return est.predict(X)
 
 
 def _example_frame(X_example, feature_names, categories):
