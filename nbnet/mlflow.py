@@ -35,6 +35,7 @@ from nbnet.data.load import data_hash
 from nbnet.errors import NbnetError
 from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
+from nbnet.io import json_value
 from nbnet.nn.callbacks import add_fit_hook, remove_fit_hook
 
 #: The autolog run's name of the data set a fit was given (context ``training``).
@@ -121,7 +122,7 @@ class AutologRun:
             run = mlflow.start_run(tags={**self.cfg.extra_tags, T.KIND: "autolog"})
             self.owns_run = True
         self.run_id = run.info.run_id
-        tracking.log_params(self.run_id, {k: _plain(v) for k, v in estimator.get_params().items()}, uri=uri)
+        tracking.log_params(self.run_id, {k: json_value(v) for k, v in estimator.get_params().items()}, uri=uri)
         self.logger = tracking.MetricLogger(self.run_id, uri=uri)
         seed = estimator.get_params().get("seed")
         self.hash = data_hash(self.X, self.y)
@@ -175,11 +176,6 @@ class AutologRun:
             if not self.cfg.silent:
                 warnings.warn(f"nbnet.mlflow.autolog could not log to MLflow: {type(e).__name__}: {e}".splitlines()[0],
                               stacklevel=3)
-
-
-def _plain(v):
-    """A param value as JSON would hold it (tuples as lists)."""
-    return list(v) if isinstance(v, tuple) else v
 
 
 def _example(X, estimator):

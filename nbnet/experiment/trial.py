@@ -12,15 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import socket
 from dataclasses import dataclass
 
 import optuna
 
 from nbnet._sys import interrupt
 from nbnet._sys.fmt import number
-from nbnet._sys.procs import pid_started
 from nbnet.data.prepared import Data
 from nbnet.errors import NbnetError
 from nbnet.experiment import config as C
@@ -136,13 +133,11 @@ class _Outcome:
 class Objective:
     """``objective(trial)``: suggestions → config → one tracked child run → the metric. A
     diverging trial or an invalid combination of suggested values raises NbnetError (recorded
-    FAIL with user attr ``fail_reason``); an interrupted one is enqueued again."""
+    FAIL with user attr ``fail_reason``); an interrupted one is enqueued again. The trial's owner
+    (host, pid) is recorded when its slot is claimed (:mod:`nbnet.experiment.sweep.budget`)."""
 
     def __init__(self, ctx: TrialContext):
         self.ctx = ctx
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
-        self.pid_started = pid_started(self.pid)
 
     def __call__(self, trial) -> float:
         try:
@@ -157,10 +152,6 @@ class Objective:
 
     def _run(self, trial) -> float:
         cfg = self.ctx.cfg
-        trial.set_user_attr(T.TRIAL_HOST, self.host)
-        trial.set_user_attr(T.TRIAL_PID, self.pid)
-        if self.pid_started is not None:
-            trial.set_user_attr(T.TRIAL_PID_STARTED, self.pid_started)
         values = suggest(trial, cfg.search.space)
         try:
             tcfg, invalid = C.with_values(cfg, values), None
