@@ -243,6 +243,26 @@ def test_disk_and_connection_errors_become_one_line_and_others_do_not(tmp_path):
     assert "\n" not in faults.describe(RuntimeError("connection refused\nline two"))
 
 
+def test_an_unreachable_claim_lock_names_the_study_storage():
+    """The trial budget's claim lock runs SQL on the study storage's own engine, outside Optuna's
+    code: its connection errors still name the study storage, without the password."""
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+    import types
+
+    import sqlalchemy
+    from servers import free_port
+
+    from nbnet.experiment.sweep.budget import claim_lock
+
+    url = f"postgresql://someone:secret@127.0.0.1:{free_port()}/nowhere"  # nothing listens there
+    storage_obj = types.SimpleNamespace(engine=sqlalchemy.create_engine(url))
+    with pytest.raises(sqlalchemy.exc.OperationalError) as info:
+        with claim_lock(url, storage_obj, "study")():
+            pass
+    line = faults.describe(info.value)
+    assert line.startswith("cannot reach the Optuna study storage") and "secret" not in line, line
+
+
 # --- a full disk during a sweep -------------------------------------------------------------------
 TOML = """
 [data]

@@ -46,6 +46,8 @@ _WHERE = (
     ("/mlflow/utils/rest_utils", "mlflow"),
     ("/mlflow/store/", "mlflow"),
     ("/optuna/storages/", "study"),
+    ("/nbnet/experiment/sweep/budget", "study"),  # the claim lock, on the study storage's engine
+    ("/nbnet/experiment/sweep/storage", "study"),
     ("/nbnet/nn/checkpoint", "checkpoint"),
     ("/nbnet/io.py", "model"),
 )
