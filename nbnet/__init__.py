@@ -31,7 +31,7 @@ def load(path_or_uri: str | os.PathLike):
 def sweep(X, y, *, space: dict, trials: int = 20, metric: str | None = None, params: dict | None = None,
           experiment: str | os.PathLike | None = None, name: str | None = None, data_name: str = "data",
           task: str | None = None, categorical: list[str] | None = None, study_name: str | None = None,
-          storage: str | None = None, workers: int = 1, sampler: str | None = None, pruner: str | None = None,
+          storage: str | None = None, workers: int | str = 1, sampler: str | None = None, pruner: str | None = None,
           tracking_uri: str | None = None, registered_model_name: str | None = None, quiet: bool = False):
     """Run a tracked, resumable, prunable hyperparameter sweep on data in memory: ``nbnet sweep``
     with arrays instead of a data file. Returns the :class:`~nbnet.experiment.sweep.SweepResult`
@@ -51,8 +51,9 @@ def sweep(X, y, *, space: dict, trials: int = 20, metric: str | None = None, par
         (its data is replaced by X, y). name : the MLflow experiment (default ``"sweep"``).
     study_name, storage, workers, sampler, pruner : as ``nbnet sweep``'s options. The default
         study is ``<name>-<first 8 digits of the data's digest>``: the same data resumes it.
-        With ``workers`` > 1, call this under ``if __name__ == "__main__":`` in a script
-        (workers are spawned processes).
+        ``workers`` is 1 unless given (the CLI's default is ``"auto"``, which picks workers and
+        threads from the cores and the trial size). With ``workers`` > 1 or ``"auto"``, call this
+        under ``if __name__ == "__main__":`` in a script (workers are spawned processes).
     tracking_uri : the MLflow store (default: nbnet's, as for the CLI).
     registered_model_name : register the best model under this name (``champion`` alias when it
         beats the current one); default: not registered.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Sweep overhead benchmark: the share of wall time spent in tracking, and trials per minute with
-1 and 2 worker processes.
+one worker and with ``--workers auto`` (or any worker counts).
 
 Each case runs a fresh study on fresh embedded stores (MLflow SQLite + Optuna journal in a
 temporary folder), with the random sampler and no pruning so every trial trains fully and runs
@@ -14,10 +14,15 @@ figures, trials table, registration).
 
 ``--threads T`` fixes every worker's thread count (``train.n_threads``); by default a sweep
 splits the cores between its workers (one worker: 2 threads here, two workers: 1 each), so the
-1-vs-2-worker ratio then also holds the thread scaling of one fit.
+ratio between worker counts then also holds the thread scaling of one fit. ``auto`` is the
+CLI's default (nbnet/experiment/sweep/plan.py); the table shows the workers × threads it chose.
+
+``--untracked`` also times the same queued trials with tracking off, on the same workers ×
+threads: each trial trained by ``train_once`` with no run (no MLflow, no plots, no model), told to
+a journal study. ``tracked / untracked`` is then what tracking costs the sweep's wall time.
 
 Every run trains the same trials: a seeded random draw of the space is queued in the study
-before it starts (see ``enqueue_same_trials``), so rates with 1 and 2 workers compare.
+before it starts (see ``enqueue_same_trials``), so rates with any worker counts compare.
 
 Cases (the shipped experiment files):
   digits     experiments/digits.toml (1797 × 64, 30 epochs): sub-second trials, where the fixed
@@ -35,7 +40,8 @@ the digits, handed to the peer as an .npz); wall time is the whole command, impo
 Reported: wall time, best validation accuracy, the best model's test accuracy.
 
 Usage:
-  python scripts/bench_sweep.py                       # both cases, 1 and 2 workers (30 / 12 trials)
+  python scripts/bench_sweep.py                       # both cases, 1 worker and auto (30 / 12 trials)
+  python scripts/bench_sweep.py --case digits --trials 100 --untracked   # the tracking overhead
   python scripts/bench_sweep.py --case digits --trials 20 --workers 1
   python scripts/bench_sweep.py --peer                # nbnet sweep vs the PyTorch + Optuna + MLflow script
 Writes a Markdown table to stdout and JSON to bench_out/sweep.json (bench_out/peer.json).
@@ -84,7 +90,7 @@ def enqueue_same_trials(cfg, n: int, uri: str) -> None:
 
 def run_case(case: str, trials: int | None, workers: int, threads: int | None = None) -> dict:
     from nbnet.data import prepared
-    from nbnet.experiment import config, sweep, tracking
+    from nbnet.experiment import config, sweep, tags, tracking
     from nbnet.experiment.run import COST_KEYS
 
     name, overrides, default_trials = CASES[case]
@@ -103,6 +109,8 @@ def run_case(case: str, trials: int | None, workers: int, threads: int | None = 
         r = sweep.run_sweep(cfg, trials=trials, workers=workers, quiet=True, uri=uri)
         wall = time.perf_counter() - t0
         c = tracking.client(uri)
+        plan = c.get_run(r.parent_run_id).data.tags
+        resolved = (int(plan[tags.SWEEP_WORKERS]), int(plan[tags.SWEEP_THREADS]))
         kids = c.search_runs([c.get_experiment_by_name(cfg.name).experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{r.parent_run_id}'", max_results=1000)
         sums = {k: sum(run.data.metrics.get(k, 0.0) for run in kids) for k in COST_KEYS}
@@ -111,15 +119,70 @@ def run_case(case: str, trials: int | None, workers: int, threads: int | None = 
         parent = c.get_run(r.parent_run_id).data.metrics
         tracked = sums["tracking_seconds"] + parent.get("sweep_tracking_seconds", 0.0)
         os.chdir(ROOT)
-    busy = wall * workers
+    busy = wall * resolved[0]
     return {
-        "case": case, "workers": workers, "threads": threads or "auto", "trials": trials, "complete": r.n_complete, "wall_s": wall,
+        "case": case, "workers": workers, "threads": threads or "auto", "resolved": resolved, "trials": trials, "complete": r.n_complete, "wall_s": wall,
         "trials_per_min": 60 * trials / wall, "tracking_s": tracked, "tracking_share": tracked / busy,
         "train_s": sums["train_seconds"], "train_share": sums["train_seconds"] / busy,
         "compile_s": sums["compile_seconds"], "cpu_s": sums["cpu_seconds"],
         "per_trial_tracking_s": sums["tracking_seconds"] / max(1, len(kids)),
         "per_trial_train_s": sums["train_seconds"] / max(1, len(kids)), "best": r.best_value,
     }
+
+
+def untracked_worker(config: dict, name: str, storage: str, trials: int) -> None:
+    """One worker of the untracked twin: the study's queued trials, each trained by ``train_once``
+    with no run (nothing sent to MLflow, no plots, no model), until none is left."""
+    import optuna
+
+    from nbnet.data.prepared import prepare_data
+    from nbnet.experiment import config as C
+    from nbnet.experiment import sweep
+    from nbnet.experiment.run import train_once
+    from nbnet.experiment.trial import suggest
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = C.from_dict(config, name)
+    data = prepare_data(cfg)
+    study = optuna.load_study(study_name=name, storage=sweep.open_storage(storage))
+    while True:
+        trial = study.ask()
+        if trial.number >= trials:  # not one of the queued trials 0 … trials - 1: the queue is empty
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        _, metrics = train_once(C.with_values(cfg, suggest(trial, cfg.search.space)), data=data)
+        study.tell(trial, metrics[cfg.search.metric])
+
+
+def run_untracked(case: str, trials: int | None, workers: int, threads: int) -> float:
+    """Wall seconds of the same queued trials as :func:`run_case` with tracking off: ``workers``
+    processes (spawned like the sweep's) of ``threads`` threads each, on a journal study."""
+    import multiprocessing as mp
+
+    from nbnet.data import prepared
+    from nbnet.experiment import config
+
+    name, overrides, default_trials = CASES[case]
+    trials = trials or default_trials
+    cfg = config.load_experiment(name, overrides + [f"train.n_threads={threads}"])
+    with tempfile.TemporaryDirectory(prefix=f"nbnet-bench-{case}-untracked-") as tmp:
+        os.chdir(tmp)
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        prepared.clear_cache()
+        prepared.prepare_data(cfg)
+        enqueue_same_trials(cfg, trials, uri)
+        storage = str(Path(tmp, "mlruns", "optuna", f"{cfg.name}.log"))
+        payload = (config.to_dict(cfg), cfg.name, storage, trials)
+        t0 = time.perf_counter()
+        procs = [mp.get_context("spawn").Process(target=untracked_worker, args=payload) for _ in range(workers - 1)]
+        for p in procs:
+            p.start()
+        untracked_worker(*payload)
+        for p in procs:
+            p.join()
+        wall = time.perf_counter() - t0
+        os.chdir(ROOT)
+    return wall
 
 
 def write_splits(cfg, path: Path) -> None:
@@ -197,11 +260,31 @@ def print_peer(rows: list[dict]) -> None:
         print(f"\nnbnet is {rows[1]['wall_s'] / rows[0]['wall_s']:.1f}× faster end to end")
 
 
+def print_rows(rows: list[dict]) -> None:
+    untracked = any("untracked_wall_s" in r for r in rows)
+    print("| case | workers | workers × threads | trials | wall s | trials/min | best | train s/trial | tracking s/trial "
+          "| tracking share |" + (" untracked wall s | tracked / untracked |" if untracked else ""))
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if untracked else ""))
+    first = {}
+    for r in rows:
+        base = first.setdefault(r["case"], r["trials_per_min"])
+        ratio = f" ({r['trials_per_min'] / base:.2f}×)" if r["trials_per_min"] != base else ""
+        line = (f"| {r['case']} | {r['workers']} | {r['resolved'][0]} × {r['resolved'][1]} | {r['trials']} | {r['wall_s']:.1f} | "
+                f"{r['trials_per_min']:.1f}{ratio} | {r['best']:.4f} | {r['per_trial_train_s']:.2f} | "
+                f"{r['per_trial_tracking_s']:.3f} | {100 * r['tracking_share']:.1f}% |")
+        if untracked:
+            u = r.get("untracked_wall_s")
+            line += f" {u:.1f} | {r['wall_s'] / u:.2f}× |" if u else " | |"
+        print(line)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
     ap.add_argument("--trials", type=int, help="trials per run (default: 30 for digits, 12 for synthetic)")
-    ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    ap.add_argument("--workers", default="1,auto", help="comma-separated worker counts, or auto (the CLI's default)")
+    ap.add_argument("--untracked", action="store_true",
+                    help="also time the same queued trials with tracking off (same workers × threads)")
     ap.add_argument("--threads", type=int, help="threads per worker (default: the cores split between the workers)")
     ap.add_argument("--peer", action="store_true", help="nbnet sweep vs the PyTorch + Optuna + MLflow script (20 trials)")
     ap.add_argument("--out", default=None, help="JSON output (default bench_out/sweep.json, bench_out/peer.json)")
@@ -218,18 +301,14 @@ def main() -> int:
     cases = list(CASES) if args.case == "all" else [args.case]
     rows = []
     for case in cases:
-        for w in [int(x) for x in args.workers.split(",")]:
+        for w in [x if x == "auto" else int(x) for x in args.workers.split(",")]:
             print(f"running {case} with {w} worker(s) ...", file=sys.stderr, flush=True)
             rows.append(run_case(case, args.trials, w, args.threads))
-    print("| case | workers | threads/worker | trials | wall s | trials/min | train s/trial | tracking s/trial | tracking share | train share |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    first = {}
-    for r in rows:
-        base = first.setdefault(r["case"], r["trials_per_min"])
-        ratio = f" ({r['trials_per_min'] / base:.2f}×)" if r["trials_per_min"] != base else ""
-        print(f"| {r['case']} | {r['workers']} | {r['threads']} | {r['trials']} | {r['wall_s']:.1f} | {r['trials_per_min']:.1f}{ratio} | "
-              f"{r['per_trial_train_s']:.2f} | {r['per_trial_tracking_s']:.2f} | {100 * r['tracking_share']:.1f}% | "
-              f"{100 * r['train_share']:.1f}% |")
+            if args.untracked:
+                print(f"running {case} untracked, {rows[-1]['resolved'][0]} × {rows[-1]['resolved'][1]} ...",
+                      file=sys.stderr, flush=True)
+                rows[-1]["untracked_wall_s"] = run_untracked(case, args.trials, *rows[-1]["resolved"])
+    print_rows(rows)
     out = Path(args.out or ROOT / "bench_out" / "sweep.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cpu_count": os.cpu_count(), "rows": rows}, indent=1))

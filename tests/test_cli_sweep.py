@@ -53,6 +53,7 @@ def test_sweep_best_rerun_train(project):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "sweep tiny: study 'tiny'" in out
+    assert "1 worker × " in out and "(auto, " in out  # two short trials: not worth spawning a worker
     assert out.count(" COMPLETE ") == 2  # one line per trial
     assert "rank  trial  val_accuracy" in out  # the summary table
     assert "registered:   models:/tiny/1  → champion (models:/tiny@champion)" in out
@@ -90,6 +91,7 @@ def test_resumed_sweep_runs_nothing_when_complete(project):
     (["sweep", "no_such_experiment"], "experiment 'no_such_experiment' not found"),
     (["sweep", "tiny.toml", "--sampler", "bayes"], "invalid choice: 'bayes'"),
     (["sweep", "tiny.toml", "--workers", "0"], "--workers must be at least 1"),
+    (["sweep", "tiny.toml", "--workers", "many"], "--workers takes a number of worker processes or 'auto', not 'many'"),
     (["best", "--study", "nope"], "no study 'nope'"),
     (["train", "tiny.toml", "--set", "data.source=npz:missing.npz"], "missing.npz' not found"),
     (["rerun", "0123456789abcdef0123456789abcdef"], "run '0123456789abcdef0123456789abcdef' not found"),

@@ -22,7 +22,7 @@ from nbnet.metrics import default_metric
 def sweep_arrays(X, y, *, space: dict, trials: int = 20, metric: str | None = None, params: dict | None = None,
                  experiment: str | Path | None = None, name: str | None = None, data_name: str = "data",
                  task: str | None = None, categorical: list[str] | None = None, study_name: str | None = None,
-                 storage: str | None = None, workers: int = 1, sampler: str | None = None, pruner: str | None = None,
+                 storage: str | None = None, workers: int | str = 1, sampler: str | None = None, pruner: str | None = None,
                  tracking_uri: str | None = None, registered_model_name: str | None = None,
                  quiet: bool = False) -> SweepResult:
     """See :func:`nbnet.sweep`."""

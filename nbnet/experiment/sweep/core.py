@@ -21,6 +21,7 @@ from nbnet.experiment import config as C
 from nbnet.experiment import tags as T
 from nbnet.experiment import resources, tracking
 from nbnet.experiment.run import Clock, build_estimator
+from nbnet.experiment.sweep.plan import parse_workers, plan_workers
 from nbnet.experiment.sweep.recovery import recover_study, running_trials
 from nbnet.experiment.sweep.samplers import make_sampler
 from nbnet.experiment.sweep.storage import (
@@ -29,7 +30,6 @@ from nbnet.experiment.sweep.storage import (
 from nbnet.experiment.sweep.summary import counts, summarize
 from nbnet.experiment.sweep.workers import new_stop_event, relay, run_workers
 from nbnet.experiment.trial import grid_space
-from nbnet.kernels.threads import default_threads
 
 
 @dataclass
@@ -77,7 +77,7 @@ class SweepResult:
         return "\n".join(lines)
 
 
-def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: int = 1, study_name: str | None = None,
+def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: int | str = 1, study_name: str | None = None,
               storage: str | None = None, sampler: str | None = None, pruner: str | None = None,
               uri: str | None = None, register: bool = True, quiet: bool = False,
               registered_model_name: str | None = None, progress=None) -> SweepResult:
@@ -86,8 +86,10 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
     model under ``registered_model_name`` (default: the experiment's name). See
     :mod:`nbnet.experiment.sweep`. ``storage`` defaults to ``NBNET_STORAGE`` or ``OPTUNA_STORAGE``,
     else the study's journal file. ``progress``: a callable given the sweep's progress events
-    (:mod:`.workers`) instead of the workers printing a line per trial."""
-    cfg, workers = _sweep_config(cfg, trials, sampler, pruner, workers)
+    (:mod:`.workers`) instead of the workers printing a line per trial. ``workers``: a number of
+    worker processes, or "auto" (:mod:`.plan`)."""
+    cfg = _sweep_config(cfg, trials, sampler, pruner)
+    workers = parse_workers(workers)  # a bad value fails before any store is opened
     study_name = study_name or cfg.name
     storage = storage or env_storage() or default_storage(study_name)
     direction = cfg.direction()
@@ -102,23 +104,22 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
     study = _open_study(cfg, study_name, storage_obj, direction)
     exp_id = tracking.ensure_experiment(cfg.name, uri)
     n_stale = recover_study(study, storage_obj, is_rdb(storage), uri)
-    parent = _parent_run(cfg, study, study_name, storage, exp_id, data, uri)
-
     c = counts(study)
     done = c["COMPLETE"] + c["PRUNED"] + c["FAIL"]
     remaining = max(0, cfg.search.n_trials - done - c["RUNNING"])
     n_existing = len(study.trials)
+    plan = plan_workers(cfg, workers, remaining, data)
+    cfg = cfg if cfg.train.n_threads else C.with_values(cfg, {"train.n_threads": plan.threads})
+    parent = _parent_run(cfg, study, study_name, storage, exp_id, data, uri)
+    tracking.set_tags(parent, {T.SWEEP_WORKERS: plan.workers, T.SWEEP_THREADS: plan.threads, T.SWEEP_PLAN: plan.reason}, uri=uri)
     if not quiet:
-        print(f"sweep {cfg.name}: study {study_name!r} ({storage_label(storage)}), {cfg.search.n_trials} trials "
-              f"({done} done, {remaining} to run{f', {n_stale} stale retried' if n_stale else ''}), "
-              f"{workers} worker{'s' if workers > 1 else ''}, sampler {cfg.search.sampler}, pruner {cfg.search.pruner}, "
-              f"{cfg.search.metric} ({direction}); MLflow run {parent}", flush=True)
+        print(_header(cfg, study_name, storage, (done, remaining, n_stale), plan, parent), flush=True)
     status = "FAILED"
     result = SweepResult(cfg.name, study_name, storage, cfg.search.metric, direction, parent)
     try:
         if remaining:
             payload = {"config": C.to_dict(cfg), "name": cfg.name, "study": study_name, "storage": storage, "uri": uri,
-                       "experiment_id": exp_id, "parent_run_id": parent, "quiet": quiet, "workers": workers,
+                       "experiment_id": exp_id, "parent_run_id": parent, "quiet": quiet, "workers": plan.workers,
                        "seed": (cfg.train.seed * 1_000_003 + n_existing) % 2**31}
             start = _start_event(cfg, study, c, done) if progress is not None else None
             _run_trials(payload, cfg, data, progress, start)
@@ -137,9 +138,18 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
     return result
 
 
-def _sweep_config(cfg: C.ExperimentConfig, trials, sampler, pruner, workers) -> tuple[C.ExperimentConfig, int]:
-    """(``cfg`` with the command line's search overrides and, unless ``train.n_threads`` is set,
-    the cores split between the workers (the thread budget); the number of workers)."""
+def _header(cfg: C.ExperimentConfig, study_name: str, storage: str, trials: tuple[int, int, int], plan, parent: str) -> str:
+    """The sweep's first line: study, trials (done, to run, stale retried), workers, search, run."""
+    done, remaining, n_stale = trials
+    stale = f", {n_stale} stale retried" if n_stale else ""
+    return (f"sweep {cfg.name}: study {study_name!r} ({storage_label(storage)}), {cfg.search.n_trials} trials "
+            f"({done} done, {remaining} to run{stale}), {plan.workers} worker{'s' if plan.workers > 1 else ''} × "
+            f"{plan.threads} thread{'s' if plan.threads > 1 else ''} ({plan.reason}), sampler {cfg.search.sampler}, "
+            f"pruner {cfg.search.pruner}, {cfg.search.metric} ({cfg.direction()}); MLflow run {parent}")
+
+
+def _sweep_config(cfg: C.ExperimentConfig, trials, sampler, pruner) -> C.ExperimentConfig:
+    """``cfg`` with the command line's search overrides."""
     overrides = {}
     if trials is not None:
         overrides["n_trials"] = int(trials)
@@ -149,12 +159,7 @@ def _sweep_config(cfg: C.ExperimentConfig, trials, sampler, pruner, workers) -> 
         overrides["pruner"] = pruner
     if overrides:
         cfg = C.apply_overrides(cfg, [f"search.{k}={v!r}" for k, v in overrides.items()])
-    workers = int(workers)
-    if workers < 1:
-        raise NbnetError(f"--workers must be at least 1, got {workers}")
-    if cfg.train.n_threads is None:
-        cfg = C.with_values(cfg, {"train.n_threads": max(1, default_threads() // workers)})
-    return cfg, workers
+    return cfg
 
 
 def _open_study(cfg: C.ExperimentConfig, study_name: str, storage_obj, direction: str):

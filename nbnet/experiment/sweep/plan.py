@@ -1,0 +1,120 @@
+"""How many worker processes a sweep runs, and how many threads each trains with.
+
+``--workers auto`` (the command line's default) decides from the cores this process may use, the
+trials left to run and the size of the largest trial the search space allows:
+
+* **Long trials** (a single-threaded estimate over :data:`LONG_TRIAL_SECONDS`): one worker with
+  every core's thread, so each trial finishes as soon as it can (several workers would share the
+  cores and make each trial slower).
+* **Short trials**: one single-threaded worker per core. A small network barely gains from a
+  second thread (the per-batch work is too small to split), while a second worker trains, tracks
+  and samples a whole other trial in the same time.
+* **A short sweep** (the estimate of all its trials on one worker under :data:`MIN_SWEEP_SECONDS`),
+  or a single trial to run: one worker. A spawned worker starts in about 2 s (imports, data),
+  which such a sweep would not win back.
+
+The estimate is ``6 × rows × parameters × epochs`` floating-point operations (forward and
+backward) at :data:`FLOPS_PER_THREAD`, plus :data:`TRACKING_SECONDS` per trial; it only has to
+tell sub-second trials from minute-long ones. A ``train.n_threads`` set in the config is kept:
+auto then runs ``cores // n_threads`` workers for short trials.
+
+The choice is printed in the sweep's first line and recorded on the sweep's parent run (tags
+``nbnet.sweep.workers``, ``nbnet.sweep.threads``, ``nbnet.sweep.plan``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nbnet.data.prepared import Data
+from nbnet.errors import NbnetError
+from nbnet.experiment import config as C
+from nbnet.kernels.threads import default_threads
+
+FLOPS_PER_THREAD = 20e9  # a conservative single-thread training rate (float32; docs/benchmarks.md)
+TRACKING_SECONDS = 0.15  # a trial's run, metrics and model in the embedded store
+LONG_TRIAL_SECONDS = 10.0
+MIN_SWEEP_SECONDS = 20.0
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """``workers`` processes with ``threads`` threads each, and why (one line)."""
+
+    workers: int
+    threads: int
+    reason: str
+
+
+def parse_workers(value) -> int | str:
+    """``value`` (an int, a digit string or "auto") as a worker count or :data:`AUTO`."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise NbnetError(f"--workers takes a number of worker processes or 'auto', not {value!r}") from None
+    if n < 1:
+        raise NbnetError(f"--workers must be at least 1, got {n}")
+    return n
+
+
+def _largest(spec: C.ParamSpec):
+    """The value of a searched parameter that makes the largest network: its upper bound, or the
+    largest of numeric choices (the first choice otherwise)."""
+    if spec.type == "categorical":
+        numeric = [c for c in spec.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        sized = [c for c in spec.choices if isinstance(c, (tuple, list))]
+        if sized:
+            return max(sized, key=lambda c: int(np.prod(c)) * len(c))
+        return max(numeric) if numeric else spec.choices[0]
+    return int(spec.high) if spec.type == "int" else float(spec.high)
+
+
+def largest_trial(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
+    """``cfg`` with the searched depth, widths and epochs at their largest."""
+    values = {path: _largest(spec) for path, spec in cfg.search.space.items()
+              if path.startswith("model.") and path != "model.activation" or path == "train.epochs"}
+    try:
+        return C.with_values(cfg, values)
+    except NbnetError:  # a combination the space never draws together: the config's own size
+        return cfg
+
+
+def trial_seconds(cfg: C.ExperimentConfig, data: Data) -> float:
+    """An estimate of the largest trial's seconds on one thread (see the module docstring)."""
+    big = largest_trial(cfg)
+    n_rows, n_in = data.X_train.shape[0], data.X_train.shape[1]
+    n_out = len(np.unique(data.y_train)) if data.task == "classification" else (
+        1 if data.y_train.ndim == 1 else data.y_train.shape[1])
+    sizes = [n_in, *big.model.hidden(), n_out]
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    return 6.0 * n_rows * params * big.train.epochs / FLOPS_PER_THREAD + TRACKING_SECONDS
+
+
+def plan_workers(cfg: C.ExperimentConfig, requested, remaining: int, data: Data,
+                 cores: int | None = None) -> WorkerPlan:
+    """The sweep's workers and threads: ``requested`` workers (threads: the cores split between
+    them unless ``train.n_threads`` is set), or for :data:`AUTO` the rule of the module docstring."""
+    cores = cores or default_threads()
+    fixed = cfg.train.n_threads
+    requested = parse_workers(requested)
+    if requested != AUTO:
+        threads = fixed or max(1, cores // requested)
+        return WorkerPlan(requested, threads, f"{requested} worker{'s' if requested > 1 else ''} as asked")
+    seconds = trial_seconds(cfg, data)
+    per_core = max(1, cores // (fixed or 1))
+    if seconds > LONG_TRIAL_SECONDS:
+        why = f"trials of up to about {seconds:.0f} s: every core trains one trial at a time"
+        return WorkerPlan(1, fixed or cores, f"auto, {why}")
+    if per_core == 1:
+        return WorkerPlan(1, fixed or cores, f"auto, {fixed or cores} thread{'s' if (fixed or cores) > 1 else ''} "
+                                             f"fill the {cores} core{'s' if cores > 1 else ''}: one worker")
+    if remaining <= 1 or seconds * remaining < MIN_SWEEP_SECONDS:
+        return WorkerPlan(1, fixed or cores, f"auto, {remaining} short trial{'s' if remaining != 1 else ''} left: "
+                                             "one worker")
+    n = min(per_core, remaining)
+    return WorkerPlan(n, fixed or 1, f"auto, trials of about {seconds:.1f} s at most on {cores} cores: a trial per core")
