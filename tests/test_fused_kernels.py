@@ -15,10 +15,12 @@ import threading
 
 import numpy as np
 import pytest
+import reference as R
 
 from nbnet import optim
 from nbnet.kernels import blas
 from nbnet.kernels import cpu as K
+from nbnet.kernels.rng import rng_at, rng_next, stream_key
 from nbnet.model import Layout
 
 pytestmark = pytest.mark.skipif(not blas.available(), reason="no GEMM library (MKL or SciPy's OpenBLAS) loaded")
@@ -122,17 +124,80 @@ def test_forward_fused_matches_reference(dtype, loss):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
-def test_dispatch_falls_back_for_dropout_and_odd_layouts():
+def _dropout_masks(lay, state, n: int, p: float) -> list[np.ndarray]:
+    """The masks (0 or 1 / (1 - p)) of the fused epoch's first mini-batch of ``n`` rows, drawn as
+    the kernel documents: a key from ``state``, then hidden layer l's counter-based stream."""
+    key = np.uint64(rng_next(state.copy()))
+    masks = []
+    for l, width in enumerate(lay.sizes[1:-1]):
+        sub = np.uint64(stream_key(key, l))
+        u = np.array([[rng_at(sub, i * int(width) + j) for j in range(int(width))] for i in range(n)])
+        masks.append(np.where(u >= p, 1.0 / (1.0 - p), 0.0))
+    return masks
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+@pytest.mark.parametrize("act", ["tanh", "relu", "sigmoid"])
+def test_fused_dropout_step_is_textbook_backprop_through_its_masks(act, T):
+    """One full-batch plain-SGD step of lr 1 moves the weights by exactly minus the gradient: it
+    equals backpropagation (tests/reference.py) through the masks the kernel says it draws."""
+    n, p = 23, 0.4
+    lay, params, X, Y = _problem(6, (17, 9), 3, act, "cross_entropy", n, np.float64, 4)
+    opt = _opt(K.OPT_SGD, n)
+    opt[K.SETTING_SHUFFLE] = 0
+    masks = _dropout_masks(lay, K.seed_state(3), n, p)  # _run's seed
+    after, *_ , stats, _ = _run(K.train_epoch_fused, lay, params, X, Y, "cross_entropy", _hp(lr=1.0, dropout=p), opt,
+                                epochs=1, T=T)
+    loss, want = R.network_gradient(X, Y, lay.views(params), act, "cross_entropy", masks=masks)
+    got = lay.views(params - after)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+    assert stats[0] == pytest.approx(loss, rel=1e-12)
+    dropped = np.concatenate([m.ravel() for m in masks]) == 0
+    assert 0.25 < dropped.mean() < 0.55  # p = 0.4 of 23 × 26 units
+
+
+def test_fused_dropout_does_not_depend_on_the_thread_count():
+    lay, params, X, Y = _problem(30, (48, 24), 4, "relu", "cross_entropy", 200, np.float64, 5)
+    hp = _hp(dropout=0.3)
+    runs = [_run(K.train_epoch_fused, lay, params, X, Y, "cross_entropy", hp, _opt(K.OPT_ADAM, 16), T=T)[0]
+            for T in (1, 3)]
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-10, atol=1e-12)  # only float sums differ
+
+
+def test_dispatch_runs_dropout_fused_and_falls_back_for_augmentation_and_odd_layouts():
     lay, params, X, Y = _problem(6, (8,), 3, "relu", "cross_entropy", 20, np.float64, 1)
     hp = _hp(dropout=0.3)
+    want = _run(K.train_epoch_fused, lay, params, X, Y, "cross_entropy", hp, _opt(K.OPT_ADAM, 4), T=1)
+    got = _run(K.train_epoch, lay, params, X, Y, "cross_entropy", hp, _opt(K.OPT_ADAM, 4))
+    np.testing.assert_array_equal(got[0], want[0])  # dropout fused; a 4-row batch of a tiny net: one thread
+    hp = _hp(noise=0.1)
     want = _run(K.train_epoch_reference, lay, params, X, Y, "cross_entropy", hp, _opt(K.OPT_ADAM, 4))
     got = _run(K.train_epoch, lay, params, X, Y, "cross_entropy", hp, _opt(K.OPT_ADAM, 4))
-    np.testing.assert_array_equal(got[0], want[0])  # dropout takes the reference path, same RNG stream
+    np.testing.assert_array_equal(got[0], want[0])  # augmentation: the reference path, same RNG stream
     Xf = np.asfortranarray(X)  # not C-contiguous: reference path, same numbers
     a, b = np.empty((20, 3)), np.empty((20, 3))
     K.forward(Xf, params, *lay.kernel_args(), 0, a)
     K.forward_reference(X, params, *lay.kernel_args(), 0, b)
     np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch, serial", [(16, True), (512, False)])
+def test_small_mini_batches_train_on_one_thread(batch, serial):
+    """Under SERIAL_BELOW multiply-adds per mini-batch the epoch runs as one part (a thread
+    count's results are reproducible, so the dispatcher's choice shows in the numbers)."""
+    import numba
+
+    from nbnet.kernels.threads import SERIAL_BELOW, numba_threads
+
+    lay, params, X, Y = _problem(64, (128,), 10, "relu", "cross_entropy", 600, np.float64, 2)
+    assert (batch * lay.n_params < SERIAL_BELOW) == serial
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
+    parts = 1 if serial else threads
+    with numba_threads(threads):
+        got = _run(K.train_epoch, lay, params, X, Y, "cross_entropy", _hp(), _opt(K.OPT_ADAM, batch), epochs=1)
+    want = _run(K.train_epoch_fused, lay, params, X, Y, "cross_entropy", _hp(), _opt(K.OPT_ADAM, batch), epochs=1, T=parts)
+    np.testing.assert_array_equal(got[0], want[0])
 
 
 def test_predict_from_several_python_threads():
@@ -228,6 +293,7 @@ def test_cold_start_compiles_forward_in_a_second_process(tmp_path):
 import numpy as np
 from nbnet import MLPClassifier
 from nbnet.kernels import cpu as K
+from nbnet.kernels.rng import rng_at, rng_next, stream_key
 est = MLPClassifier((8,), epochs=1, seed=0).fit(np.random.rand(50, 4).astype(np.float32), np.arange(50) % 3)
 print(sum(K.train_epoch_fused.stats.cache_misses.values()), sum(K.forward_fused.stats.cache_misses.values()),
       sum(K.forward_fused.stats.cache_hits.values()))

@@ -22,8 +22,8 @@ blocks, so that it offers every name of the CUDA backend. Where the rest lives:
 
 The thread budget is owned by :mod:`nbnet.kernels.threads`. ``train_epoch`` and ``forward`` run
 fused kernels on numba's threads, each thread calling a single-threaded GEMM
-(:mod:`nbnet.kernels.blas`); the ``*_reference`` kernels (and dropout/augmentation, which use
-them) are serial loops whose GEMMs (``np.dot`` → BLAS) get the threads.
+(:mod:`nbnet.kernels.blas`); the ``*_reference`` kernels (and augmentation, which uses them) are
+serial loops whose GEMMs (``np.dot`` → BLAS) get the threads.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import get_num_threads, njit
+from numba import njit
 
 from nbnet.kernels import blas
 from nbnet.kernels.cpu_fused import batch_weight, forward_fused, train_epoch_fused
@@ -49,7 +49,7 @@ from nbnet.kernels.tables import (
     LEAKY_SLOPE, LOSS_MSE, LOSS_SIGMOID_BCE, LOSS_SOFTMAX_CE, LOSSES, N_HP, N_SETTINGS, OPT_ADAM, OPT_ADAMW, OPT_SGD,
     SETTING_BATCH, SETTING_IMG_H, SETTING_IMG_W, SETTING_NESTEROV, SETTING_OPTIMIZER, SETTING_SHUFFLE, SETTING_STEP,
 )
-from nbnet.kernels.threads import parallel_guard
+from nbnet.kernels.threads import epoch_threads, numba_threads, parallel_guard
 
 
 # --- whole network -----------------------------------------------------------------------------
@@ -311,15 +311,16 @@ def train_epoch(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, 
     Writes ``stats[0]`` = (weighted) mean data loss over the epoch and ``stats[1 + l]`` = RMS over
     the batches of layer ``l``'s gradient norm (before clipping).
 
-    Runs ``train_epoch_fused`` (threaded, fused) when a GEMM library is loaded and there is no
-    dropout or augmentation, else ``train_epoch_reference`` (serial loops, ``np.dot``).
+    Runs ``train_epoch_fused`` (threaded, fused; on one thread for mini-batches under
+    :data:`~nbnet.kernels.threads.SERIAL_BELOW` multiply-adds) when a GEMM library is loaded and
+    there is no augmentation, else ``train_epoch_reference`` (serial loops, ``np.dot``).
     """
-    if (hp[HP_DROPOUT] == 0 and hp[HP_NOISE] == 0 and hp[HP_MIXUP] == 0 and settings[SETTING_IMG_H] == 0
+    if (hp[HP_NOISE] == 0 and hp[HP_MIXUP] == 0 and settings[SETTING_IMG_H] == 0
             and X.shape[0] > 0 and _fusable((X, Y, params, grads, m, v))):
-        with parallel_guard(), blas.single_threaded():
+        T = epoch_threads(min(int(settings[SETTING_BATCH]), X.shape[0]), params.shape[0])
+        with parallel_guard(), blas.single_threaded(), numba_threads(T):
             train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats,
-                              _rows(sw), _rows(lrs), np.int64(get_num_threads()),
-                              hp[HP_CLIP] if hp[HP_CLIP] > 0 else None)
+                              _rows(sw), _rows(lrs), np.int64(T), hp[HP_CLIP] if hp[HP_CLIP] > 0 else None)
     else:
         train_epoch_reference(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats,
                               _rows(sw), _rows(lrs))

@@ -4,9 +4,9 @@ One thread pool: numba's threads split every mini-batch into T parts and each pa
 single-threaded GEMM (:mod:`nbnet.kernels.blas`) -- BLAS never starts threads of its own here.
 Two parallel regions per mini-batch:
 
-* rows: thread t takes rows block t of the batch: gather, every layer's forward with bias and
-  activation fused, the loss gradient, and the backward deltas dX (no barrier needed: row
-  blocks are independent until the weight gradients).
+* rows: thread t takes rows block t of the batch: gather, every layer's forward with bias,
+  activation and dropout fused, the loss gradient, and the backward deltas dX (no barrier
+  needed: row blocks are independent until the weight gradients).
 * params: thread t takes rows block t of every layer's W (contiguous in the flat buffer):
   dW = A.T @ D for those rows, the L2 term, the gradient-norm partial sum and, fused, the
   optimizer step of that block while it is still in the thread's cache; and a columns block of
@@ -30,9 +30,9 @@ from nbnet.kernels.cpu_layers import (
 from nbnet.kernels.cpu_optim import (
     adam_apply, adam_coefficients, clip_grad_norm, optimizer_step, sgd_apply, sum_squares,
 )
-from nbnet.kernels.rng import shuffle
+from nbnet.kernels.rng import rng_at, rng_next, shuffle, stream_key
 from nbnet.kernels.tables import (
-    CPU_JIT, HP_BETA1, HP_BETA2, HP_EPS, HP_L2, HP_LR, HP_MOMENTUM, HP_WD, OPT_ADAMW, OPT_SGD, SETTING_BATCH,
+    CPU_JIT, HP_BETA1, HP_BETA2, HP_DROPOUT, HP_EPS, HP_L2, HP_LR, HP_MOMENTUM, HP_WD, OPT_ADAMW, OPT_SGD, SETTING_BATCH,
     SETTING_NESTEROV, SETTING_OPTIMIZER, SETTING_SHUFFLE, SETTING_STEP,
 )
 
@@ -56,10 +56,12 @@ def matrix_at(buf, off, rows, cols):
 
 @njit(**CPU_JIT)
 def _rows_pass(t, T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf, off, Yb, wb, inv,
-               tot):
+               tot, p, key, Sbuf):
     """Rows block ``t``: gather, forward, loss gradient, backward deltas. ``tot[t]`` = the block's
     (weighted) loss sum; ``sw`` the per-row weights of X (empty: none), gathered into ``wb``;
-    ``inv`` = 1 / the batch's weight sum (1 / bs without weights)."""
+    ``inv`` = 1 / the batch's weight sum (1 / bs without weights). With dropout ``p`` > 0, hidden
+    layer ``l``'s mask is the counter-based stream ``stream_key(key, l)`` (:func:`dropout_rows`),
+    and ``Sbuf`` (laid out as ``Abuf``) takes the undropped activations for the backward pass."""
     r0, r1 = part_bounds(bs, T, t, 1)
     if r1 <= r0:
         tot[t] = 0.0
@@ -82,6 +84,8 @@ def _rows_pass(t, T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts,
         Aout = matrix_at(Abuf, off[l + 1], B, n_out)
         gemm(False, False, r1 - r0, n_out, n_in, one, Ain[r0], n_in, W, n_out, zero, Aout[r0], n_out)
         bias_activation(Aout[r0:r1], b, acts[l])
+        if p > 0 and l < L - 1:
+            dropout_rows(Aout[r0:r1], r0, stream_key(key, l), p)
     k = sizes[L]
     DL = matrix_at(Dbuf, off[L], B, k)
     wrows = wb[r0:r1] if sw.shape[0] > 0 else wb[:0]
@@ -92,7 +96,45 @@ def _rows_pass(t, T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts,
         Dout = matrix_at(Dbuf, off[l + 1], B, n_out)
         Din = matrix_at(Dbuf, off[l], B, n_in)
         gemm(False, True, r1 - r0, n_in, n_out, one, Dout[r0], n_out, W, n_out, zero, Din[r0], n_in)
-        activation_grad(matrix_at(Abuf, off[l], B, n_in)[r0:r1], Din[r0:r1], acts[l - 1])
+        Al = matrix_at(Abuf, off[l], B, n_in)[r0:r1]
+        if p > 0:  # A keeps the dropped-out values for the weight gradients: undrop into S
+            Sl = matrix_at(Sbuf, off[l], B, n_in)[r0:r1]
+            dropout_grad_rows(Al, Din[r0:r1], Sl, r0, stream_key(key, l - 1), p)
+            Al = Sl
+        activation_grad(Al, Din[r0:r1], acts[l - 1])
+
+
+@njit(**CPU_JIT)
+def dropout_rows(A, r0, key, p):
+    """Inverted dropout of rows ``r0 …`` of a batch's layer output ``A`` (those rows), in place:
+    unit ``j`` of batch row ``i`` is kept (and scaled by 1 / (1 - p)) when ``rng_at(key, i * n +
+    j) >= p``, whichever thread draws it."""
+    n = A.shape[1]
+    scale = A.dtype.type(1.0 / (1.0 - p))
+    zero = A.dtype.type(0.0)
+    for i in range(A.shape[0]):
+        base = (r0 + i) * n
+        for j in range(n):
+            A[i, j] = A[i, j] * scale if rng_at(key, base + j) >= p else zero
+
+
+@njit(**CPU_JIT)
+def dropout_grad_rows(A, D, S, r0, key, p):
+    """The backward of :func:`dropout_rows` (same rows and key): ``D *= mask``, and ``S`` = the
+    layer's output before dropout (``A × (1 - p)``, 0 where dropped), for ``activation_grad``."""
+    n = A.shape[1]
+    scale = A.dtype.type(1.0 / (1.0 - p))
+    keep = A.dtype.type(1.0 - p)
+    zero = A.dtype.type(0.0)
+    for i in range(A.shape[0]):
+        base = (r0 + i) * n
+        for j in range(n):
+            if rng_at(key, base + j) >= p:
+                D[i, j] *= scale
+                S[i, j] = A[i, j] * keep
+            else:
+                D[i, j] = zero
+                S[i, j] = zero
 
 
 @njit(**CPU_JIT)
@@ -156,13 +198,13 @@ def _cols_pass(t, T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf
 
 @njit(parallel=True, **CPU_JIT)
 def _batch_parallel(phase, T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss, Abuf,
-                    Dbuf, off, Yb, wb, inv, tot, l2, step, kind, c, plain, nesterov, first, ss):
+                    Dbuf, off, Yb, wb, inv, tot, l2, step, kind, c, plain, nesterov, first, ss, p, key, Sbuf):
     """One parallel region over the T parts: ``phase`` 0 runs ``_rows_pass``, 1 ``_cols_pass``
     (one parallel function rather than two: each costs seconds of cold compile)."""
     for t in prange(T):
         if phase == 0:
             _rows_pass(np.int64(t), T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
-                       off, Yb, wb, inv, tot)
+                       off, Yb, wb, inv, tot, p, key, Sbuf)
         else:
             _cols_pass(np.int64(t), T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, l2, step,
                        kind, c, plain, nesterov, first, ss)
@@ -176,8 +218,9 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
     only in the last bits of float sums, and not at all from run to run).
 
     Same arguments (``sw``, ``lrs``: the per-row weights and per-step learning rates, float64,
-    empty for none) and results as ``train_epoch_reference``; no dropout or augmentation (the
-    dispatcher ``train_epoch`` sends those to the reference). X, Y, params, grads, m, v share
+    empty for none) and results as ``train_epoch_reference``, dropout included (its masks come
+    from a key drawn from ``state`` per mini-batch, so they differ from the reference's, and not
+    with ``T``); no augmentation (the dispatcher ``train_epoch`` sends that to the reference). X, Y, params, grads, m, v share
     one dtype and are C-contiguous. ``clip``: the gradient-norm bound (``hp[HP_CLIP]``) or None;
     with None numba prunes the clipping path (the unfused step) and never compiles it. Always
     pass it: numba 0.68's cache confuses an omitted argument with an explicit None (a process
@@ -197,6 +240,8 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         off[l + 1] = off[l] + B * sizes[l]
     Abuf = np.empty(off[L + 1], dt)
     Dbuf = np.empty(off[L + 1], dt)
+    p = hp[HP_DROPOUT]
+    Sbuf = np.empty(off[L + 1] if p > 0 else 0, dt)
     Yb = np.empty((B, sizes[L]), dt)
     wb = np.empty(B if sw.shape[0] > 0 else 0)
     idx = np.arange(n)
@@ -219,8 +264,10 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         step_t = settings[SETTING_STEP]
         wsum, inv = batch_weight(sw, idx[s:s + bs])
         w_total += wsum
+        key = rng_next(state) if p > 0 else np.uint64(0)
         _batch_parallel(np.int64(0), T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
-                        Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+                        Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss, p,
+                        key, Sbuf)
         for t in range(T):
             total += tot[t]
         hpb[HP_LR] = lrs[n_batches] if lrs.shape[0] > 0 else hp[HP_LR]
@@ -232,7 +279,8 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
             for j in range(coef.shape[0]):
                 c[j] = coef[j]
         _batch_parallel(np.int64(1), T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
-                        Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss)
+                        Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss, p,
+                        key, Sbuf)
         for t in range(T):
             for l in range(L):
                 layer_ss[l] += ss[t, l]

@@ -2,7 +2,8 @@
 
 Every random draw of a fit (shuffles, dropout masks, augmentations) advances one state array,
 so the same seed gives the same numbers and a checkpoint that stores the state resumes the
-stream exactly. The CUDA backend draws its shuffles from these functions on the host.
+stream exactly. The threaded kernels draw one key per mini-batch from it and then a counter-based
+stream (:func:`rng_at`): each thread draws its own rows' numbers, the same whatever the thread count. The CUDA backend draws its shuffles from these functions on the host.
 """
 
 from __future__ import annotations
@@ -26,13 +27,32 @@ def seed_state(seed: int) -> np.ndarray:
 
 
 @njit(**CPU_JIT)
-def rng_next(state):
-    """SplitMix64 (Steele, Lea & Flood 2014): the next uint64, advancing ``state[0]``."""
-    state[0] += _GOLDEN
-    z = state[0]
+def _mix(z):
+    """SplitMix64's output function of a uint64."""
     z = (z ^ (z >> _S30)) * _MIX1
     z = (z ^ (z >> _S27)) * _MIX2
     return z ^ (z >> _S31)
+
+
+@njit(**CPU_JIT)
+def rng_next(state):
+    """SplitMix64 (Steele, Lea & Flood 2014): the next uint64, advancing ``state[0]``."""
+    state[0] += _GOLDEN
+    return _mix(state[0])
+
+
+@njit(**CPU_JIT)
+def stream_key(key, j):
+    """The key of sub-stream ``j`` (an int >= 0) of the counter-based stream ``key``."""
+    return _mix(key + np.uint64(j + 1))
+
+
+@njit(**CPU_JIT)
+def rng_at(key, i):
+    """The ``i``-th (an int >= 0) uniform float64 in [0, 1) of the counter-based stream ``key``
+    (a uint64, e.g. drawn by :func:`rng_next`): SplitMix64 at position ``i``, so any part of the
+    stream can be drawn in any order by any thread, with the same numbers."""
+    return (_mix(key + (np.uint64(i) + np.uint64(1)) * _GOLDEN) >> _S11) * (1.0 / 9007199254740992.0)
 
 
 @njit(**CPU_JIT)

@@ -5,8 +5,10 @@ slower here (docs/performance.md). So exactly one pool works at a time:
 
 * the fused kernels (``train_epoch_fused``, ``forward_fused``) run on **numba's** threads and call
   a single-threaded GEMM inside each thread's block (``nbnet.kernels.blas``);
-* the reference kernels (dropout, augmentation, no GEMM library) run serial numba loops and give
-  the threads to **BLAS** through ``np.dot``.
+* the reference kernels (augmentation, no GEMM library) run serial numba loops and give the
+  threads to **BLAS** through ``np.dot``.
+
+A mini-batch too small to split (:data:`SERIAL_BELOW`) runs its fused epoch on one thread.
 
 ``thread_budget(n)`` sets both limits for the duration of a fit or predict; ``n`` defaults to
 ``NBNET_NUM_THREADS``, then ``NUMBA_NUM_THREADS``, then the number of cores.
@@ -72,6 +74,32 @@ def parallel_guard():
     """Context for entering a numba-parallel kernel: nothing with tbb, a process-wide lock with a
     layer that cannot be entered from two threads at once."""
     return contextlib.nullcontext() if LAYER == "tbb" else _ENTRY_LOCK
+
+
+#: Multiply-adds per mini-batch (rows × parameters) under which one thread trains faster than
+#: several: waking the pool and the two barriers of each mini-batch then cost more than splitting
+#: it saves (measured on the 2-core machine, docs/performance.md: 64-128-10 runs 1.7× faster on
+#: one thread at batch 16, 1.2× at 64, and 1.3× slower at 128, 1.2 M multiply-adds).
+SERIAL_BELOW = 1_000_000
+
+
+def epoch_threads(batch_rows: int, n_params: int) -> int:
+    """The threads (parts) for an epoch of mini-batches of ``batch_rows`` rows: numba's current
+    count, or 1 under :data:`SERIAL_BELOW`."""
+    return 1 if batch_rows * n_params < SERIAL_BELOW else numba.get_num_threads()
+
+
+@contextlib.contextmanager
+def numba_threads(n: int):
+    """numba's thread count for this calling thread set to ``n`` within the block."""
+    before = numba.get_num_threads()
+    if n != before:
+        numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if n != before:
+            numba.set_num_threads(before)
 
 
 def default_threads() -> int:
