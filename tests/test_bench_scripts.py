@@ -53,3 +53,34 @@ def test_jax_and_torch_children_train_side_by_side_on_one_core(tmp_path):
         assert len(r["epoch_s"]) == 3 and r["best_samples_per_s"] > 0
     assert runs["jax"]["samples_per_epoch"] == (1797 // 128) * 128  # lax.scan drops the partial batch
     assert "| 64-128-10, bs 128 |" in p.stdout
+
+
+def _script(name: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT.parent / name), *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def test_the_serial_threshold_table_marks_the_dispatchers_choice():
+    from nbnet.kernels.threads import SERIAL_BELOW
+
+    r = _script("bench_serial_threshold.py")
+    assert r.returncode == 0, r.stderr
+    rows = [ln.split("|")[1:-1] for ln in r.stdout.splitlines() if ln.startswith("| 64-")]
+    assert len(rows) == 9
+    for net, macs, many, one, runs in rows:
+        assert float(macs.split()[0]) > 0 and many.strip().endswith("k/s") and one.strip().endswith("k/s")
+        assert (runs.strip() == "1 thread") == (float(macs.split()[0]) * 1e6 < SERIAL_BELOW)
+
+
+@pytest.mark.slow
+def test_bench_sweep_times_auto_workers_and_the_untracked_twin(tmp_path):
+    out = tmp_path / "sweep.json"
+    r = _script("bench_sweep.py", "--case", "digits", "--trials", "3", "--workers", "1,auto", "--untracked",
+                "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["workers"] for row in rows] == [1, "auto"]
+    for row in rows:
+        assert row["complete"] == 3 and row["untracked_wall_s"] > 0 and row["tracking_s"] > 0
+    assert rows[1]["resolved"][0] == 1  # 3 short trials: auto does not spawn a worker
+    assert "| tracked / untracked |" in r.stdout
