@@ -116,6 +116,7 @@ def run_case(case: str, trials: int | None, workers: int, threads: int | None = 
         sums = {k: sum(run.data.metrics.get(k, 0.0) for run in kids) for k in COST_KEYS}
         study = sweep.optuna_load(cfg.name, sweep.open_storage(sweep.default_storage(cfg.name), uri=uri))
         sums["tracking_seconds"] = sum(t.user_attrs.get("tracking_seconds", 0.0) for t in study.trials)
+        floor = mlflow_floor(c, kids[len(kids) // 2])
         parent = c.get_run(r.parent_run_id).data.metrics
         tracked = sums["tracking_seconds"] + parent.get("sweep_tracking_seconds", 0.0)
         os.chdir(ROOT)
@@ -127,7 +128,29 @@ def run_case(case: str, trials: int | None, workers: int, threads: int | None = 
         "compile_s": sums["compile_seconds"], "cpu_s": sums["cpu_seconds"],
         "per_trial_tracking_s": sums["tracking_seconds"] / max(1, len(kids)),
         "per_trial_train_s": sums["train_seconds"] / max(1, len(kids)), "best": r.best_value,
+        "mlflow_floor_s": floor,
     }
+
+
+def mlflow_floor(c, run, repeats: int = 10) -> float:
+    """Seconds MLflow itself takes to record a run like ``run`` (a trial's): create it with its
+    tags, log its params, every value of its metric histories in one batch, and end it: bare
+    ``MlflowClient`` calls, no model, no artifacts; the mean of ``repeats`` copies in the same store."""
+    from mlflow.entities import Metric, Param
+
+    history = [Metric(m.key, m.value, m.timestamp, m.step) for key in run.data.metrics
+               for m in c.get_metric_history(run.info.run_id, key)]
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        rid = c.create_run(run.info.experiment_id, tags=tags).info.run_id
+        for i in range(0, len(params), 100):
+            c.log_batch(rid, params=params[i:i + 100])
+        for i in range(0, len(history), 1000):
+            c.log_batch(rid, metrics=history[i:i + 1000])
+        c.set_terminated(rid, "FINISHED")
+    return (time.perf_counter() - t0) / repeats
 
 
 def untracked_worker(config: dict, name: str, storage: str, trials: int) -> None:
@@ -265,7 +288,7 @@ def print_rows(rows: list[dict]) -> None:
     print("| case | workers | workers × threads | trials | wall s | trials/min | best | train s/trial | tracking s/trial "
           "| tracking share |" + (" untracked wall s | tracked / untracked |" if untracked else ""))
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if untracked else ""))
-    first = {}
+    first, floor_lines = {}, []
     for r in rows:
         base = first.setdefault(r["case"], r["trials_per_min"])
         ratio = f" ({r['trials_per_min'] / base:.2f}×)" if r["trials_per_min"] != base else ""
@@ -274,8 +297,15 @@ def print_rows(rows: list[dict]) -> None:
                 f"{r['per_trial_tracking_s']:.3f} | {100 * r['tracking_share']:.1f}% |")
         if untracked:
             u = r.get("untracked_wall_s")
+            floor_lines.append(f"{r['case']}, {r['workers']}: MLflow's own floor per run (bare client calls: the run, "
+                               f"its {r['trials']} trials' median params, tags and metric histories, no model) "
+                               f"{1000 * r['mlflow_floor_s']:.0f} ms = {100 * r['mlflow_floor_s'] / r['per_trial_train_s']:.0f} % "
+                               f"of a trial's training; nbnet's tracking per trial {1000 * r['per_trial_tracking_s']:.0f} ms")
             line += f" {u:.1f} | {r['wall_s'] / u:.2f}× |" if u else " | |"
         print(line)
+    if floor_lines:
+        print()
+        print("\n".join(floor_lines))
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ from nbnet.kernels.cpu_layers import (
 from nbnet.kernels.cpu_optim import (
     adam_apply, adam_coefficients, clip_grad_norm, optimizer_step, sgd_apply, sum_squares,
 )
-from nbnet.kernels.rng import rng_at, rng_next, shuffle, stream_key
+from nbnet.kernels.rng import rng_at, rng_next, shuffle
 from nbnet.kernels.tables import (
     CPU_JIT, HP_BETA1, HP_BETA2, HP_DROPOUT, HP_EPS, HP_L2, HP_LR, HP_MOMENTUM, HP_WD, OPT_ADAMW, OPT_SGD, SETTING_BATCH,
     SETTING_NESTEROV, SETTING_OPTIMIZER, SETTING_SHUFFLE, SETTING_STEP,
@@ -59,9 +59,9 @@ def _rows_pass(t, T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts,
                tot, p, key, Sbuf):
     """Rows block ``t``: gather, forward, loss gradient, backward deltas. ``tot[t]`` = the block's
     (weighted) loss sum; ``sw`` the per-row weights of X (empty: none), gathered into ``wb``;
-    ``inv`` = 1 / the batch's weight sum (1 / bs without weights). With dropout ``p`` > 0, hidden
-    layer ``l``'s mask is the counter-based stream ``stream_key(key, l)`` (:func:`dropout_rows`),
-    and ``Sbuf`` (laid out as ``Abuf``) takes the undropped activations for the backward pass."""
+    ``inv`` = 1 / the batch's weight sum (1 / bs without weights). With dropout ``p`` > 0 the masks
+    come from the counter-based stream ``key`` (:func:`dropout_rows`), and ``Sbuf`` (laid out as
+    ``Abuf``) takes the undropped activations for the backward pass."""
     r0, r1 = part_bounds(bs, T, t, 1)
     if r1 <= r0:
         tot[t] = 0.0
@@ -85,7 +85,7 @@ def _rows_pass(t, T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts,
         gemm(False, False, r1 - r0, n_out, n_in, one, Ain[r0], n_in, W, n_out, zero, Aout[r0], n_out)
         bias_activation(Aout[r0:r1], b, acts[l])
         if p > 0 and l < L - 1:
-            dropout_rows(Aout[r0:r1], r0, stream_key(key, l), p)
+            dropout_rows(Aout[r0:r1], r0, l, key, p, Aout[:0], Aout[:0])
     k = sizes[L]
     DL = matrix_at(Dbuf, off[L], B, k)
     wrows = wb[r0:r1] if sw.shape[0] > 0 else wb[:0]
@@ -99,37 +99,33 @@ def _rows_pass(t, T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts,
         Al = matrix_at(Abuf, off[l], B, n_in)[r0:r1]
         if p > 0:  # A keeps the dropped-out values for the weight gradients: undrop into S
             Sl = matrix_at(Sbuf, off[l], B, n_in)[r0:r1]
-            dropout_grad_rows(Al, Din[r0:r1], Sl, r0, stream_key(key, l - 1), p)
+            dropout_rows(Al, r0, l - 1, key, p, Din[r0:r1], Sl)
             Al = Sl
         activation_grad(Al, Din[r0:r1], acts[l - 1])
 
 
 @njit(**CPU_JIT)
-def dropout_rows(A, r0, key, p):
-    """Inverted dropout of rows ``r0 …`` of a batch's layer output ``A`` (those rows), in place:
-    unit ``j`` of batch row ``i`` is kept (and scaled by 1 / (1 - p)) when ``rng_at(key, i * n +
-    j) >= p``, whichever thread draws it."""
-    n = A.shape[1]
-    scale = A.dtype.type(1.0 / (1.0 - p))
-    zero = A.dtype.type(0.0)
-    for i in range(A.shape[0]):
-        base = (r0 + i) * n
-        for j in range(n):
-            A[i, j] = A[i, j] * scale if rng_at(key, base + j) >= p else zero
+def dropout_rows(A, r0, layer, key, p, D, S):
+    """Inverted dropout of rows ``r0 …`` of a batch's hidden layer ``layer`` output ``A`` (those
+    rows): unit ``j`` of batch row ``i`` is kept, and scaled by 1 / (1 - p), when
+    ``rng_at(key, layer · 2**40 + i · width + j) >= p``, whichever thread draws it.
 
-
-@njit(**CPU_JIT)
-def dropout_grad_rows(A, D, S, r0, key, p):
-    """The backward of :func:`dropout_rows` (same rows and key): ``D *= mask``, and ``S`` = the
-    layer's output before dropout (``A × (1 - p)``, 0 where dropped), for ``activation_grad``."""
+    Forward (``D`` with no rows): ``A`` in place. Backward (``D`` the deltas of those rows, the
+    same ``A``, ``layer`` and ``key``): ``D *= mask``, and ``S`` = the output before dropout
+    (``A × (1 - p)``, 0 where dropped) for ``activation_grad``; ``A`` is left as it is (the weight
+    gradients read it). One function for both: each compiled function costs cold-start time."""
     n = A.shape[1]
     scale = A.dtype.type(1.0 / (1.0 - p))
     keep = A.dtype.type(1.0 - p)
     zero = A.dtype.type(0.0)
+    backward = D.shape[0] > 0
     for i in range(A.shape[0]):
-        base = (r0 + i) * n
+        base = (layer << 40) + (r0 + i) * n
         for j in range(n):
-            if rng_at(key, base + j) >= p:
+            kept = rng_at(key, base + j) >= p
+            if not backward:
+                A[i, j] = A[i, j] * scale if kept else zero
+            elif kept:
                 D[i, j] *= scale
                 S[i, j] = A[i, j] * keep
             else:

@@ -42,12 +42,6 @@ def rng_next(state):
 
 
 @njit(**CPU_JIT)
-def stream_key(key, j):
-    """The key of sub-stream ``j`` (an int >= 0) of the counter-based stream ``key``."""
-    return _mix(key + np.uint64(j + 1))
-
-
-@njit(**CPU_JIT)
 def rng_at(key, i):
     """The ``i``-th (an int >= 0) uniform float64 in [0, 1) of the counter-based stream ``key``
     (a uint64, e.g. drawn by :func:`rng_next`): SplitMix64 at position ``i``, so any part of the
