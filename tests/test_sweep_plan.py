@@ -13,7 +13,7 @@ from nbnet.experiment import tags as T
 from nbnet.experiment import tracking
 from nbnet.experiment.sweep import run_sweep
 from nbnet.experiment.sweep.plan import (LONG_TRIAL_SECONDS, MIN_SWEEP_SECONDS, largest_trial, parse_workers,
-                                         plan_workers, trial_seconds)
+                                         plan_workers, trial_seconds, typical_trial)
 
 
 @pytest.fixture(scope="module")
@@ -38,28 +38,31 @@ def test_parse_workers_takes_a_count_or_auto():
             parse_workers(bad)
 
 
-def test_the_largest_trial_takes_each_searched_size_at_its_top(digits):
-    cfg, _ = digits
+def test_the_largest_and_typical_trials_take_each_searched_size_at_its_top_and_middle(digits):
+    cfg, data = digits
     big = largest_trial(cfg)
     assert big.model.hidden() == (256, 256, 256)  # n_layers ≤ 3, width ≤ 256 in experiments/digits.toml
     assert big.train.batch_size == cfg.train.batch_size  # only model sizes and epochs
+    assert typical_trial(cfg).model.hidden() == (91, 91)  # depth 2 of 1–3, width √(32 · 256) on its log scale
+    assert trial_seconds(cfg, data, typical=True) < trial_seconds(cfg, data)
 
 
 def test_short_trials_get_a_single_threaded_worker_per_core(digits):
     cfg, data = digits
     assert trial_seconds(cfg, data) < LONG_TRIAL_SECONDS
     p = plan_workers(cfg, "auto", 100, data, cores=2)
-    assert (p.workers, p.threads) == (2, 1) and p.reason.startswith("auto, trials of about")
+    assert (p.workers, p.threads) == (2, 1) and p.reason.startswith("auto, 100 short trials (about ")
     assert plan_workers(cfg, "auto", 100, data, cores=8).workers == 8
-    enough = int(MIN_SWEEP_SECONDS / trial_seconds(cfg, data)) + 2  # a sweep estimated over the threshold
+    enough = int(MIN_SWEEP_SECONDS / trial_seconds(cfg, data, typical=True)) + 2  # a sweep estimated over the threshold
     assert plan_workers(cfg, "auto", enough, data, cores=enough + 5).workers == enough  # no more workers than trials
 
 
 def test_one_worker_when_spawning_would_not_pay(digits):
     cfg, data = digits
     assert (plan_workers(cfg, "auto", 1, data, cores=2).workers, plan_workers(cfg, "auto", 1, data, cores=2).threads) == (1, 2)
-    few = max(1, int(MIN_SWEEP_SECONDS / trial_seconds(cfg, data)) - 1)  # a sweep estimated under the threshold
+    few = max(1, int(MIN_SWEEP_SECONDS / trial_seconds(cfg, data, typical=True)) - 1)  # a sweep under the threshold
     assert plan_workers(cfg, "auto", few, data, cores=2).workers == 1
+    assert plan_workers(cfg, "auto", 20, data, cores=2).workers == 1  # the shipped sweep: about 6 s of trials
     assert plan_workers(cfg, "auto", 100, data, cores=1).workers == 1
 
 
@@ -87,5 +90,5 @@ def test_the_choice_is_recorded_on_the_sweep_run(tmp_path, monkeypatch, empty_st
     cfg = C.load_experiment("digits", ["train.epochs=1", "search.sampler=random", "search.pruner=none"])
     r = run_sweep(cfg, trials=1, workers="auto", uri=uri, register=False, quiet=True)
     tags = tracking.client(uri).get_run(r.parent_run_id).data.tags
-    assert tags[T.SWEEP_WORKERS] == "1" and tags[T.SWEEP_PLAN] == "auto, 1 short trial left: one worker"
+    assert tags[T.SWEEP_WORKERS] == "1" and tags[T.SWEEP_PLAN].startswith("auto, 1 short trial left (about ")
     assert int(tags[T.SWEEP_THREADS]) >= 1

@@ -9,13 +9,16 @@ trials left to run and the size of the largest trial the search space allows:
 * **Short trials**: one single-threaded worker per core. A small network barely gains from a
   second thread (the per-batch work is too small to split), while a second worker trains, tracks
   and samples a whole other trial in the same time.
-* **A short sweep** (the estimate of all its trials on one worker under :data:`MIN_SWEEP_SECONDS`),
-  or a single trial to run: one worker. A spawned worker starts in about 2 s (imports, data),
-  which such a sweep would not win back.
+* **A short sweep** (its trials on one worker estimated under :data:`MIN_SWEEP_SECONDS`), or a
+  single trial to run: one worker. A spawned worker starts in about 2.5 s (imports, data) and two
+  workers on two cores each train about a fifth slower than one alone, so two pay off from about
+  6 s of trials; 10 s leaves a margin for the estimate's error.
 
-The estimate is ``6 × rows × parameters × epochs`` floating-point operations (forward and
-backward) at :data:`FLOPS_PER_THREAD`, plus :data:`TRACKING_SECONDS` per trial; it only has to
-tell sub-second trials from minute-long ones. A ``train.n_threads`` set in the config is kept:
+A trial's estimate is ``6 × rows × parameters × epochs`` floating-point operations (forward and
+backward) at :data:`FLOPS_PER_THREAD`, plus :data:`TRACKING_SECONDS`: for the largest network
+the space allows (every searched size at its top: is any trial long?) and for a typical one (every
+searched size at its middle, geometric on a log scale: how long is the sweep?). On the shipped
+digits example it says 0.3 s for a typical trial, as measured. A ``train.n_threads`` set in the config is kept:
 auto then runs ``cores // n_threads`` workers for short trials.
 
 The choice is printed in the sweep's first line and recorded on the sweep's parent run (tags
@@ -36,7 +39,7 @@ from nbnet.kernels.threads import default_threads
 FLOPS_PER_THREAD = 20e9  # a conservative single-thread training rate (float32; docs/benchmarks.md)
 TRACKING_SECONDS = 0.15  # a trial's run, metrics and model in the embedded store
 LONG_TRIAL_SECONDS = 10.0
-MIN_SWEEP_SECONDS = 20.0
+MIN_SWEEP_SECONDS = 10.0
 AUTO = "auto"
 
 
@@ -74,9 +77,21 @@ def _largest(spec: C.ParamSpec):
     return int(spec.high) if spec.type == "int" else float(spec.high)
 
 
-def largest_trial(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
-    """``cfg`` with the searched depth, widths and epochs at their largest."""
-    values = {path: _largest(spec) for path, spec in cfg.search.space.items()
+def _middle(spec: C.ParamSpec):
+    """The value of a searched parameter in the middle of its range (geometric on a log scale),
+    or its middle choice."""
+    if spec.type == "categorical":
+        ordered = sorted(spec.choices, key=lambda c: int(np.prod(c)) * len(c) if isinstance(c, (tuple, list)) else
+                         (c if isinstance(c, (int, float)) and not isinstance(c, bool) else 0))
+        return ordered[len(ordered) // 2]
+    mid = float(np.sqrt(spec.low * spec.high)) if spec.log else (spec.low + spec.high) / 2
+    return int(round(mid)) if spec.type == "int" else mid
+
+
+def sized_trial(cfg: C.ExperimentConfig, pick=_largest) -> C.ExperimentConfig:
+    """``cfg`` with the searched depth, widths and epochs at ``pick(spec)``: their largest by
+    default, or (``pick=_middle``, :func:`typical_trial`) the middle of their ranges."""
+    values = {path: pick(spec) for path, spec in cfg.search.space.items()
               if path.startswith("model.") and path != "model.activation" or path == "train.epochs"}
     try:
         return C.with_values(cfg, values)
@@ -84,9 +99,20 @@ def largest_trial(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
         return cfg
 
 
-def trial_seconds(cfg: C.ExperimentConfig, data: Data) -> float:
-    """An estimate of the largest trial's seconds on one thread (see the module docstring)."""
-    big = largest_trial(cfg)
+def largest_trial(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
+    """``cfg`` with the searched depth, widths and epochs at their largest."""
+    return sized_trial(cfg, _largest)
+
+
+def typical_trial(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
+    """``cfg`` with the searched depth, widths and epochs in the middle of their ranges."""
+    return sized_trial(cfg, _middle)
+
+
+def trial_seconds(cfg: C.ExperimentConfig, data: Data, *, typical: bool = False) -> float:
+    """An estimate of the largest (or a ``typical``) trial's seconds on one thread (see the module
+    docstring)."""
+    big = typical_trial(cfg) if typical else largest_trial(cfg)
     n_rows, n_in = data.X_train.shape[0], data.X_train.shape[1]
     n_out = len(np.unique(data.y_train)) if data.task == "classification" else (
         1 if data.y_train.ndim == 1 else data.y_train.shape[1])
@@ -105,16 +131,18 @@ def plan_workers(cfg: C.ExperimentConfig, requested, remaining: int, data: Data,
     if requested != AUTO:
         threads = fixed or max(1, cores // requested)
         return WorkerPlan(requested, threads, f"{requested} worker{'s' if requested > 1 else ''} as asked")
-    seconds = trial_seconds(cfg, data)
+    longest = trial_seconds(cfg, data)
     per_core = max(1, cores // (fixed or 1))
-    if seconds > LONG_TRIAL_SECONDS:
-        why = f"trials of up to about {seconds:.0f} s: every core trains one trial at a time"
+    if longest > LONG_TRIAL_SECONDS:
+        why = f"trials of up to about {longest:.0f} s: every core trains one trial at a time"
         return WorkerPlan(1, fixed or cores, f"auto, {why}")
     if per_core == 1:
         return WorkerPlan(1, fixed or cores, f"auto, {fixed or cores} thread{'s' if (fixed or cores) > 1 else ''} "
                                              f"fill the {cores} core{'s' if cores > 1 else ''}: one worker")
-    if remaining <= 1 or seconds * remaining < MIN_SWEEP_SECONDS:
-        return WorkerPlan(1, fixed or cores, f"auto, {remaining} short trial{'s' if remaining != 1 else ''} left: "
-                                             "one worker")
+    sweep = trial_seconds(cfg, data, typical=True) * remaining
+    if remaining <= 1 or sweep < MIN_SWEEP_SECONDS:
+        return WorkerPlan(1, fixed or cores, f"auto, {remaining} short trial{'s' if remaining != 1 else ''} left "
+                                             f"(about {sweep:.0f} s): one worker")
     n = min(per_core, remaining)
-    return WorkerPlan(n, fixed or 1, f"auto, trials of about {seconds:.1f} s at most on {cores} cores: a trial per core")
+    return WorkerPlan(n, fixed or 1, f"auto, {remaining} short trials (about {sweep:.0f} s on one worker) on {cores} "
+                                     "cores: a single-threaded worker per core")
