@@ -151,14 +151,17 @@ class Trainer:
         for i, g in enumerate(stats[1:]):
             logs[f"grad_norm_{i}"] = float(g)
         if val_dev is not None:
-            logs["val_loss"] = float(self.backend.eval_loss(val_dev.X, val_dev.Y, self._params_dev, *lay.kernel_args(),
-                                                            self.plan.loss))
-            logs[val.score_key] = val.score(self._outputs(val_dev.X, val.Y), val.Y)
+            logs["val_loss"], outputs = self._validate(val_dev, val.Y)
+            logs[val.score_key] = val.score(outputs, val.Y)
         logs["epoch_time"] = time.perf_counter() - t0
         return logs
 
-    def _outputs(self, Xd, Y: np.ndarray) -> np.ndarray:
-        """The network's predictions (output transform applied) for device rows Xd, on the host."""
-        out = self.backend.to_device(np.empty((Y.shape[0], self.plan.layout.sizes[-1]), dtype=Y.dtype))
-        self.backend.forward(Xd, self._params_dev, *self.plan.layout.kernel_args(), self.plan.loss, out)
-        return self.backend.to_host(out)
+    def _validate(self, val_dev: Validation, Y: np.ndarray) -> tuple[float, np.ndarray]:
+        """(the mean loss, the predictions on the host) of the validation rows, from one forward
+        pass: the logits, their loss, then the output transform in place."""
+        b, lay = self.backend, self.plan.layout
+        Z = b.to_device(np.empty((Y.shape[0], lay.sizes[-1]), dtype=Y.dtype))
+        b.forward(val_dev.X, self._params_dev, *lay.kernel_args(), -1, Z)
+        loss = float(b.loss_grad(Z, val_dev.Y, self.plan.loss, np.empty((0, 1), Z.dtype))) / Y.shape[0]
+        b.output_transform(Z, self.plan.loss)
+        return loss, b.to_host(Z)
