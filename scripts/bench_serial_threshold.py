@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 
 from nbnet import optim
 from nbnet.kernels import cpu as K
-from nbnet.kernels.threads import SERIAL_BELOW, numba_threads
+from nbnet.kernels.threads import epoch_threads, numba_threads
 from nbnet.model import Layout, init_params
 
 CASES = [(128, 16), (128, 32), (256, 32), (128, 64), (128, 96), (256, 64), (512, 32), (128, 128), (256, 128)]
@@ -57,11 +57,12 @@ def main() -> None:
         for _ in range(2):
             for threads in (cores, 1):
                 best[threads] = min(best[threads], epoch_seconds(X, Y, lay, batch, threads))
-        macs = batch * lay.n_params
         rate = {t: len(X) / s / 1e3 for t, s in best.items()}
         k = {t: f"{r:,.0f}".replace(",", " ") for t, r in rate.items()}
-        print(f"| 64-{hidden}-10, {batch} | {macs / 1e6:.2f} M | {k[cores]} k/s | {k[1]} k/s | "
-              f"{'1 thread' if macs < SERIAL_BELOW else f'{cores} threads'} |")
+        with numba_threads(cores):
+            runs = epoch_threads(batch, lay.n_params)
+        print(f"| 64-{hidden}-10, {batch} | {batch * lay.n_params / 1e6:.2f} M | {k[cores]} k/s | {k[1]} k/s | "
+              f"{runs} thread{'s' if runs > 1 else ''} |")
 
 
 if __name__ == "__main__":

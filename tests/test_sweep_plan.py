@@ -3,6 +3,8 @@ search space allows (nbnet.experiment.sweep.plan), and the choice recorded on th
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -40,11 +42,21 @@ def test_parse_workers_takes_a_count_or_auto():
 
 def test_the_largest_and_typical_trials_take_each_searched_size_at_its_top_and_middle(digits):
     cfg, data = digits
-    big = largest_trial(cfg)
+    big = largest_trial(cfg, 64, 10)
     assert big.model.hidden() == (256, 256, 256)  # n_layers ≤ 3, width ≤ 256 in experiments/digits.toml
     assert big.train.batch_size == cfg.train.batch_size  # only model sizes and epochs
-    assert typical_trial(cfg).model.hidden() == (91, 91)  # depth 2 of 1–3, width √(32 · 256) on its log scale
+    assert typical_trial(cfg, 64, 10).model.hidden() == (91, 91)  # depth 2 of 1–3, width √(32 · 256) on its log scale
     assert trial_seconds(cfg, data, typical=True) < trial_seconds(cfg, data)
+
+
+def test_hidden_layer_choices_are_sized_by_their_weights():
+    """With 64 inputs and 10 outputs one wide layer (256,) outweighs three narrow ones (32, 32, 32):
+    18 944 weights against 4 416; the largest trial takes it, the typical one the middle choice."""
+    cfg = C.load_experiment("wine", [])
+    space = {"model.hidden_layer_sizes": C.ParamSpec(type="categorical", choices=((32, 32, 32), (256,), (8,)))}
+    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, space=space))
+    assert largest_trial(cfg, 64, 10).model.hidden() == (256,)
+    assert typical_trial(cfg, 64, 10).model.hidden() == (32, 32, 32)
 
 
 def test_short_trials_get_a_single_threaded_worker_per_core(digits):

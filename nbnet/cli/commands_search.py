@@ -19,8 +19,9 @@ def add_commands(sub) -> None:
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.add_argument("--trials", type=int, help="total trials of the study (default: search.n_trials)")
     p.add_argument("--workers", default="auto",
-                   help="worker processes on the same study, or auto (the default): one single-threaded worker per "
-                        "core for short trials, one worker using every core for long ones (docs/scaleout.md)")
+                   help="worker processes on the same study, or auto (the default): one worker using every core "
+                        "for long trials or a short sweep, else one single-threaded worker per core "
+                        "(docs/experiments.md)")
     p.add_argument("--study", help="study name (default: the experiment's name); the same name resumes it")
     p.add_argument("--storage", help="Optuna storage URL or journal file (default: NBNET_STORAGE or OPTUNA_STORAGE, "
                                      "else mlruns/optuna/STUDY.log)")

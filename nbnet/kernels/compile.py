@@ -148,13 +148,13 @@ def warm_epoch(backend: ModuleType, dtype) -> None:
 
 
 def warm_forward(backend: ModuleType, dtype) -> None:
-    """Run ``backend.forward``, ``backend.eval_loss`` and ``backend.output_transform`` (the
-    trainer's validation pass) once on the tiny network."""
+    """Run ``backend.forward`` and ``backend.eval_loss`` (with and without the predictions, as
+    the trainer's validation pass calls it) once on the tiny network."""
     X, Y, p, args = _tiny_network(dtype)
     dev = backend.to_device
     backend.forward(dev(X), dev(p), *args, LOSS_SOFTMAX_CE, dev(np.zeros((3, 2), dtype)))
     backend.eval_loss(dev(X), dev(Y), dev(p), *args, LOSS_SOFTMAX_CE)
-    backend.output_transform(dev(np.zeros((3, 2), dtype)), LOSS_SOFTMAX_CE)
+    backend.eval_loss(dev(X), dev(Y), dev(p), *args, LOSS_SOFTMAX_CE, dev(np.zeros((3, 2), dtype)))
 
 
 def compile_forward_elsewhere(backend: ModuleType, dtype):

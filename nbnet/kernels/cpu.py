@@ -285,11 +285,15 @@ def _rows(a):
     return _NONE if a is None else np.ascontiguousarray(a, dtype=np.float64)
 
 
-def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss):
-    """Mean loss of the network over (X, Y), without gradients (validation)."""
-    Z = np.empty((X.shape[0], sizes[-1]), params.dtype)
+def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss, out=None):
+    """Mean loss of the network over (X, Y), without gradients (validation). With ``out`` (n,
+    n_outputs), the same forward pass also leaves the predictions (output transform applied) there."""
+    Z = np.empty((X.shape[0], sizes[-1]), params.dtype) if out is None else out
     forward(X, params, w_off, b_off, sizes, acts, -1, Z)
-    return loss_grad(Z, Y, loss, np.empty((0, 1), params.dtype)) / X.shape[0]
+    total = loss_grad(Z, Y, loss, np.empty((0, 1), params.dtype))
+    if out is not None:
+        output_transform(Z, loss)
+    return total / X.shape[0]
 
 
 def _fusable(arrays) -> bool:

@@ -210,7 +210,8 @@ def _batch_parallel(phase, T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_of
 def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss, hp, settings, state, stats, sw, lrs, T,
                       clip):
     """``train_epoch`` on numba's threads with the single-threaded GEMM of ``nbnet.kernels.blas``,
-    each mini-batch cut into ``T`` parts (pass ``numba.get_num_threads()``; results depend on ``T``
+    each mini-batch cut into ``T`` parts (the dispatcher passes ``epoch_threads(...)``, numba's
+    thread count or 1 for small mini-batches; results depend on ``T``
     only in the last bits of float sums, and not at all from run to run).
 
     Same arguments (``sw``, ``lrs``: the per-row weights and per-step learning rates, float64,

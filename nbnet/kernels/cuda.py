@@ -471,13 +471,17 @@ def batch_gradient(X, Y, params, grads, w_off, b_off, sizes, acts, loss, l2, sw=
     return _sum(ws.row_loss, n) * inv
 
 
-def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss):
-    """Mean loss of the network over (X, Y), without gradients (validation); host float."""
+def eval_loss(X, Y, params, w_off, b_off, sizes, acts, loss, out=None):
+    """Mean loss of the network over (X, Y), without gradients (validation); host float. With
+    ``out`` (a device (n, n_outputs) array) the same forward pass also leaves the predictions
+    (output transform applied) there."""
     n = X.shape[0]
-    Z = cuda.device_array((n, int(sizes[-1])), params.dtype)
+    Z = cuda.device_array((n, int(sizes[-1])), params.dtype) if out is None else out
     forward(X, params, w_off, b_off, sizes, acts, -1, Z)
     rows = cuda.device_array(n, np.float64)
     k_loss[_g1(n)](Z, Y, int(loss), 0, _dummy(params.dtype), rows, 0, _no_weights(), 0, 1.0 / n)
+    if out is not None:
+        output_transform(Z, loss)
     return _sum(rows, n) / n
 
 

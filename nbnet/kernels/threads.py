@@ -78,8 +78,8 @@ def parallel_guard():
 
 #: Multiply-adds per mini-batch (rows × parameters) under which one thread trains faster than
 #: several: waking the pool and the two barriers of each mini-batch then cost more than splitting
-#: it saves (measured on the 2-core machine, docs/performance.md: 64-128-10 runs 1.7× faster on
-#: one thread at batch 16, 1.2× at 64, and 1.3× slower at 128, 1.2 M multiply-adds).
+#: it saves (measured on the 2-core machine, docs/performance.md: 64-128-10 runs 1.85× faster on
+#: one thread at batch 16, 1.3× at 64, and 1.6× slower at 128, 1.2 M multiply-adds).
 SERIAL_BELOW = 1_000_000
 
 

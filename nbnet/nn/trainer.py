@@ -157,11 +157,8 @@ class Trainer:
         return logs
 
     def _validate(self, val_dev: Validation, Y: np.ndarray) -> tuple[float, np.ndarray]:
-        """(the mean loss, the predictions on the host) of the validation rows, from one forward
-        pass: the logits, their loss, then the output transform in place."""
+        """(the mean loss, the predictions on the host) of the validation rows, from one forward pass."""
         b, lay = self.backend, self.plan.layout
-        Z = b.to_device(np.empty((Y.shape[0], lay.sizes[-1]), dtype=Y.dtype))
-        b.forward(val_dev.X, self._params_dev, *lay.kernel_args(), -1, Z)
-        loss = float(b.loss_grad(Z, val_dev.Y, self.plan.loss, np.empty((0, 1), Z.dtype))) / Y.shape[0]
-        b.output_transform(Z, self.plan.loss)
-        return loss, b.to_host(Z)
+        out = b.to_device(np.empty((Y.shape[0], lay.sizes[-1]), dtype=Y.dtype))
+        loss = float(b.eval_loss(val_dev.X, val_dev.Y, self._params_dev, *lay.kernel_args(), self.plan.loss, out))
+        return loss, b.to_host(out)

@@ -111,12 +111,13 @@ def run_sweep(cfg: C.ExperimentConfig, *, trials: int | None = None, workers: in
     plan = plan_workers(cfg, workers, remaining, data)
     cfg = cfg if cfg.train.n_threads else C.with_values(cfg, {"train.n_threads": plan.threads})
     parent = _parent_run(cfg, study, study_name, storage, exp_id, data, uri)
-    tracking.set_tags(parent, {T.SWEEP_WORKERS: plan.workers, T.SWEEP_THREADS: plan.threads, T.SWEEP_PLAN: plan.reason}, uri=uri)
     if not quiet:
         print(_header(cfg, study_name, storage, (done, remaining, n_stale), plan, parent), flush=True)
     status = "FAILED"
     result = SweepResult(cfg.name, study_name, storage, cfg.search.metric, direction, parent)
     try:
+        tracking.set_tags(parent, {T.SWEEP_WORKERS: plan.workers, T.SWEEP_THREADS: plan.threads,
+                                   T.SWEEP_PLAN: plan.reason}, uri=uri)
         if remaining:
             payload = {"config": C.to_dict(cfg), "name": cfg.name, "study": study_name, "storage": storage, "uri": uri,
                        "experiment_id": exp_id, "parent_run_id": parent, "quiet": quiet, "workers": plan.workers,

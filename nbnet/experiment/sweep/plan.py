@@ -65,57 +65,67 @@ def parse_workers(value) -> int | str:
     return n
 
 
-def _largest(spec: C.ParamSpec):
+def _size(choice, n_in: int, n_out: int) -> float:
+    """How large a network a categorical choice makes: the weights of a list of hidden sizes
+    between ``n_in`` inputs and ``n_out`` outputs, a number as it is, 0 for anything else (an
+    activation, an optimizer)."""
+    if isinstance(choice, (tuple, list)):
+        widths = [n_in, *(int(w) for w in choice), n_out]
+        return float(sum(a * b for a, b in zip(widths, widths[1:])))
+    return float(choice) if isinstance(choice, (int, float)) and not isinstance(choice, bool) else 0.0
+
+
+def _largest(spec: C.ParamSpec, n_in: int, n_out: int):
     """The value of a searched parameter that makes the largest network: its upper bound, or the
-    largest of numeric choices (the first choice otherwise)."""
+    choice of the largest :func:`_size`."""
     if spec.type == "categorical":
-        numeric = [c for c in spec.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
-        sized = [c for c in spec.choices if isinstance(c, (tuple, list))]
-        if sized:
-            return max(sized, key=lambda c: int(np.prod(c)) * len(c))
-        return max(numeric) if numeric else spec.choices[0]
+        return max(spec.choices, key=lambda c: _size(c, n_in, n_out))
     return int(spec.high) if spec.type == "int" else float(spec.high)
 
 
-def _middle(spec: C.ParamSpec):
+def _middle(spec: C.ParamSpec, n_in: int, n_out: int):
     """The value of a searched parameter in the middle of its range (geometric on a log scale),
-    or its middle choice."""
+    or its middle choice by :func:`_size`."""
     if spec.type == "categorical":
-        ordered = sorted(spec.choices, key=lambda c: int(np.prod(c)) * len(c) if isinstance(c, (tuple, list)) else
-                         (c if isinstance(c, (int, float)) and not isinstance(c, bool) else 0))
-        return ordered[len(ordered) // 2]
+        return sorted(spec.choices, key=lambda c: _size(c, n_in, n_out))[len(spec.choices) // 2]
     mid = float(np.sqrt(spec.low * spec.high)) if spec.log else (spec.low + spec.high) / 2
     return int(round(mid)) if spec.type == "int" else mid
 
 
-def sized_trial(cfg: C.ExperimentConfig, pick=_largest) -> C.ExperimentConfig:
-    """``cfg`` with the searched depth, widths and epochs at ``pick(spec)``: their largest by
-    default, or (``pick=_middle``, :func:`typical_trial`) the middle of their ranges."""
-    values = {path: pick(spec) for path, spec in cfg.search.space.items()
+def sized_trial(cfg: C.ExperimentConfig, n_in: int, n_out: int, pick=_largest) -> C.ExperimentConfig:
+    """``cfg`` with the searched depth, widths and epochs at ``pick(spec, n_in, n_out)``: their
+    largest by default, or (``pick=_middle``) the middle of their ranges; ``n_in``/``n_out``: the
+    data's inputs and outputs, which size lists of hidden layers."""
+    values = {path: pick(spec, n_in, n_out) for path, spec in cfg.search.space.items()
               if path.startswith("model.") and path != "model.activation" or path == "train.epochs"}
     try:
         return C.with_values(cfg, values)
-    except NbnetError:  # a combination the space never draws together: the config's own size
+    except NbnetError:  # a combination the space never draws together: each value that fits on its own
+        for path, value in values.items():
+            try:
+                cfg = C.with_values(cfg, {path: value})
+            except NbnetError:
+                pass
         return cfg
 
 
-def largest_trial(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
+def largest_trial(cfg: C.ExperimentConfig, n_in: int, n_out: int) -> C.ExperimentConfig:
     """``cfg`` with the searched depth, widths and epochs at their largest."""
-    return sized_trial(cfg, _largest)
+    return sized_trial(cfg, n_in, n_out, _largest)
 
 
-def typical_trial(cfg: C.ExperimentConfig) -> C.ExperimentConfig:
+def typical_trial(cfg: C.ExperimentConfig, n_in: int, n_out: int) -> C.ExperimentConfig:
     """``cfg`` with the searched depth, widths and epochs in the middle of their ranges."""
-    return sized_trial(cfg, _middle)
+    return sized_trial(cfg, n_in, n_out, _middle)
 
 
 def trial_seconds(cfg: C.ExperimentConfig, data: Data, *, typical: bool = False) -> float:
     """An estimate of the largest (or a ``typical``) trial's seconds on one thread (see the module
     docstring)."""
-    big = typical_trial(cfg) if typical else largest_trial(cfg)
     n_rows, n_in = data.X_train.shape[0], data.X_train.shape[1]
     n_out = len(np.unique(data.y_train)) if data.task == "classification" else (
         1 if data.y_train.ndim == 1 else data.y_train.shape[1])
+    big = (typical_trial if typical else largest_trial)(cfg, n_in, n_out)
     sizes = [n_in, *big.model.hidden(), n_out]
     params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     return 6.0 * n_rows * params * big.train.epochs / FLOPS_PER_THREAD + TRACKING_SECONDS
