@@ -247,10 +247,19 @@ def test_sweep_and_memory_specs_refuse_bad_input(store, iris):
         nbnet.sweep(X, y, space={"train.nope": {"type": "int", "low": 1, "high": 2}}, tracking_uri=store)
     with pytest.raises(NbnetError, match="one label per row"):
         nbnet.sweep(X, y[:-1], space=SPACE, tracking_uri=store)
+    with pytest.raises(NbnetError, match="--workers takes a number of worker processes or 'auto', not 'two'"):
+        nbnet.sweep(X, y, space=SPACE, workers="two", tracking_uri=store)
     with pytest.raises(NbnetError, match="another process"):
         load_dataset("memory:gone@0123456789abcdef")
     spec = register_arrays(X, y, name="iris")
     assert load_dataset(spec).n_samples == 150 and spec == register_arrays(X.copy(), y.copy(), name="iris")
+
+
+def test_sweep_with_auto_workers_records_its_plan(store, iris):
+    X, y = iris
+    res = nbnet.sweep(X, y, space=SPACE, trials=2, params=SMALL, workers="auto", tracking_uri=store, quiet=True)
+    tags = mlflow.MlflowClient(store).get_run(res.parent_run_id).data.tags
+    assert tags["nbnet.sweep.workers"] == "1" and tags["nbnet.sweep.plan"].startswith("auto, 2 short trials left")
 
 
 def test_sweep_config_starts_from_an_experiment_file_with_the_arrays_as_data(iris):
