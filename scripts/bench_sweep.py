@@ -50,6 +50,7 @@ Writes a Markdown table to stdout and JSON to bench_out/sweep.json (bench_out/pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -88,23 +89,36 @@ def enqueue_same_trials(cfg, n: int, uri: str) -> None:
         study.enqueue_trial(p)
 
 
-def run_case(case: str, trials: int | None, workers, threads: int | None = None, floor: bool = False) -> dict:
+@contextlib.contextmanager
+def queued_case(case: str, trials: int | None, threads: int | None, label: str):
+    """A fresh temporary project (the working directory meanwhile) for ``case``: its MLflow store
+    created and its study holding the queued trials (:func:`enqueue_same_trials`). Yields
+    ``(cfg, uri, trials)``."""
     from nbnet.data import prepared
-    from nbnet.experiment import config, sweep, tags, tracking
-    from nbnet.experiment.run import COST_KEYS
+    from nbnet.experiment import config, tracking
 
     name, overrides, default_trials = CASES[case]
     trials = trials or default_trials
-    overrides = overrides + ([f"train.n_threads={threads}"] if threads else [])
-    cfg = config.load_experiment(name, overrides)  # the shipped example (experiments/)
-    with tempfile.TemporaryDirectory(prefix=f"nbnet-bench-{case}-{workers}-") as tmp:
+    cfg = config.load_experiment(name, overrides + ([f"train.n_threads={threads}"] if threads else []))
+    with tempfile.TemporaryDirectory(prefix=f"nbnet-bench-{case}-{label}-") as tmp:
         os.chdir(tmp)
-        uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+        try:
+            uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+            tracking.ensure_experiment(cfg.name, uri)  # store creation is one-off, not per-sweep cost
+            prepared.clear_cache()
+            prepared.prepare_data(cfg)  # the data load, too (workers load their own copy; that is counted)
+            enqueue_same_trials(cfg, trials, uri)
+            yield cfg, uri, trials
+        finally:
+            os.chdir(ROOT)
+
+
+def run_case(case: str, trials: int | None, workers, threads: int | None = None, floor: bool = False) -> dict:
+    from nbnet.experiment import sweep, tags, tracking
+    from nbnet.experiment.run import COST_KEYS
+
+    with queued_case(case, trials, threads, str(workers)) as (cfg, uri, trials):
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        tracking.ensure_experiment(cfg.name, uri)  # store creation is one-off, not per-sweep cost
-        prepared.clear_cache()
-        prepared.prepare_data(cfg)  # the data load, too (workers load their own copy; that is counted)
-        enqueue_same_trials(cfg, trials, uri)
         t0 = time.perf_counter()
         r = sweep.run_sweep(cfg, trials=trials, workers=workers, quiet=True, uri=uri)
         wall = time.perf_counter() - t0
@@ -119,7 +133,6 @@ def run_case(case: str, trials: int | None, workers, threads: int | None = None,
         floor = mlflow_floor(c, kids[len(kids) // 2]) if floor and kids else None
         parent = c.get_run(r.parent_run_id).data.metrics
         tracked = sums["tracking_seconds"] + parent.get("sweep_tracking_seconds", 0.0)
-        os.chdir(ROOT)
     busy = wall * resolved[0]
     return {
         "case": case, "workers": workers, "threads": threads or "auto", "resolved": resolved, "trials": trials, "complete": r.n_complete, "wall_s": wall,
@@ -182,19 +195,10 @@ def run_untracked(case: str, trials: int | None, workers: int, threads: int) -> 
     processes (spawned like the sweep's) of ``threads`` threads each, on a journal study."""
     import multiprocessing as mp
 
-    from nbnet.data import prepared
-    from nbnet.experiment import config
+    from nbnet.experiment import config, sweep
 
-    name, overrides, default_trials = CASES[case]
-    trials = trials or default_trials
-    cfg = config.load_experiment(name, overrides + [f"train.n_threads={threads}"])
-    with tempfile.TemporaryDirectory(prefix=f"nbnet-bench-{case}-untracked-") as tmp:
-        os.chdir(tmp)
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        prepared.clear_cache()
-        prepared.prepare_data(cfg)
-        enqueue_same_trials(cfg, trials, uri)
-        storage = str(Path(tmp, "mlruns", "optuna", f"{cfg.name}.log"))
+    with queued_case(case, trials, threads, "untracked") as (cfg, uri, trials):
+        storage = sweep.default_storage(cfg.name)
         payload = (config.to_dict(cfg), cfg.name, storage, trials)
         t0 = time.perf_counter()
         procs = [mp.get_context("spawn").Process(target=untracked_worker, args=payload) for _ in range(workers - 1)]
@@ -204,7 +208,6 @@ def run_untracked(case: str, trials: int | None, workers: int, threads: int) -> 
         for p in procs:
             p.join()
         wall = time.perf_counter() - t0
-        os.chdir(ROOT)
     return wall
 
 

@@ -1,12 +1,35 @@
-"""Real MLflow SQLite stores for tests: a copy of an initialised database (creating the tables
-takes seconds, copying it milliseconds), and a store for a whole test module."""
+"""Real stores for tests: a copy of an initialised MLflow SQLite database (creating the tables
+takes seconds, copying it milliseconds), a store for a whole test module, and a fresh database on
+the real PostgreSQL of ``NBNET_TEST_PG_URL``."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+
+@contextlib.contextmanager
+def pg_database(prefix: str):
+    """A new database ``<prefix>_<pid>_<random>`` on the PostgreSQL server of ``NBNET_TEST_PG_URL``,
+    dropped afterwards; yields its URL. Skips the test when psycopg or that variable is missing."""
+    psycopg = pytest.importorskip("psycopg", reason="psycopg, the PostgreSQL driver, is not installed")
+    url = os.environ.get("NBNET_TEST_PG_URL")
+    if not url:
+        pytest.skip("NBNET_TEST_PG_URL is not set (scripts/ci_services.sh starts PostgreSQL and prints it)")
+    db = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    try:
+        yield urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+    finally:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 def fresh_store(folder: Path, template: Path) -> str:

@@ -11,13 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 import zipfile
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from stores import fresh_store
+from stores import fresh_store, pg_database
 
 from nbnet.cli import build_parser, main
 from nbnet.cli.common import ui_hint
@@ -110,18 +108,8 @@ def test_storage_from_nbnet_storage(project, monkeypatch, capsys):
 
 @pytest.fixture
 def pg_url():
-    psycopg = pytest.importorskip("psycopg", reason="psycopg, the PostgreSQL driver, is not installed")
-    url = os.environ.get("NBNET_TEST_PG_URL")
-    if not url:
-        pytest.skip("NBNET_TEST_PG_URL is not set (scripts/ci_services.sh starts PostgreSQL and prints it)")
-    db = f"nbnet_t{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    try:
-        yield urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
-    finally:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    with pg_database("nbnet_t") as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import uuid
 import warnings
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from nbnet.experiment.run import train_once, train_run
 from nbnet.experiment.sweep import sweep_config
 from nbnet.nn.callbacks import FIT_HOOKS
 from nbnet.optuna import PruningCallback
-from stores import fresh_store
+from stores import fresh_store, pg_database
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"train.epochs": 3, "model.hidden_layer_sizes": (8,), "train.batch_size": 32,
@@ -277,18 +276,8 @@ def test_sweep_config_starts_from_an_experiment_file_with_the_arrays_as_data(iri
 @pytest.fixture
 def pg_optuna_url():
     """A fresh PostgreSQL database for an Optuna RDB storage (dropped afterwards)."""
-    psycopg = pytest.importorskip("psycopg", reason="psycopg, the PostgreSQL driver, is not installed")
-    url = os.environ.get("NBNET_TEST_PG_URL")
-    if not url:
-        pytest.skip("NBNET_TEST_PG_URL is not set (scripts/ci_services.sh prints it)")
-    name = f"nbnet_pyapi_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield re.sub(r"/[^/?]*(\?|$)", f"/{name}\\1", url.replace("postgresql://", "postgresql+psycopg://", 1), count=1)
-    finally:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database("nbnet_pyapi") as url:
+        yield url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 @pytest.mark.slow

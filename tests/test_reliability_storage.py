@@ -344,18 +344,25 @@ def _mount_tmpfs(mnt: Path, size: str) -> str | None:
     return None if r.returncode == 0 else f"mount -t tmpfs failed: {r.stderr.strip()[:200]}"
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1.6 MB tmpfs (the project's stores fill it after a few trials), unmounted afterwards."""
-    mnt = tmp_path / "disk"
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, size: str, why_skip: str):
+    """``mnt`` as a new tmpfs of ``size``, unmounted afterwards; the test skips with the mount's
+    failure and ``why_skip`` (what covers the case instead) where it cannot be mounted."""
     mnt.mkdir()
-    why = _mount_tmpfs(mnt, "1600k")
+    why = _mount_tmpfs(mnt, size)
     if why:
-        pytest.skip(f"{why}; the file-size-limit variant of this test injects the write failures instead")
+        pytest.skip(f"{why}{why_skip}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.6 MB tmpfs (the project's stores fill it after a few trials), unmounted afterwards."""
+    with _tmpfs(tmp_path / "disk", "1600k", "; the file-size-limit variant of this test injects the write failures instead") as mnt:
+        yield mnt
 
 
 def _project(folder: Path, template: Path, trials: int) -> str:
@@ -424,15 +431,8 @@ def test_a_torn_journal_then_nbnet_sweep_best_and_a_dashboard_reader(tmp_path, e
 @pytest.fixture
 def ro_disk(tmp_path):
     """A tmpfs for the MLflow store that the test can remount read-only."""
-    mnt = tmp_path / "store"
-    mnt.mkdir()
-    why = _mount_tmpfs(mnt, "64m")
-    if why:
-        pytest.skip(f"{why} (as root a file's mode does not stop writes: a read-only mount does)")
-    try:
+    with _tmpfs(tmp_path / "store", "64m", " (as root a file's mode does not stop writes: a read-only mount does)") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
 @pytest.mark.slow
