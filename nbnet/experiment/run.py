@@ -18,12 +18,13 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from nbnet import viz
-from nbnet._sys import interrupt
+from nbnet._sys import cputime, interrupt
 from nbnet.data.prepared import Data, clear_cache, prepare_data, preprocessed
 from nbnet.errors import NbnetError
 from nbnet.experiment import config as C
@@ -67,10 +68,27 @@ def build_estimator(cfg: C.ExperimentConfig, data: Data):
     return cls(**kw)
 
 
+@dataclass
+class Fitted:
+    """A fitted estimator whose results are not logged yet (:func:`fit_once`, then :func:`log_fitted`)."""
+
+    cfg: C.ExperimentConfig
+    data: Data
+    est: object
+    metrics: dict  # val_*/test_* scores, epochs, the cost metrics
+    predictions: np.ndarray  # on the validation split
+    run_id: str | None
+    logger: tracking.MetricLogger | None
+    own: bool  # the logger is fit_once's own: flushed when logging ends
+    inputs: list = field(default_factory=list)
+    tracked: float = 0.0  # seconds of tracking so far (the data sets, the logger's flushes)
+
+
 def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=(), uri: str | None = None,
                data: Data | None = None, log_artifacts: bool = True, logger: tracking.MetricLogger | None = None,
                experiment_id: str | None = None):
-    """Load/split the data, build the estimator from ``cfg`` and fit it.
+    """Load/split the data, build the estimator from ``cfg`` and fit it (:func:`fit_once`), then
+    log the results (:func:`log_fitted`).
 
     With ``run_id``, the run gets its data sets as inputs (before the fit: pruned and failed runs
     name their data too), per-epoch metrics, final validation/test metrics (also linked to the
@@ -84,6 +102,14 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
     seconds spent tracking inside train_once (store calls, plots, the model). ``experiment_id``
     (the run's) saves reading the run back when its model is logged.
     """
+    fitted = fit_once(cfg, run_id=run_id, callbacks=callbacks, uri=uri, data=data, logger=logger)
+    return log_fitted(fitted, uri=uri, log_artifacts=log_artifacts, experiment_id=experiment_id)
+
+
+def fit_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=(), uri: str | None = None,
+             data: Data | None = None, logger: tracking.MetricLogger | None = None) -> Fitted:
+    """The first half of :func:`train_once`: the data sets recorded on the run, the fit with its
+    per-epoch metrics and costs, the final scores. Nothing of the results is logged yet."""
     data = data or prepare_data(cfg)
     est = build_estimator(cfg, data)
     est.config_ = C.to_dict(cfg)
@@ -106,22 +132,32 @@ def train_once(cfg: C.ExperimentConfig, *, run_id: str | None = None, callbacks=
     cost = _fit_with_costs(est, fit, logger, flushed0, flush=own)
     metrics, pv = _final_scores(cfg, est, data)
     metrics.update(cost)
+    tracked = (logger.seconds - flushed0) + inputs_s if logger else 0.0
+    return Fitted(cfg, data, est, metrics, pv, run_id, logger, own, inputs, tracked)
+
+
+def log_fitted(f: Fitted, *, uri: str | None = None, log_artifacts: bool = True,
+               experiment_id: str | None = None):
+    """The second half of :func:`train_once`: the config, plots and model of a :func:`fit_once`
+    and its final scores, on its run (if any). Returns ``(estimator, metrics)``."""
+    metrics, logger = f.metrics, f.logger
     metrics["tracking_seconds"] = 0.0
     if logger:
-        step = int(est.n_epochs_)  # the run's latest value of val_* is the final score
+        step = int(f.est.n_epochs_)  # the run's latest value of val_* is the final score
         t, flushed = time.perf_counter(), logger.seconds
         if log_artifacts:
-            _log_run_artifacts(run_id, cfg, est, data, uri, predictions=pv, logger=logger, experiment_id=experiment_id)
+            _log_run_artifacts(f.run_id, f.cfg, f.est, f.data, uri, predictions=f.predictions, logger=logger,
+                               experiment_id=experiment_id)
         for k, v in metrics.items():  # final scores, linked to the LoggedModel (its Models tab) and their split
-            if k not in cost and k != "tracking_seconds":
-                logger.log(k, v, step, model=logger.model_id is not None, dataset=tracking.datasets.metric_dataset(inputs, k))
+            if k not in COST_KEYS:
+                logger.log(k, v, step, model=logger.model_id is not None, dataset=tracking.datasets.metric_dataset(f.inputs, k))
         # flushes inside the block are in logger.seconds already
         work = time.perf_counter() - t - (logger.seconds - flushed)
-        metrics["tracking_seconds"] = (logger.seconds - flushed0) + work + inputs_s
-        if own:
+        metrics["tracking_seconds"] = f.tracked + (logger.seconds - flushed) + work
+        if f.own:
             logger.log("tracking_seconds", metrics["tracking_seconds"], step)
             logger.flush()
-    return est, metrics
+    return f.est, metrics
 
 
 def _log_inputs(run_id: str, data: Data, uri: str | None) -> tuple[list, float]:
@@ -137,11 +173,11 @@ def _fit_with_costs(est, fit, logger, flushed0: float, *, flush: bool) -> dict:
     """Run ``fit()``; return its cost metrics, logged at the last epoch by ``logger`` (if any;
     flushed when ``flush``), also when ``fit`` raises. ``flushed0``: the logger's seconds before
     the fit, so its flushes during the fit count as tracking, not training."""
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.perf_counter(), cputime.work_seconds()
     try:
         fit()
     finally:
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        wall, cpu = time.perf_counter() - t0, cputime.work_seconds() - c0
         compile_s = float(getattr(est, "compile_seconds_", 0.0))
         wait_s = float(getattr(est, "compile_wait_seconds_", 0.0))  # another worker was compiling
         in_fit = logger.seconds - flushed0 if logger else 0.0

@@ -24,7 +24,7 @@ from nbnet.experiment import config as C
 from nbnet.experiment import faults
 from nbnet.experiment import tags as T
 from nbnet.experiment import resources, tracking
-from nbnet.experiment.run import COST_KEYS, Clock, train_once
+from nbnet.experiment.run import COST_KEYS, Clock, Fitted, fit_once, log_fitted
 from nbnet.metrics import default_metric
 
 
@@ -130,62 +130,90 @@ class _Outcome:
     reason: str | None = None
 
 
+@dataclass
+class TrialRun:
+    """A trial between :meth:`Objective.start` and :meth:`Objective.finish`: its run, what training
+    left (a :class:`~nbnet.experiment.run.Fitted`, or the exception that stopped it) and the
+    tracking so far."""
+
+    trial: object
+    run_id: str
+    logger: object
+    clock: Clock
+    usage: object
+    fitted: Fitted | None = None
+    error: BaseException | None = None
+
+
 class Objective:
     """``objective(trial)``: suggestions → config → one tracked child run → the metric. A
     diverging trial or an invalid combination of suggested values raises NbnetError (recorded
     FAIL with user attr ``fail_reason``); an interrupted one is enqueued again. The trial's owner
-    (host, pid) is recorded when its slot is claimed (:mod:`nbnet.experiment.sweep.budget`)."""
+    (host, pid) is recorded when its slot is claimed (:mod:`nbnet.experiment.sweep.budget`).
+
+    It runs in two halves: :meth:`start` creates the run and trains, :meth:`finish` logs the
+    results (plots, model), ends the run and returns the value or raises why there is none; a
+    sweep may run one trial's ``finish`` while the next one trains
+    (:mod:`nbnet.experiment.sweep.pipeline`)."""
 
     def __init__(self, ctx: TrialContext):
         self.ctx = ctx
 
     def __call__(self, trial) -> float:
-        try:
-            return self._run(trial)
-        except Exception as e:
-            fault = faults.describe(e)
-            if fault is not None:  # a full disk, an unreachable store: not the trial's fault; run it again on resume
-                with contextlib.suppress(Exception):
-                    trial.set_user_attr(T.TRIAL_FAIL_REASON, fault)
-                _retry_later(trial)
-            raise
+        return self.finish(self.start(trial))
 
-    def _run(self, trial) -> float:
-        cfg = self.ctx.cfg
-        values = suggest(trial, cfg.search.space)
-        try:
-            tcfg, invalid = C.with_values(cfg, values), None
-        except NbnetError as e:  # an invalid combination, e.g. nesterov with momentum 0: a FAILED run says so
-            tcfg, invalid = cfg, e
-        params = C.to_flat_dict(tcfg) if invalid is None else {**C.to_flat_dict(cfg), **values}
-        clock, usage = Clock(), resources.TrialUsage()
-        with clock():
-            run_id = self._start_run(trial, tcfg, params)
-        trial.set_user_attr(T.TRIAL_RUN_ID, run_id)
-        logger = tracking.MetricLogger(run_id, uri=self.ctx.uri)  # sends the trial's last values with its end tags, at once
-        out, metrics = _Outcome(), {}
-        try:
-            if invalid is not None:
-                raise invalid
-            metrics = self._train(trial, tcfg, run_id, logger)
-            value = _objective_value(trial, cfg.search.metric, metrics)
-            out.status, out.state = "FINISHED", "COMPLETE"
-            return value
-        except optuna.TrialPruned as e:
-            out.status, out.state, out.reason = "KILLED", "PRUNED", str(e)
-            raise
-        except KeyboardInterrupt:
-            out.status, out.state, out.reason = "KILLED", "FAIL", "interrupted"
-            _retry_later(trial)
-            raise
-        except NbnetError as e:  # DivergedError included
-            out.reason = str(e)
-            raise
-        except BaseException as e:
-            out.reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-            raise
-        finally:
-            self._close(trial, run_id, logger, out, metrics, clock, usage)
+    def start(self, trial) -> TrialRun:
+        """Create the trial's run and train; an exception of the training is kept for :meth:`finish`."""
+        with _faults(trial):
+            cfg = self.ctx.cfg
+            values = suggest(trial, cfg.search.space)
+            try:
+                tcfg, invalid = C.with_values(cfg, values), None
+            except NbnetError as e:  # an invalid combination, e.g. nesterov with momentum 0: a FAILED run says so
+                tcfg, invalid = cfg, e
+            params = C.to_flat_dict(tcfg) if invalid is None else {**C.to_flat_dict(cfg), **values}
+            clock, usage = Clock(), resources.TrialUsage()
+            with clock():
+                run_id = self._start_run(trial, tcfg, params)
+            trial.set_user_attr(T.TRIAL_RUN_ID, run_id)
+            logger = tracking.MetricLogger(run_id, uri=self.ctx.uri)  # sends the trial's last values with its end tags, at once
+            run = TrialRun(trial, run_id, logger, clock, usage)
+            try:
+                if invalid is not None:
+                    raise invalid
+                run.fitted = self._train(trial, tcfg, run_id, logger)
+            except BaseException as e:  # noqa: BLE001 (finish() raises it, once the run is closed)
+                run.error = e
+            return run
+
+    def finish(self, run: TrialRun) -> float:
+        """Log the trial's results, end its run with its state and return the search metric; or
+        raise what stopped it (``optuna.TrialPruned``, an NbnetError, KeyboardInterrupt…)."""
+        trial = run.trial
+        with _faults(trial):
+            out, metrics = _Outcome(), {}
+            try:
+                if run.error is not None:
+                    raise run.error
+                _, metrics = log_fitted(run.fitted, uri=self.ctx.uri, experiment_id=self.ctx.experiment_id)
+                value = _objective_value(trial, self.ctx.cfg.search.metric, metrics)
+                out.status, out.state = "FINISHED", "COMPLETE"
+                return value
+            except optuna.TrialPruned as e:
+                out.status, out.state, out.reason = "KILLED", "PRUNED", str(e)
+                raise
+            except KeyboardInterrupt:
+                out.status, out.state, out.reason = "KILLED", "FAIL", "interrupted"
+                _retry_later(trial)
+                raise
+            except NbnetError as e:  # DivergedError included
+                out.reason = str(e)
+                raise
+            except BaseException as e:
+                out.reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+                raise
+            finally:
+                self._close(trial, run.run_id, run.logger, out, metrics, run.clock, run.usage)
 
     def _start_run(self, trial, tcfg: C.ExperimentConfig, params: dict) -> str:
         ctx = self.ctx
@@ -194,15 +222,13 @@ class Objective:
         return tracking.start_run(ctx.experiment_id, run_name=f"trial-{trial.number}", parent_run_id=ctx.parent_run_id,
                                   tags=tags, params=params, uri=ctx.uri)
 
-    def _train(self, trial, tcfg: C.ExperimentConfig, run_id: str, logger) -> dict:
+    def _train(self, trial, tcfg: C.ExperimentConfig, run_id: str, logger) -> Fitted:
         ctx = self.ctx
         key = report_key(tcfg, ctx.data.task)
         callbacks = [PruningReport(trial, key), interrupt.check]
         if ctx.report is not None:
             callbacks.append(EpochEvents(ctx.report, ctx.worker, trial.number, tcfg.train.epochs))
-        _, metrics = train_once(tcfg, run_id=run_id, callbacks=callbacks,
-                                uri=ctx.uri, data=ctx.data, logger=logger, experiment_id=ctx.experiment_id)
-        return metrics
+        return fit_once(tcfg, run_id=run_id, callbacks=callbacks, uri=ctx.uri, data=ctx.data, logger=logger)
 
     def _close(self, trial, run_id: str, logger, out: _Outcome, metrics: dict, clock: Clock, usage) -> None:
         """Record why the trial did not complete, send the run's last values and end tags in one
@@ -247,6 +273,21 @@ def _objective_value(trial, metric: str, metrics: dict) -> float:
     for k in COST_KEYS + ("epochs",):
         trial.set_user_attr(k, metrics.get(k))
     return float(value)
+
+
+@contextlib.contextmanager
+def _faults(trial):
+    """A full disk or an unreachable store is not the trial's fault: the trial says so and runs
+    again when the sweep resumes; the exception goes on."""
+    try:
+        yield
+    except Exception as e:
+        fault = faults.describe(e)
+        if fault is not None:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(T.TRIAL_FAIL_REASON, fault)
+            _retry_later(trial)
+        raise
 
 
 def _retry_later(trial) -> None:

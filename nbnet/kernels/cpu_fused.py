@@ -262,9 +262,13 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
         wsum, inv = batch_weight(sw, idx[s:s + bs])
         w_total += wsum
         key = rng_next(state) if p > 0 else np.uint64(0)
-        _batch_parallel(np.int64(0), T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
-                        Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss, p,
-                        key, Sbuf)
+        if T == 1:  # no parallel region: its launch takes the GIL, and costs more than the work here
+            _rows_pass(np.int64(0), T, s, bs, B, X, Y, sw, idx, params, w_off, b_off, sizes, acts, loss, Abuf, Dbuf,
+                       off, Yb, wb, inv, tot, p, key, Sbuf)
+        else:
+            _batch_parallel(np.int64(0), T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts,
+                            loss, Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1,
+                            ss, p, key, Sbuf)
         for t in range(T):
             total += tot[t]
         hpb[HP_LR] = lrs[n_batches] if lrs.shape[0] > 0 else hp[HP_LR]
@@ -275,9 +279,13 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
                                      kind == OPT_ADAMW, step_t)
             for j in range(coef.shape[0]):
                 c[j] = coef[j]
-        _batch_parallel(np.int64(1), T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts, loss,
-                        Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1, ss, p,
-                        key, Sbuf)
+        if T == 1:
+            _cols_pass(np.int64(0), T, bs, B, params, grads, m, v, w_off, b_off, sizes, Abuf, Dbuf, off, l2, fuse_step,
+                       kind, c, plain, nesterov, step_t == 1, ss)
+        else:
+            _batch_parallel(np.int64(1), T, s, bs, B, X, Y, sw, idx, params, grads, m, v, w_off, b_off, sizes, acts,
+                            loss, Abuf, Dbuf, off, Yb, wb, inv, tot, l2, fuse_step, kind, c, plain, nesterov, step_t == 1,
+                            ss, p, key, Sbuf)
         for t in range(T):
             for l in range(L):
                 layer_ss[l] += ss[t, l]

@@ -170,11 +170,11 @@ class Claim:
         self.pid_started = pid_started(self.pid)
         self._sid = None  # the study's id in storage_obj, once looked up
 
-    def verdict(self, study) -> str:
+    def verdict(self, study, busy=frozenset()) -> str:
         """Under the lock: free the slots of dead workers that this process can see, then
-        :func:`decide` from the study's counts."""
+        :func:`decide` from the study's counts. ``busy``: the trials this process is working on."""
         if not self.rdb:  # a journal has no heartbeat: this host's dead workers, by pid
-            fail_stale_trials(study, self.storage_obj, self.uri)
+            fail_stale_trials(study, self.storage_obj, self.uri, busy)
         running = running_trials(study)
         if self._fail_orphans(study, running):
             running = running_trials(study)
@@ -240,14 +240,24 @@ class ClaimingStudy(optuna.Study):
         super().__init__(study_name=study_name, storage=storage_obj, sampler=sampler, pruner=pruner)
         self.claim = claim
         self.claim_lock = claim_lock(claim.storage, storage_obj, study_name)
+        #: the numbers of this worker's trials that are still being tracked (:mod:`.pipeline`)
+        self.busy: set[int] = set()
+        #: called when every slot is in use, before polling: finishes this worker's own pending
+        #: trial (:mod:`.pipeline`) and says whether there was one
+        self.before_waiting = None
 
     def ask(self, fixed_distributions=None):
         while True:
             with self.claim_lock():
-                verdict = self.claim.verdict(self)
+                verdict = self.claim.verdict(self, self.busy)
                 if verdict == START:
                     trial = super().ask(fixed_distributions)
                     self.claim.own(self, trial)
                     return trial
-            if verdict == DONE or not self.claim.wait(self):
-                raise BudgetSpent(f"study {self.study_name!r}: no trial left to start of {self.claim.n_trials}")
+            if verdict == DONE:
+                break
+            if self.before_waiting is not None and self.before_waiting():
+                continue  # this worker's own pending trial is told now: count again
+            if not self.claim.wait(self):
+                break
+        raise BudgetSpent(f"study {self.study_name!r}: no trial left to start of {self.claim.n_trials}")

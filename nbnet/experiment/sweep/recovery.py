@@ -62,10 +62,11 @@ def _unowned_grace() -> float:
     return float(os.environ.get("NBNET_GRACE_SECONDS", 60))
 
 
-def _stale_trials(study) -> list:
-    """RUNNING trials whose worker process on this host is gone, and those whose worker never
-    recorded itself (it died, or lost its store, within moments of starting the trial) once they
-    are older than the grace period: no heartbeat will ever fail them."""
+def _stale_trials(study, busy=frozenset()) -> list:
+    """RUNNING trials whose worker process on this host is gone (or is this one, except the trial
+    numbers in ``busy``, which it is working on), and those whose worker never recorded itself (it
+    died, or lost its store, within moments of starting the trial) once they are older than the
+    grace period: no heartbeat will ever fail them."""
     host = socket.gethostname()
     stale = []
     for t in running_trials(study):
@@ -80,7 +81,7 @@ def _stale_trials(study) -> list:
         pid = int(a[T.TRIAL_PID])
         started = pid_started(pid)
         alive = started is not None and (a.get(T.TRIAL_PID_STARTED) is None or abs(started - float(a[T.TRIAL_PID_STARTED])) < 1.0)
-        if pid == os.getpid() or not alive:
+        if (pid == os.getpid() and t.number not in busy) or not alive:
             stale.append(t)
     return stale
 
@@ -105,10 +106,11 @@ def _run_of_dead_trial(study, trial, uri: str | None) -> str | None:
     return None
 
 
-def fail_stale_trials(study, storage, uri: str | None = None) -> int:
+def fail_stale_trials(study, storage, uri: str | None = None, busy=frozenset()) -> int:
     """Mark trials left RUNNING by a dead worker FAIL (with a reason), close their MLflow runs
-    FAILED, and enqueue their parameters so they are retried. Returns how many."""
-    stale = _stale_trials(study)
+    FAILED, and enqueue their parameters so they are retried. Returns how many. ``busy``: numbers
+    of trials this process is still working on."""
+    stale = _stale_trials(study, busy)
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in stale:
         tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)

@@ -1,8 +1,9 @@
 """The processes that run a sweep's trials.
 
 ``workers=N`` runs worker 0 in the sweep's process and spawns N - 1 more (never fork: numba's
-threading layers and MLflow clients do not survive it), each running ``study.optimize`` on the
-shared study. They share numba's on-disk compile cache, so only the first trial of a fresh checkout
+threading layers and MLflow clients do not survive it), each running trials of the shared study:
+``study.optimize``, or for a lone worker on a journal file :func:`.pipeline.optimize`, which tracks
+each trial while the next one trains. They share numba's on-disk compile cache, so only the first trial of a fresh checkout
 compiles. Together with every other process on the study, on any machine, they run exactly the
 missing trials: before each trial a worker claims a slot of the budget in the storage
 (:mod:`.budget`), and it stops when none is left.
@@ -47,6 +48,7 @@ from nbnet.data.prepared import prepare_data, receive_shared
 from nbnet.errors import EXIT_STORE_ERROR, NbnetError
 from nbnet.experiment import config as C
 from nbnet.experiment import faults
+from nbnet.experiment.sweep import pipeline
 from nbnet.experiment.sweep.budget import BudgetSpent, Claim, ClaimingStudy
 from nbnet.experiment.sweep.samplers import make_pruner, make_sampler, worker_seed
 from nbnet.experiment.sweep.storage import GRACE_SECONDS, close_storage, is_rdb, open_storage
@@ -66,7 +68,7 @@ class _WorkerCallbacks:
         self.events = events
 
     def after_trial(self, study, trial) -> None:
-        """Report the trial's progress line; stop after Ctrl-C / SIGTERM (no new trial)."""
+        """Report the trial's progress line."""
         line = progress_line(trial, self.cfg.search.metric, self.worker, self.workers)
         if self.events is not None:
             value = trial.value if trial.state.name == "COMPLETE" else None
@@ -74,6 +76,10 @@ class _WorkerCallbacks:
                                      "state": trial.state.name, "value": value, "line": line})
         elif not self.quiet:
             print(line, flush=True)
+
+    @staticmethod
+    def stop_when_asked(study, trial) -> None:
+        """After Ctrl-C / SIGTERM, ``study.optimize`` starts no new trial."""
         if interrupt.requested():
             study.stop()
 
@@ -113,8 +119,14 @@ def _worker_loop(payload: dict, worker: int) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(Objective(ctx), timeout=cfg.search.timeout, catch=(NbnetError,),
-                           callbacks=[callbacks.after_trial])
+            if payload["workers"] > 1 or is_rdb(payload["storage"]):
+                # workers beside each other keep the cores busy: overlapping tracking would only slow them
+                # (docs/benchmarks.md); in a database Optuna's heartbeat thread watches each trial
+                study.optimize(Objective(ctx), timeout=cfg.search.timeout, catch=(NbnetError,),
+                               callbacks=[callbacks.after_trial, callbacks.stop_when_asked])
+            else:
+                pipeline.optimize(study, Objective(ctx), timeout=cfg.search.timeout, catch=(NbnetError,),
+                                  after_trial=callbacks.after_trial, budget_spent=BudgetSpent)
     except BudgetSpent:  # every slot of search.n_trials is taken, or finished
         pass
     finally:
