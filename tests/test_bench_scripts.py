@@ -83,3 +83,14 @@ def test_bench_sweep_times_auto_workers_and_the_untracked_twin(tmp_path):
         assert row["complete"] == 3 and row["untracked_wall_s"] > 0 and row["tracking_s"] > 0
     assert rows[1]["resolved"][0] == 1  # 3 short trials: auto does not spawn a worker
     assert "| tracked / untracked |" in r.stdout
+
+
+@pytest.mark.slow
+def test_the_gil_script_prints_a_fit_alone_and_beside_a_python_thread():
+    r = _script("bench_gil.py", "--repeat", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [ln.split("|")[1:-1] for ln in r.stdout.splitlines() if ln.startswith(("| 16 |", "| 32 |"))]
+    assert len(rows) == 2
+    for batch, alone, slow, fast, kept in rows:
+        assert float(alone.split()[0]) > 0 and float(slow.split()[0]) > 0 and float(fast.split()[0]) > 0
+        assert kept.count("%") == 2

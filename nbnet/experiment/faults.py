@@ -195,8 +195,8 @@ def describe(e: BaseException) -> str | None:
     """The one-line message of a store fault, or None when ``e`` is not one."""
     chain = list(_chain(e))
     for x in chain:
-        if isinstance(x, StoreError):
-            return _first_line(x)
+        if isinstance(x, StoreError):  # nbnet's own line, which ends with how to resume: whole
+            return str(x).strip().splitlines()[0]
     what = _name(_where(e), e)
     for x in chain:
         if isinstance(x, OSError) and x.errno in DISK_ERRORS:

@@ -29,6 +29,7 @@ What holds as in ``study.optimize``:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -69,8 +70,9 @@ class _Finishing(threading.Thread):
             frozen = study.tell(trial, state=state.PRUNED)
         elif isinstance(e, catch):
             frozen = study.tell(trial, state=state.FAIL)
-        else:
-            study.tell(trial, state=state.FAIL, skip_if_finished=True)
+        else:  # the trial's own fault goes on, even when telling it fails too (a full disk)
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=state.FAIL, skip_if_finished=True)
             raise e
         after_trial(study, frozen)
 
