@@ -140,7 +140,7 @@ class TrialRun:
     run_id: str
     logger: object
     clock: Clock
-    usage: object
+    usage: object  # resources.TrialUsage, then its metrics at the end of training
     fitted: Fitted | None = None
     error: BaseException | None = None
 
@@ -184,6 +184,7 @@ class Objective:
                 run.fitted = self._train(trial, tcfg, run_id, logger)
             except BaseException as e:  # noqa: BLE001 (finish() raises it, once the run is closed)
                 run.error = e
+            run.usage = usage.metrics()  # the training's: the next trial may start before this one is closed
             return run
 
     def finish(self, run: TrialRun) -> float:
@@ -230,7 +231,7 @@ class Objective:
             callbacks.append(EpochEvents(ctx.report, ctx.worker, trial.number, tcfg.train.epochs))
         return fit_once(tcfg, run_id=run_id, callbacks=callbacks, uri=ctx.uri, data=ctx.data, logger=logger)
 
-    def _close(self, trial, run_id: str, logger, out: _Outcome, metrics: dict, clock: Clock, usage) -> None:
+    def _close(self, trial, run_id: str, logger, out: _Outcome, metrics: dict, clock: Clock, usage: dict) -> None:
         """Record why the trial did not complete, send the run's last values and end tags in one
         batch, end the run, and record the trial's tracking time and costs on the trial."""
         if out.reason:
@@ -242,7 +243,7 @@ class Objective:
             if out.reason:
                 logger.tag(T.REASON, out.reason)
             step = int(metrics.get("epochs", 0))
-            for k, v in usage.metrics().items():  # system/cpu_percent, peak_rss_mb
+            for k, v in usage.items():  # system/cpu_percent, peak_rss_mb
                 logger.log(k, v, step)
             logger.log("tracking_seconds", clock.seconds + inside, step)
             logger.flush()
