@@ -186,9 +186,9 @@ def _name(kind: str | None, e: BaseException) -> str:
     return "a store"
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, limit: int | None = 200) -> str:
     text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    return text.splitlines()[0][:limit] if text else type(e).__name__
 
 
 def describe(e: BaseException) -> str | None:
@@ -196,7 +196,7 @@ def describe(e: BaseException) -> str | None:
     chain = list(_chain(e))
     for x in chain:
         if isinstance(x, StoreError):  # nbnet's own line, which ends with how to resume: whole
-            return str(x).strip().splitlines()[0]
+            return _first_line(x, limit=None)
     what = _name(_where(e), e)
     for x in chain:
         if isinstance(x, OSError) and x.errno in DISK_ERRORS:

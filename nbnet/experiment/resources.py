@@ -28,6 +28,7 @@ import os
 import time
 from pathlib import Path
 
+from nbnet._sys import cputime
 from nbnet.errors import NbnetError
 from nbnet.experiment import faults
 from nbnet.experiment.tracking import default_tracking_uri
@@ -153,9 +154,10 @@ def _reset_peak_rss() -> bool:
 
 
 class TrialUsage:
-    """CPU and memory of this process from construction to :meth:`metrics` (one trial).
+    """CPU and memory of this process from construction to :meth:`metrics` (one trial's
+    training); its CPU leaves out a sweep's tracking helper (:mod:`nbnet._sys.cputime`).
 
-    Trials of one worker process run one after another, so the peak resident memory is reset to
+    Trials of one worker process train one after another, so the peak resident memory is reset to
     the current value at the start (where Linux allows it: ``/proc/self/clear_refs``); elsewhere
     ``system/peak_rss_mb`` is the process's peak so far.
     """
@@ -166,18 +168,15 @@ class TrialUsage:
         self._proc = psutil.Process()
         self.peak_is_per_trial = _reset_peak_rss()
         self._t0 = time.perf_counter()
-        self._cpu0 = self._cpu()
-
-    def _cpu(self) -> float:
-        t = self._proc.cpu_times()
-        return t.user + t.system
+        self._cpu0 = cputime.work_seconds()
 
     def metrics(self) -> dict[str, float]:
         """``{"system/cpu_percent", "system/peak_rss_mb", "system/rss_mb"}`` for the trial so far."""
         wall = max(time.perf_counter() - self._t0, 1e-9)
         rss = self._proc.memory_info().rss
         peak = _peak_rss() or rss
-        return {"system/cpu_percent": round(100.0 * (self._cpu() - self._cpu0) / wall, 1),
+        cpu = max(0.0, cputime.work_seconds() - self._cpu0)
+        return {"system/cpu_percent": round(100.0 * cpu / wall, 1),
                 "system/peak_rss_mb": round(max(peak, rss) / 1e6, 1), "system/rss_mb": round(rss / 1e6, 1)}
 
 

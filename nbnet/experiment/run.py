@@ -177,7 +177,7 @@ def _fit_with_costs(est, fit, logger, flushed0: float, *, flush: bool) -> dict:
     try:
         fit()
     finally:
-        wall, cpu = time.perf_counter() - t0, cputime.work_seconds() - c0
+        wall, cpu = time.perf_counter() - t0, max(0.0, cputime.work_seconds() - c0)
         compile_s = float(getattr(est, "compile_seconds_", 0.0))
         wait_s = float(getattr(est, "compile_wait_seconds_", 0.0))  # another worker was compiling
         in_fit = logger.seconds - flushed0 if logger else 0.0

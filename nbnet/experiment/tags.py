@@ -106,6 +106,7 @@ TRIAL_RETRY_OF = "retry_of"  # the trial number whose parameters this waiting tr
 TRIAL_RETRY_REASON = "retry_reason"  # why that trial is retried (its worker died)
 TRIAL_STALE = "stale"  # True on a trial failed because its worker died
 TRIAL_TRACKING_SECONDS = "tracking_seconds"  # seconds the trial spent in MLflow calls
+TRIAL_SECONDS = "seconds"  # the trial's own seconds, from its run's start to its run's end
 TRIAL_COSTS = "costs"  # {cost metric: value} of the trial, summed by the sweep
 # (each cost metric and "epochs" is also a trial attribute of its own, under its metric name)
 

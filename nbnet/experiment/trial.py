@@ -2,8 +2,8 @@
 
 :func:`suggest` turns a config's ``[search.space]`` into ``trial.suggest_*`` calls (and
 :func:`grid_space` into the grid sampler's grid); :class:`Objective` is ``objective(trial)``,
-which trains through :func:`nbnet.experiment.run.train_once` with a :class:`PruningReport`
-callback and closes the child run FINISHED / FAILED / KILLED (pruned) with the Optuna state as tag
+which trains through :func:`nbnet.experiment.run.fit_once` with a :class:`PruningReport`
+callback, logs the results with :func:`~nbnet.experiment.run.log_fitted` and closes the child run FINISHED / FAILED / KILLED (pruned) with the Optuna state as tag
 ``optuna.state``; :func:`progress_line` is the line a sweep prints per finished trial.
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import optuna
 
@@ -140,9 +141,10 @@ class TrialRun:
     run_id: str
     logger: object
     clock: Clock
-    usage: object  # resources.TrialUsage, then its metrics at the end of training
+    started: float  # time.perf_counter() when the run was created
     fitted: Fitted | None = None
     error: BaseException | None = None
+    usage: dict = field(default_factory=dict)  # resources.TrialUsage's metrics at the end of training
 
 
 class Objective:
@@ -172,12 +174,12 @@ class Objective:
             except NbnetError as e:  # an invalid combination, e.g. nesterov with momentum 0: a FAILED run says so
                 tcfg, invalid = cfg, e
             params = C.to_flat_dict(tcfg) if invalid is None else {**C.to_flat_dict(cfg), **values}
-            clock, usage = Clock(), resources.TrialUsage()
+            clock, usage, started = Clock(), resources.TrialUsage(), time.perf_counter()
             with clock():
                 run_id = self._start_run(trial, tcfg, params)
             trial.set_user_attr(T.TRIAL_RUN_ID, run_id)
             logger = tracking.MetricLogger(run_id, uri=self.ctx.uri)  # sends the trial's last values with its end tags, at once
-            run = TrialRun(trial, run_id, logger, clock, usage)
+            run = TrialRun(trial, run_id, logger, clock, started)
             try:
                 if invalid is not None:
                     raise invalid
@@ -205,7 +207,7 @@ class Objective:
                 raise
             except KeyboardInterrupt:
                 out.status, out.state, out.reason = "KILLED", "FAIL", "interrupted"
-                _retry_later(trial)
+                retry_later(trial)
                 raise
             except NbnetError as e:  # DivergedError included
                 out.reason = str(e)
@@ -214,7 +216,7 @@ class Objective:
                 out.reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
                 raise
             finally:
-                self._close(trial, run.run_id, run.logger, out, metrics, run.clock, run.usage)
+                self._close(run, out, metrics)
 
     def _start_run(self, trial, tcfg: C.ExperimentConfig, params: dict) -> str:
         ctx = self.ctx
@@ -231,19 +233,20 @@ class Objective:
             callbacks.append(EpochEvents(ctx.report, ctx.worker, trial.number, tcfg.train.epochs))
         return fit_once(tcfg, run_id=run_id, callbacks=callbacks, uri=ctx.uri, data=ctx.data, logger=logger)
 
-    def _close(self, trial, run_id: str, logger, out: _Outcome, metrics: dict, clock: Clock, usage: dict) -> None:
+    def _close(self, run: TrialRun, out: _Outcome, metrics: dict) -> None:
         """Record why the trial did not complete, send the run's last values and end tags in one
-        batch, end the run, and record the trial's tracking time and costs on the trial."""
+        batch, end the run, and record the trial's tracking time, costs and seconds on the trial."""
+        trial, run_id, logger, clock = run.trial, run.run_id, run.logger, run.clock
         if out.reason:
             trial.set_user_attr(T.TRIAL_FAIL_REASON if out.state == "FAIL" else T.TRIAL_PRUNE_REASON, out.reason)
-        # tracking so far: run creation + train_once's (or, if it raised, the logger's flushes)
+        # tracking so far: run creation + fit_once's and log_fitted's (or, if training raised, the logger's flushes)
         inside = metrics["tracking_seconds"] if "tracking_seconds" in metrics else logger.seconds
         with clock():
             logger.tag(T.OPTUNA_STATE, out.state)
             if out.reason:
                 logger.tag(T.REASON, out.reason)
             step = int(metrics.get("epochs", 0))
-            for k, v in usage.items():  # system/cpu_percent, peak_rss_mb
+            for k, v in run.usage.items():  # system/cpu_percent, peak_rss_mb
                 logger.log(k, v, step)
             logger.log("tracking_seconds", clock.seconds + inside, step)
             logger.flush()
@@ -253,6 +256,7 @@ class Objective:
         trial.set_user_attr(T.TRIAL_TRACKING_SECONDS, clock.seconds + inside)
         costs = {k: logger.latest[k] for k in COST_KEYS if k in logger.latest}
         trial.set_user_attr(T.TRIAL_COSTS, {**costs, "tracking_seconds": clock.seconds + inside})
+        trial.set_user_attr(T.TRIAL_SECONDS, time.perf_counter() - run.started)
 
 
 class EpochEvents:
@@ -287,11 +291,11 @@ def _faults(trial):
         if fault is not None:
             with contextlib.suppress(Exception):
                 trial.set_user_attr(T.TRIAL_FAIL_REASON, fault)
-            _retry_later(trial)
+            retry_later(trial)
         raise
 
 
-def _retry_later(trial) -> None:
+def retry_later(trial) -> None:
     """An interrupted trial does not count towards n_trials: its parameters are enqueued to run
     again when the sweep resumes (``retry_of``, as for a dead worker's trial)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # Optuna would log the interrupt with a traceback
@@ -300,12 +304,20 @@ def _retry_later(trial) -> None:
             trial.study.enqueue_trial(dict(trial.params), user_attrs={T.TRIAL_RETRY_OF: trial.number})
 
 
+def trial_seconds(trial) -> float:
+    """A finished trial's own seconds (its run's start to its end; a lone worker tells the study
+    of a trial only after the next one has trained), else its Optuna start to complete, else NaN."""
+    if T.TRIAL_SECONDS in trial.user_attrs:
+        return float(trial.user_attrs[T.TRIAL_SECONDS])
+    if trial.datetime_complete and trial.datetime_start:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return float("nan")
+
+
 def progress_line(trial, metric: str, worker: int, workers: int) -> str:
     """The line a sweep prints when ``trial`` finishes: worker, number, state, seconds, result, params."""
     state = trial.state.name
-    secs = float("nan")
-    if trial.datetime_complete and trial.datetime_start:
-        secs = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    secs = trial_seconds(trial)
     if state == "COMPLETE":
         res = f"{metric}={trial.value:.4f}"
     elif state == "PRUNED":

@@ -2,7 +2,8 @@
 
 One thread pool: numba's threads split every mini-batch into T parts and each part calls a
 single-threaded GEMM (:mod:`nbnet.kernels.blas`) -- BLAS never starts threads of its own here.
-Two parallel regions per mini-batch:
+Two parallel regions per mini-batch (an epoch on one thread calls the two passes directly:
+a region's launch takes the GIL and costs more than a small mini-batch's work):
 
 * rows: thread t takes rows block t of the batch: gather, every layer's forward with bias,
   activation and dropout fused, the loss gradient, and the backward deltas dX (no barrier
@@ -224,7 +225,8 @@ def train_epoch_fused(X, Y, params, grads, m, v, w_off, b_off, sizes, acts, loss
     that cached both variants and then loads the explicit-None one crashes), so it has no default.
 
     Long by design: the whole epoch is one compiled loop, so the per-batch steps (two parallel
-    regions, the Adam coefficients, clipping) cost no Python call each.
+    regions, or with ``T`` = 1 two direct calls; the Adam coefficients, clipping) cost no Python
+    call each.
     """
     n = X.shape[0]
     L = acts.shape[0]

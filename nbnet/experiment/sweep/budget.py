@@ -39,7 +39,7 @@ When every slot is in use but some are still RUNNING, the worker waits and looks
 (heartbeat, dead pid or orphan) and a waiting worker runs its parameters. It stops when
 ``n_trials`` trials have finished, when no RUNNING trial can come back (a journal cannot see the
 processes of other machines), on Ctrl-C, or at ``search.timeout``
-(:class:`BudgetSpent`, raised out of ``study.optimize``).
+(:class:`BudgetSpent`, raised out of the worker's ``study.optimize`` or :func:`.pipeline.optimize`).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class Claim:
 
 class ClaimingStudy(optuna.Study):
     """An Optuna study whose :meth:`ask` claims a slot of the budget first (see the module
-    docstring): ``study.optimize`` then starts trials only while the budget has room, waits while
+    docstring): a worker's loop then starts trials only while the budget has room, waits while
     it is full of RUNNING trials, and ends with :class:`BudgetSpent`."""
 
     def __init__(self, study_name: str, storage_obj, claim: Claim, *, sampler=None, pruner=None):

@@ -29,7 +29,7 @@ from nbnet.experiment.sweep.storage import (
 )
 from nbnet.experiment.sweep.summary import counts, summarize
 from nbnet.experiment.sweep.workers import new_stop_event, relay, run_workers
-from nbnet.experiment.trial import grid_space
+from nbnet.experiment.trial import grid_space, trial_seconds
 
 
 @dataclass
@@ -67,7 +67,7 @@ class SweepResult:
             head = ["rank", "trial", self.metric, "seconds"] + [k.split(".")[-1] for k in keys]
             rows = []
             for i, t in enumerate(done, 1):
-                secs = (t.datetime_complete - t.datetime_start).total_seconds()
+                secs = trial_seconds(t)
                 rows.append([str(i), str(t.number), f"{t.value:.4f}", f"{secs:.1f}"] + [number(t.params.get(k, "")) for k in keys])
             widths = [max(len(r[j]) for r in [head] + rows) for j in range(len(head))]
             for r in [head] + rows:

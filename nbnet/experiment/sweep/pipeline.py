@@ -37,6 +37,9 @@ import time
 import optuna
 
 from nbnet._sys import cputime, interrupt
+from nbnet.experiment import tags as T
+from nbnet.experiment.sweep.budget import BudgetSpent
+from nbnet.experiment.trial import retry_later
 
 #: The interpreter's switch interval while a helper tracks a trial: how long the training may wait
 #: for the GIL after each compiled call.
@@ -44,7 +47,8 @@ SWITCH_SECONDS = 1e-4
 
 
 class _Finishing(threading.Thread):
-    """One trial's ``objective.finish`` in a helper thread; :meth:`outcome` waits for it."""
+    """One trial's ``objective.finish`` in a helper thread, the interpreter's switch interval cut
+    to :data:`SWITCH_SECONDS` meanwhile; :meth:`tell` waits for it and tells the study."""
 
     def __init__(self, objective, run):
         super().__init__(name=f"nbnet-track-{run.trial.number}", daemon=True)
@@ -52,12 +56,19 @@ class _Finishing(threading.Thread):
         self.value: float | None = None
         self.error: BaseException | None = None
 
+    def start(self) -> None:
+        self.switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self.switch, SWITCH_SECONDS))
+        super().start()
+
     def run(self) -> None:
         with cputime.helper():
             try:
                 self.value = self.objective.finish(self.run_)
             except BaseException as e:  # noqa: BLE001 (told, and raised if need be, by tell())
                 self.error = e
+            finally:
+                sys.setswitchinterval(self.switch)
 
     def tell(self, study, catch: tuple, after_trial) -> None:
         """Wait for ``finish``, tell the study the trial's outcome, then ``after_trial(study,
@@ -70,21 +81,30 @@ class _Finishing(threading.Thread):
             frozen = study.tell(trial, state=state.PRUNED)
         elif isinstance(e, catch):
             frozen = study.tell(trial, state=state.FAIL)
-        else:  # the trial's own fault goes on, even when telling it fails too (a full disk)
-            with contextlib.suppress(Exception):
-                study.tell(trial, state=state.FAIL, skip_if_finished=True)
+        else:
+            _fail(study, trial)
             raise e
         after_trial(study, frozen)
 
 
-def optimize(study, objective, *, timeout: float | None, catch: tuple, after_trial, budget_spent: type) -> None:
+def _fail(study, trial, reason: str | None = None) -> None:
+    """Tell ``trial`` FAIL (with ``reason``, its parameters enqueued again) on the way out of an
+    error, which goes on even when this fails too (a full disk, a lost store)."""
+    with contextlib.suppress(Exception):
+        if reason:
+            trial.set_user_attr(T.TRIAL_FAIL_REASON, reason)
+            retry_later(trial)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def optimize(study, objective, *, timeout: float | None, catch: tuple, after_trial) -> None:
     """Run trials of ``study`` (a :class:`.budget.ClaimingStudy`) until its ``ask`` raises
-    ``budget_spent``, Ctrl-C / SIGTERM is requested (:mod:`nbnet._sys.interrupt`) or ``timeout``
-    seconds have passed; each trial's ``finish`` overlaps the next trial's ``start``, and the
-    study is told a trial's outcome once the next trial has trained."""
+    :class:`.budget.BudgetSpent`, Ctrl-C / SIGTERM is requested (:mod:`nbnet._sys.interrupt`) or
+    ``timeout`` seconds have passed; each trial's ``finish`` overlaps the next trial's ``start``,
+    and the study is told a trial's outcome once the next trial has trained. An error that
+    ``study.optimize`` would raise (not in ``catch``) stops the loop before the next trial."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pending: _Finishing | None = None
-    switch = sys.getswitchinterval()
 
     def settle() -> bool:
         """Tell the study the pending trial's outcome, if there is one (True then)."""
@@ -96,7 +116,6 @@ def optimize(study, objective, *, timeout: float | None, catch: tuple, after_tri
             done.tell(study, catch, after_trial)
         finally:
             study.busy.discard(done.run_.trial.number)
-            sys.setswitchinterval(switch)
         return True
 
     study.before_waiting = settle  # a full budget: finish our own trial before polling for others'
@@ -104,16 +123,23 @@ def optimize(study, objective, *, timeout: float | None, catch: tuple, after_tri
         while not interrupt.requested() and (deadline is None or time.monotonic() < deadline):
             try:
                 trial = study.ask()
-            except budget_spent:
+            except BudgetSpent:
                 break
-            run = objective.start(trial)
-            settle()
+            try:
+                run = objective.start(trial)
+            except BaseException:
+                _fail(study, trial)
+                raise
+            try:
+                settle()
+            except BaseException:  # the trial before could not be recorded: this one is run again later
+                _fail(study, trial, "not recorded: the sweep stopped on an error recording the trial before it")
+                raise
             pending = _Finishing(objective, run)
             study.busy.add(trial.number)
-            sys.setswitchinterval(min(switch, SWITCH_SECONDS))
             pending.start()
-            if run.error is not None and not isinstance(run.error, Exception):
-                settle()  # KeyboardInterrupt, SystemExit: close the run now, then stop
+            if run.error is not None and not isinstance(run.error, (optuna.TrialPruned, *catch)):
+                settle()  # KeyboardInterrupt, a store fault: close the run, tell the trial, then stop
     finally:
         study.before_waiting = None
         settle()

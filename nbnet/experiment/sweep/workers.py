@@ -61,7 +61,7 @@ def new_stop_event():
 
 
 class _WorkerCallbacks:
-    """The Optuna callbacks of one worker's ``study.optimize``."""
+    """The callbacks of one worker's ``study.optimize`` (or :func:`.pipeline.optimize`)."""
 
     def __init__(self, cfg: C.ExperimentConfig, worker: int, workers: int, quiet: bool, events=None):
         self.cfg, self.worker, self.workers, self.quiet = cfg, worker, workers, quiet
@@ -119,14 +119,15 @@ def _worker_loop(payload: dict, worker: int) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if payload["workers"] > 1 or is_rdb(payload["storage"]):
+            if payload["workers"] > 1 or is_rdb(payload["storage"]) or cfg.search.sampler == "grid":
                 # workers beside each other keep the cores busy: overlapping tracking would only slow them
-                # (docs/benchmarks.md); in a database Optuna's heartbeat thread watches each trial
+                # (docs/benchmarks.md); in a database Optuna's heartbeat thread watches each trial; the grid
+                # sampler stops study.optimize itself when the grid is done
                 study.optimize(Objective(ctx), timeout=cfg.search.timeout, catch=(NbnetError,),
                                callbacks=[callbacks.after_trial, callbacks.stop_when_asked])
             else:
                 pipeline.optimize(study, Objective(ctx), timeout=cfg.search.timeout, catch=(NbnetError,),
-                                  after_trial=callbacks.after_trial, budget_spent=BudgetSpent)
+                                  after_trial=callbacks.after_trial)
     except BudgetSpent:  # every slot of search.n_trials is taken, or finished
         pass
     finally:
