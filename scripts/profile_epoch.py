@@ -13,7 +13,9 @@ regions per mini-batch that keep only one kind of work, built from the same piec
 * ``optimizer``   the Adam step over every block.
 
 Each variant includes the ``sync`` cost once, which is subtracted from it; the remainder of the
-full epoch is reported as "other/interaction". Times are best-of-reps epoch seconds.
+full epoch is reported as "other/interaction". Times are best-of-reps epoch seconds. On one thread
+the real epoch launches no region (``cpu_fused.train_epoch_fused`` calls its passes directly), so
+there ``sync`` is what the launches would cost, not part of the epoch.
 
     python scripts/profile_epoch.py --batch 32 --batch 512
 """
