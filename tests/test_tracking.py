@@ -584,3 +584,50 @@ def test_transient_store_errors_are_retried_others_not():
     with pytest.raises(mlflow.exceptions.MlflowException, match="not found"):
         tracking.retrying(broken)
     assert len(calls) == 1
+
+
+def test_runs_adding_the_same_new_data_set_at_once_all_record_it(store):
+    """MLflow looks for a data set, then inserts it: runs that add the same new one at the same
+    moment (trials of sweeps that start together) race, and nbnet logs it again for the losers."""
+    import threading
+
+    from nbnet.experiment.tracking import datasets
+
+    exp = tracking.ensure_experiment("same-data-at-once", store)
+    rng = np.random.default_rng(7)
+    entry = [(datasets.dataset(rng.normal(size=(50, 3)), rng.integers(0, 2, 50), "race-train"), "training", "")]
+    runs = [tracking.start_run(exp, run_name=f"r{i}", uri=store) for i in range(6)]
+    barrier, errors = threading.Barrier(len(runs)), []
+
+    def add(run_id):
+        barrier.wait()  # every thread starts its log_inputs at once
+        try:
+            datasets.log_inputs(run_id, entry, uri=store)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=add, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    c = tracking.client(store)
+    named = {c.get_run(r).inputs.dataset_inputs[0].dataset.digest for r in runs}
+    assert len(named) == 1 and all(len(c.get_run(r).inputs.dataset_inputs) == 1 for r in runs)
+
+
+def test_an_error_named_in_retry_on_is_retried():
+    calls = []
+
+    def racing():
+        calls.append(1)
+        if len(calls) < 2:
+            raise mlflow.exceptions.MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.name")
+        return "ok"
+
+    assert tracking.retrying(racing, retry_on=("unique constraint failed",)) == "ok" and len(calls) == 2
+    calls.clear()
+    with pytest.raises(mlflow.exceptions.MlflowException, match="UNIQUE"):
+        tracking.retrying(racing)
+    assert len(calls) == 1

@@ -197,16 +197,17 @@ _TRANSIENT = ("deadlock", "database is locked", "could not serialize", "connecti
               "server closed the connection unexpectedly")
 
 
-def retrying(fn, *args, attempts: int = 5, **kwargs):
+def retrying(fn, *args, attempts: int = 5, retry_on: tuple[str, ...] = (), **kwargs):
     """Call ``fn``; retry transient database errors (PostgreSQL deadlocks between concurrent
-    ``log_batch`` calls, mlflow/mlflow#24923; SQLite "database is locked"; a dropped connection)
-    with a short exponential back-off. MLflow's REST client already retries HTTP 429/5xx itself."""
+    ``log_batch`` calls, mlflow/mlflow#24923; SQLite "database is locked"; a dropped connection),
+    and errors whose text has one of ``retry_on`` (lower case), with a short exponential back-off.
+    MLflow's REST client already retries HTTP 429/5xx itself."""
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # MlflowException wraps the driver's error text
             msg = str(e).lower()
-            if i == attempts - 1 or not any(s in msg for s in _TRANSIENT):
+            if i == attempts - 1 or not any(s in msg for s in _TRANSIENT + retry_on):
                 raise
             time.sleep(0.05 * 2**i)  # back-off before retrying a transient store error
 

@@ -72,13 +72,19 @@ def split_datasets(data: Data) -> list[tuple]:
     return out
 
 
+#: What a store answers when two processes add the same new data set to an experiment at once:
+#: MLflow looks for it, then inserts it, in one transaction (rolled back whole). Once more, it
+#: finds the other's and links it.
+_ADDED_MEANWHILE = ("unique constraint failed", "duplicate key value violates unique constraint")
+
+
 def log_inputs(run_id: str, datasets, uri: str | None = None) -> None:
     """Record ``datasets`` (``(mlflow data set, context, ...)`` tuples) as the run's inputs, in
     one store call."""
     inputs = [DatasetInput(dataset=Dataset(**d.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, ctx)])
               for d, ctx, *_ in datasets]
     if inputs:
-        retrying(client(uri).log_inputs, run_id, datasets=inputs)
+        retrying(client(uri).log_inputs, run_id, datasets=inputs, retry_on=_ADDED_MEANWHILE)
 
 
 def metric_dataset(datasets, key: str) -> tuple | None:
