@@ -24,7 +24,9 @@ What holds as in ``study.optimize``:
   time. The sampler and the pruner see the trials up to N - 1, one trial fewer than in
   ``study.optimize``;
 * the CPU seconds a trial records are its training's; the helper's are left out
-  (:mod:`nbnet._sys.cputime`).
+  (:mod:`nbnet._sys.cputime`). Its own seconds are the user attribute ``seconds`` (its run's
+  start to end), which its progress line shows: Optuna's ``datetime_complete`` comes after the
+  next trial's training.
 """
 
 from __future__ import annotations
