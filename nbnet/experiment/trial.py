@@ -3,7 +3,8 @@
 :func:`suggest` turns a config's ``[search.space]`` into ``trial.suggest_*`` calls (and
 :func:`grid_space` into the grid sampler's grid); :class:`Objective` is ``objective(trial)``,
 which trains through :func:`nbnet.experiment.run.fit_once` with a :class:`PruningReport`
-callback, logs the results with :func:`~nbnet.experiment.run.log_fitted` and closes the child run FINISHED / FAILED / KILLED (pruned) with the Optuna state as tag
+callback, logs the results with :func:`~nbnet.experiment.run.log_fitted` and closes the child run
+FINISHED / FAILED / KILLED (pruned) with the Optuna state as tag
 ``optuna.state``; :func:`progress_line` is the line a sweep prints per finished trial.
 """
 
@@ -239,7 +240,7 @@ class Objective:
         trial, run_id, logger, clock = run.trial, run.run_id, run.logger, run.clock
         if out.reason:
             trial.set_user_attr(T.TRIAL_FAIL_REASON if out.state == "FAIL" else T.TRIAL_PRUNE_REASON, out.reason)
-        # tracking so far: run creation + fit_once's and log_fitted's (or, if training raised, the logger's flushes)
+        # tracking so far: run creation, fit_once's and log_fitted's (if training raised: the logger's flushes)
         inside = metrics["tracking_seconds"] if "tracking_seconds" in metrics else logger.seconds
         with clock():
             logger.tag(T.OPTUNA_STATE, out.state)

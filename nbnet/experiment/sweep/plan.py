@@ -92,10 +92,10 @@ def _middle(spec: C.ParamSpec, n_in: int, n_out: int):
     return int(round(mid)) if spec.type == "int" else mid
 
 
-def sized_trial(cfg: C.ExperimentConfig, n_in: int, n_out: int, pick=_largest) -> C.ExperimentConfig:
-    """``cfg`` with the searched depth, widths and epochs at ``pick(spec, n_in, n_out)``: their
-    largest by default, or (``pick=_middle``) the middle of their ranges; ``n_in``/``n_out``: the
-    data's inputs and outputs, which size lists of hidden layers."""
+def _sized_trial(cfg: C.ExperimentConfig, n_in: int, n_out: int, pick) -> C.ExperimentConfig:
+    """``cfg`` with the searched depth, widths and epochs at ``pick(spec, n_in, n_out)``
+    (:func:`_largest` or :func:`_middle`); ``n_in``/``n_out``: the data's inputs and outputs, which
+    size lists of hidden layers."""
     values = {path: pick(spec, n_in, n_out) for path, spec in cfg.search.space.items()
               if path.startswith("model.") and path != "model.activation" or path == "train.epochs"}
     try:
@@ -111,12 +111,12 @@ def sized_trial(cfg: C.ExperimentConfig, n_in: int, n_out: int, pick=_largest) -
 
 def largest_trial(cfg: C.ExperimentConfig, n_in: int, n_out: int) -> C.ExperimentConfig:
     """``cfg`` with the searched depth, widths and epochs at their largest."""
-    return sized_trial(cfg, n_in, n_out, _largest)
+    return _sized_trial(cfg, n_in, n_out, _largest)
 
 
 def typical_trial(cfg: C.ExperimentConfig, n_in: int, n_out: int) -> C.ExperimentConfig:
     """``cfg`` with the searched depth, widths and epochs in the middle of their ranges."""
-    return sized_trial(cfg, n_in, n_out, _middle)
+    return _sized_trial(cfg, n_in, n_out, _middle)
 
 
 def trial_seconds(cfg: C.ExperimentConfig, data: Data, *, typical: bool = False) -> float:
